@@ -1,0 +1,612 @@
+"""The durable run loop, free of Ray so it can be read (and benchmarked) on its own.
+
+For every node the engine computes the node's events, folds them into a preview of the
+state to validate them, commits them as one checkpoint, and only then moves on. Effects get
+an intent checkpoint before they run and a result checkpoint after; a run that restarts
+with an intent but no result asks the tool's ``verify()`` instead of running it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, JsonValue
+from pydantic_core import to_jsonable_python
+
+from actors.state import (
+    EffectIntent,
+    EffectReconciled,
+    EffectRecord,
+    EffectResult,
+    ErrorInfo,
+    Event,
+    NodeCompleted,
+    NodeFailed,
+    RunCreated,
+    RunFinished,
+    RunPaused,
+    RunResumed,
+    RunState,
+    RunStatus,
+    fold,
+    parse_event,
+)
+from actors.workflow import Node, NodeContext, Workflow
+from keel.errors import (
+    KeelError,
+    NodeError,
+    RunNotFoundError,
+    RunStateError,
+    StorageError,
+    WorkflowError,
+)
+from sandbox.tool import Tool, Verification
+from storage.runs import RunStore, check_run_id
+
+log = logging.getLogger("keel.engine")
+
+FaultPoint = Literal["before_node", "during_node", "after_intent", "after_effect", "after_commit"]
+
+
+class NodeRunner(Protocol):
+    """Where node functions and tools actually execute (Ray tasks, a thread, ...)."""
+
+    async def run_node(self, node: Node, state: BaseModel, ctx: NodeContext) -> Any: ...
+
+    async def apply_effect(
+        self, tool: Tool, args: dict[str, Any], key: str, timeout_s: float | None
+    ) -> JsonValue: ...
+
+    async def verify_effect(self, tool: Tool, args: dict[str, Any], key: str) -> Verification: ...
+
+
+class RunView(BaseModel):
+    """A run as clients see it: its state, its ledger and anything odd found loading it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    state: RunState
+    events: list[Event]
+    warnings: list[str] = []
+    active: bool = False
+
+
+def new_run_id() -> str:
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(4)}"
+
+
+def effect_key(run_id: str, step: int, node: str, attempt: int) -> str:
+    """The idempotency key of one logical effect: run, step, node and attempt."""
+    return f"{run_id}/{step}/{node}/{attempt}"
+
+
+def error_info(exc: BaseException) -> ErrorInfo:
+    if isinstance(exc, KeelError):
+        return ErrorInfo.model_validate(exc.to_dict())
+    if isinstance(exc, TimeoutError):
+        return ErrorInfo(type="TimeoutError", code="node_timeout", message=str(exc), retryable=True)
+    return ErrorInfo(
+        type=type(exc).__name__, code="node_failed", message=str(exc) or repr(exc), retryable=True
+    )
+
+
+def load_events(raw: Sequence[Mapping[str, Any]]) -> list[Event]:
+    return [parse_event(r) for r in raw]
+
+
+@dataclass
+class _Run:
+    workflow: Workflow
+    state: RunState
+    events: list[Event]
+    next_n: int
+    prev: str | None
+    warnings: list[str] = field(default_factory=list)
+    task: asyncio.Task[None] | None = None
+    changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+
+    @property
+    def active(self) -> bool:
+        return self.task is not None and not self.task.done()
+
+
+class RunEngine:
+    """Owns every loaded run: creates, drives, recovers, resumes and cancels them."""
+
+    def __init__(
+        self,
+        store: RunStore,
+        runner: NodeRunner,
+        resolve: Callable[[str], Workflow],
+        *,
+        max_concurrent_runs: int = 256,
+        crash: Callable[[str], None] | None = None,
+        storage_retries: int = 5,
+    ) -> None:
+        self.store = store
+        self.runner = runner
+        self.resolve = resolve
+        self.runs: dict[str, _Run] = {}
+        self._slots = asyncio.Semaphore(max_concurrent_runs)
+        self._faults: dict[str, int] = {}
+        self._crash = crash
+        self._storage_retries = storage_retries
+
+    # -- storage ----------------------------------------------------------------------
+    async def _io(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run a blocking store call off the event loop, retrying transient failures."""
+        delay = 0.1
+        for attempt in range(self._storage_retries):
+            try:
+                return await asyncio.to_thread(fn, *args)
+            except StorageError as exc:
+                if not exc.retryable or attempt == self._storage_retries - 1:
+                    raise
+                log.warning("storage call failed (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay *= 2
+        raise AssertionError("unreachable")
+
+    async def _commit(self, run: _Run, events: Sequence[Event]) -> None:
+        """Number, fold (to validate), write as one checkpoint, then publish."""
+        state = run.state
+        numbered: list[Event] = []
+        for i, ev in enumerate(events):
+            ev = ev.model_copy(update={"seq": run.state.last_seq + i + 1})
+            state = fold(state, ev, run.workflow.channels)
+            numbered.append(ev)
+        payload = [ev.model_dump(mode="json") for ev in numbered]
+        digest = await self._io(self.store.append, state.run_id, run.next_n, run.prev, payload)
+        status_changed = state.status != run.state.status
+        run.state, run.prev, run.next_n = state, digest, run.next_n + 1
+        run.events.extend(numbered)
+        if status_changed:
+            await self._io(self.store.write_index, state.run_id, summary(state))
+        async with run.changed:
+            run.changed.notify_all()
+
+    # -- lifecycle --------------------------------------------------------------------
+    async def create(
+        self,
+        workflow_ref: str,
+        goal: str,
+        inputs: Mapping[str, Any],
+        *,
+        principal: str = "local",
+        run_id: str | None = None,
+    ) -> RunState:
+        """Create a run, commit checkpoint 0, start driving it, and return its state."""
+        wf = self.resolve(workflow_ref)
+        clean_inputs = wf.check_inputs(inputs)
+        run_id = check_run_id(run_id) if run_id else new_run_id()
+        if run_id in self.runs or await self._io(self.store.exists, run_id):
+            raise RunStateError(f"run {run_id} already exists", field="run_id")
+        created = RunCreated(
+            seq=1,
+            run_id=run_id,
+            workflow=wf.name,
+            workflow_ref=workflow_ref,
+            fingerprint=wf.fingerprint(),
+            start=wf.start,
+            goal=goal,
+            inputs=clean_inputs,
+            data=wf.initial_data(),
+            principal=principal,
+        )
+        state = fold(None, created, wf.channels)
+        digest = await self._io(self.store.append, run_id, 0, None, [created.model_dump(mode="json")])
+        await self._io(self.store.write_index, run_id, summary(state))
+        run = _Run(workflow=wf, state=state, events=[created], next_n=1, prev=digest)
+        self.runs[run_id] = run
+        self._spawn(run)
+        return state
+
+    async def load(self, run_id: str) -> _Run:
+        """The loaded run, reading it from the store (and repairing it) on first use."""
+        if run_id in self.runs:
+            return self.runs[run_id]
+        loaded = await self._io(self.store.load, run_id)
+        events = load_events(loaded.events)
+        if not events:
+            raise RunNotFoundError(f"run {run_id} has no readable checkpoint", field="run_id")
+        first = events[0]
+        assert isinstance(first, RunCreated)
+        wf = self.resolve(first.workflow_ref)
+        state: RunState | None = None
+        for ev in events:
+            state = fold(state, ev, wf.channels)
+        assert state is not None
+        warnings = [f"skipped {s.key}: {s.reason}" for s in loaded.skipped]
+        if loaded.skipped:
+            await self._io(self.store.quarantine, loaded)
+        run = _Run(wf, state, events, loaded.next_n, loaded.last_digest, warnings)
+        self.runs.setdefault(run_id, run)
+        return self.runs[run_id]
+
+    async def recover(self) -> list[str]:
+        """Load every unfinished run from the store and resume the running ones."""
+        resumed = []
+        for run_id in await self._io(self.store.list_run_ids):
+            hint = await self._io(self.store.read_index, run_id)
+            if hint is not None and RunStatus(hint["status"]).terminal:
+                continue
+            try:
+                run = await self.load(run_id)
+            except KeelError as exc:
+                log.error("cannot recover run %s: %s", run_id, exc)
+                continue
+            if hint is not None and hint.get("status") != run.state.status:
+                await self._io(self.store.write_index, run_id, summary(run.state))
+            if run.state.status == RunStatus.RUNNING and self._spawn(run):
+                resumed.append(run_id)
+        if resumed:
+            log.info("resumed %d run(s): %s", len(resumed), ", ".join(resumed))
+        return resumed
+
+    def _spawn(self, run: _Run) -> bool:
+        if run.active or run.state.status != RunStatus.RUNNING:
+            return False
+        run.task = asyncio.get_running_loop().create_task(self._drive(run))
+        return True
+
+    async def resume(
+        self,
+        run_id: str,
+        *,
+        by: str = "local",
+        reason: str = "",
+        effect: Literal["applied", "not_applied"] | None = None,
+    ) -> RunState:
+        """Continue a paused run; ``effect`` settles an effect whose outcome was unknown."""
+        run = await self.load(run_id)
+        st = run.state
+        if st.status.terminal:
+            raise RunStateError(f"run {run_id} already {st.status}", field="run_id")
+        events: list[Event] = []
+        pending = st.pending_effect()
+        if effect is not None:
+            if pending is None:
+                raise RunStateError(
+                    f"run {run_id} has no effect awaiting a decision", field="effect"
+                )
+            if effect == "applied":
+                events.append(EffectResult(key=pending.key, ok=True, reconciled=True))
+            else:
+                events.append(
+                    EffectReconciled(key=pending.key, applied=False, detail=f"by {by}")
+                )
+        if st.status != RunStatus.RUNNING:
+            events.append(RunResumed(by=by, reason=reason))
+        if events:
+            await self._commit(run, events)
+        self._spawn(run)
+        return run.state
+
+    async def cancel(self, run_id: str, *, by: str = "local", reason: str = "") -> RunState:
+        run = await self.load(run_id)
+        if run.state.status.terminal:
+            raise RunStateError(f"run {run_id} already {run.state.status}", field="run_id")
+        if run.task is not None and not run.task.done():
+            run.task.cancel()
+            await asyncio.gather(run.task, return_exceptions=True)
+        await self._commit(
+            run, [RunFinished(status=RunStatus.CANCELLED, reason=reason or f"cancelled by {by}")]
+        )
+        return run.state
+
+    async def view(self, run_id: str) -> RunView:
+        run = await self.load(run_id)
+        return RunView(
+            state=run.state, events=list(run.events), warnings=run.warnings, active=run.active
+        )
+
+    async def wait(self, run_id: str, timeout_s: float) -> RunState:
+        """Return once the run is no longer running (or the timeout passes)."""
+        run = await self.load(run_id)
+        deadline = time.monotonic() + timeout_s
+        async with run.changed:
+            while run.state.status == RunStatus.RUNNING:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                try:
+                    await asyncio.wait_for(run.changed.wait(), left)
+                except TimeoutError:
+                    break
+        return run.state
+
+    async def watch(self, run_id: str, after_seq: int, timeout_s: float) -> RunView:
+        """Long-poll: return the events after ``after_seq`` once there are any, once the run
+        stops running, or when the timeout passes."""
+        run = await self.load(run_id)
+        deadline = time.monotonic() + timeout_s
+        async with run.changed:
+            while run.state.last_seq <= after_seq and run.state.status == RunStatus.RUNNING:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                try:
+                    await asyncio.wait_for(run.changed.wait(), left)
+                except TimeoutError:
+                    break
+        return RunView(
+            state=run.state,
+            events=[e for e in run.events if e.seq > after_seq],
+            warnings=run.warnings,
+            active=run.active,
+        )
+
+    # -- fault injection (chaos tests) --------------------------------------------------
+    def arm_fault(self, point: FaultPoint, node: str, times: int = 1) -> None:
+        """Make the process crash the next ``times`` it reaches ``point`` at ``node``."""
+        self._faults[f"{point}:{node}"] = times
+
+    def _fault(self, point: FaultPoint, node: str) -> None:
+        key = f"{point}:{node}"
+        if self._faults.get(key, 0) > 0:
+            self._faults[key] -= 1
+            log.warning("fault injection: crashing at %s", key)
+            if self._crash is None:
+                raise RuntimeError(f"fault injected at {key}")
+            self._crash(key)
+
+    # -- the run loop -----------------------------------------------------------------
+    async def _drive(self, run: _Run) -> None:
+        async with self._slots:
+            try:
+                while run.state.status == RunStatus.RUNNING:
+                    await self._step(run)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # A storage outage or a bug: the run stays as committed and resumes on
+                # the next recovery; nothing half-done was published.
+                log.exception("run %s stopped; it resumes from its last checkpoint", run.state.run_id)
+
+    async def _step(self, run: _Run) -> None:
+        st, wf = run.state, run.workflow
+        if st.fingerprint != wf.fingerprint():
+            await self._commit(
+                run,
+                [
+                    RunPaused(
+                        status=RunStatus.NEEDS_HUMAN,
+                        reason=f"workflow {wf.name!r} changed shape since this run started "
+                        f"({st.fingerprint} -> {wf.fingerprint()})",
+                    )
+                ],
+            )
+            return
+        name = st.next_node
+        node = wf.nodes.get(name or "")
+        if node is None:
+            raise WorkflowError(f"run {st.run_id}: no node {name!r}", field="next_node")
+        ctx = NodeContext(
+            run_id=st.run_id,
+            workflow=wf.name,
+            node=node.name,
+            step=st.step,
+            attempt=st.attempt,
+            goal=st.goal,
+            inputs=st.inputs,
+        )
+        started = time.monotonic()
+        try:
+            if node.tool is None:
+                updates = as_updates(await self._run_node(node, wf, st, ctx))
+                await self._complete(run, node, ctx, updates, [], started)
+            else:
+                await self._effect_step(run, node, node.tool, ctx, started)
+        except StorageError:
+            raise
+        except Exception as exc:
+            await self._fail(run, node, ctx, exc, started)
+
+    async def _run_node(self, node: Node, wf: Workflow, st: RunState, ctx: NodeContext) -> Any:
+        self._fault("before_node", node.name)
+        state_model = wf.state_of(st.data)
+        call = asyncio.ensure_future(self.runner.run_node(node, state_model, ctx))
+        if self._faults.get(f"during_node:{node.name}", 0) > 0:
+            await asyncio.sleep(0.2)
+            self._fault("during_node", node.name)
+        return await call
+
+    async def _effect_step(
+        self, run: _Run, node: Node, tool: Tool, ctx: NodeContext, started: float
+    ) -> None:
+        pending = run.state.pending_effect()
+        if pending is not None:
+            await self._reconcile(run, node, tool, ctx, pending, started)
+            return
+        args = await self._run_node(node, run.workflow, run.state, ctx)
+        if not isinstance(args, dict):
+            raise WorkflowError(
+                f"effect node {node.name!r} must return the tool's arguments as a dict",
+                field="args",
+            )
+        key = effect_key(ctx.run_id, ctx.step, node.name, ctx.attempt)
+        args = to_jsonable_python(args)
+        await self._commit(
+            run,
+            [
+                EffectIntent(
+                    node=node.name,
+                    step=ctx.step,
+                    attempt=ctx.attempt,
+                    key=key,
+                    tool=tool.name,
+                    args=args,
+                )
+            ],
+        )
+        self._fault("after_intent", node.name)
+        await self._apply(run, node, tool, ctx, key, args, started)
+
+    async def _apply(
+        self,
+        run: _Run,
+        node: Node,
+        tool: Tool,
+        ctx: NodeContext,
+        key: str,
+        args: dict[str, Any],
+        started: float,
+    ) -> None:
+        t0 = time.monotonic()
+        try:
+            result = await self.runner.apply_effect(tool, args, key, node.timeout_s)
+        except Exception as exc:
+            info = error_info(exc)
+            await self._commit(
+                run,
+                [EffectResult(key=key, ok=False, error=info, duration_s=time.monotonic() - t0)],
+            )
+            raise NodeError(
+                f"effect {tool.name} failed: {info.message}", retryable=info.retryable
+            ) from exc
+        self._fault("after_effect", node.name)
+        done = EffectResult(key=key, ok=True, result=result, duration_s=time.monotonic() - t0)
+        updates = {node.result_field: result} if node.result_field else {}
+        await self._complete(run, node, ctx, updates, [done], started)
+
+    async def _reconcile(
+        self,
+        run: _Run,
+        node: Node,
+        tool: Tool,
+        ctx: NodeContext,
+        pending: EffectRecord,
+        started: float,
+    ) -> None:
+        try:
+            verdict = await self.runner.verify_effect(tool, dict(pending.args), pending.key)
+        except Exception as exc:
+            verdict = Verification(status="unknown", detail=f"verify() failed: {exc}")
+        if verdict.status == "applied":
+            done = EffectResult(key=pending.key, ok=True, result=verdict.result, reconciled=True)
+            updates = {node.result_field: verdict.result} if node.result_field else {}
+            await self._complete(run, node, ctx, updates, [done], started)
+        elif verdict.status == "not_applied":
+            # Known not to have happened: the same step runs again under the same key.
+            await self._commit(
+                run, [EffectReconciled(key=pending.key, applied=False, detail=verdict.detail)]
+            )
+        else:
+            await self._commit(
+                run,
+                [
+                    RunPaused(
+                        status=RunStatus.NEEDS_HUMAN,
+                        reason=f"effect {pending.key} ({tool.name}) was started but its outcome "
+                        f"is unknown: {verdict.detail or 'tool cannot verify'}; check it, then "
+                        f"`keel resume {ctx.run_id} --effect applied|not_applied`",
+                    )
+                ],
+            )
+
+    async def _complete(
+        self,
+        run: _Run,
+        node: Node,
+        ctx: NodeContext,
+        updates: dict[str, JsonValue],
+        before: list[Event],
+        started: float,
+    ) -> None:
+        wf = run.workflow
+        fields = wf.state_model.model_fields
+        if wf.state_model.model_config.get("extra") != "allow":
+            for name in updates:
+                if name not in fields:
+                    raise WorkflowError(
+                        f"node {node.name!r} returned unknown state field {name!r}",
+                        field=f"updates.{name}",
+                    )
+        probe = NodeCompleted(
+            node=node.name, step=ctx.step, attempt=ctx.attempt, updates=updates, next=None,
+            duration_s=0.0,
+        )
+        try:
+            preview = fold(run.state, probe, wf.channels)
+            nxt = wf.next_node(node.name, wf.state_of(preview.data))
+        except Exception as exc:
+            if not before:
+                raise
+            # The effect happened: record it, and never retry the node (that would
+            # apply the effect a second time under a new key).
+            await self._commit(run, before)
+            raise WorkflowError(
+                f"node {node.name!r} failed after its effect was applied: {exc}",
+                retryable=False,
+            ) from exc
+        events: list[Event] = [
+            *before,
+            probe.model_copy(update={"next": nxt, "duration_s": time.monotonic() - started}),
+        ]
+        if nxt is None:
+            events.append(RunFinished(status=RunStatus.SUCCEEDED))
+        await self._commit(run, events)
+        self._fault("after_commit", node.name)
+
+    async def _fail(
+        self, run: _Run, node: Node, ctx: NodeContext, exc: BaseException, started: float
+    ) -> None:
+        info = error_info(exc)
+        duration = time.monotonic() - started
+        if info.retryable and ctx.attempt < node.retry.attempts:
+            delay = node.retry.delay(ctx.attempt)
+            await self._commit(
+                run,
+                [
+                    NodeFailed(
+                        node=node.name, step=ctx.step, attempt=ctx.attempt, error=info,
+                        retry_in_s=delay, duration_s=duration,
+                    )
+                ],
+            )
+            await asyncio.sleep(delay)
+            return
+        await self._commit(
+            run,
+            [
+                NodeFailed(
+                    node=node.name, step=ctx.step, attempt=ctx.attempt, error=info,
+                    retry_in_s=None, duration_s=duration,
+                ),
+                RunFinished(status=RunStatus.FAILED, error=info, reason=f"node {node.name} failed"),
+            ],
+        )
+
+
+def as_updates(out: Any) -> dict[str, JsonValue]:
+    """Normalise what a node returned into JSON-safe state updates."""
+    if out is None:
+        return {}
+    if isinstance(out, BaseModel):
+        out = out.model_dump(mode="json", exclude_unset=True)
+    if not isinstance(out, Mapping):
+        raise WorkflowError(
+            f"a node must return a dict of state updates, not {type(out).__name__}",
+            field="updates",
+        )
+    result: dict[str, JsonValue] = to_jsonable_python(dict(out))
+    return result
+
+
+def summary(state: RunState) -> dict[str, Any]:
+    """The index entry of a run: enough to list and filter runs without loading them."""
+    return {
+        "run_id": state.run_id,
+        "workflow": state.workflow,
+        "status": str(state.status),
+        "goal": state.goal[:200],
+        "created_at": state.created_at,
+        "updated_at": state.updated_at,
+        "reason": state.reason[:500],
+    }

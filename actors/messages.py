@@ -1,0 +1,49 @@
+"""One frozen message per orchestrator call, so signatures can grow without breaking callers."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
+
+
+class _Msg(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class StartRun(_Msg):
+    workflow: str = Field(min_length=1, max_length=300, description="name or module:attr")
+    goal: str = Field(default="", max_length=20_000)
+    inputs: dict[str, JsonValue] = Field(default_factory=dict)
+    principal: str = "local"
+    run_id: str | None = None
+
+
+class ResumeRun(_Msg):
+    run_id: str
+    by: str = "local"
+    reason: str = Field(default="", max_length=2_000)
+    effect: Literal["applied", "not_applied"] | None = None
+
+
+class CancelRun(_Msg):
+    run_id: str
+    by: str = "local"
+    reason: str = Field(default="", max_length=2_000)
+
+
+class WatchRun(_Msg):
+    run_id: str
+    after_seq: int = 0
+    timeout_s: float = Field(default=5.0, ge=0.0, le=60.0)
+
+
+class OrchestratorSettings(_Msg):
+    """What the orchestrator actor is built with; survives its restarts."""
+
+    storage_url: str
+    storage_options: dict[str, JsonValue] = Field(default_factory=dict)
+    fsync: bool = True
+    max_concurrent_runs: int = Field(default=256, ge=1)
+    node_num_cpus: float = Field(default=1.0, ge=0.0)
+    workflows: dict[str, str] = Field(default_factory=dict)

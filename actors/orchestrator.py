@@ -1,0 +1,113 @@
+"""The orchestrator: a named, detached Ray actor that owns the state of every run.
+
+Ray restarts it without limit; each incarnation starts by loading every unfinished run
+from the checkpoint store and resuming it from its last good checkpoint. All the run logic
+lives in ``actors.engine``; this module is the actor shell around it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any
+
+import ray
+
+from actors.engine import FaultPoint, RunEngine, RunView
+from actors.messages import CancelRun, OrchestratorSettings, ResumeRun, StartRun, WatchRun
+from actors.runner import RayNodeRunner
+from actors.state import RunState
+from storage import open_store
+from storage.runs import RunStore
+
+log = logging.getLogger("keel.orchestrator")
+
+NAMESPACE = "keel"
+DEFAULT_NAME = "orchestrator"
+
+
+def _crash(point: str) -> None:
+    log.error("fault injection at %s: exiting the orchestrator process", point)
+    os._exit(1)
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0, max_concurrency=1000)
+class Orchestrator:
+    """Ray actor; see the module docstring. Every method takes one typed message."""
+
+    def __init__(self, settings: OrchestratorSettings) -> None:
+        from keel.workflows import load_workflow
+
+        self.settings = settings
+        store = open_store(settings.storage_url, dict(settings.storage_options), fsync=settings.fsync)
+
+        def resolve(ref: str) -> Any:
+            return load_workflow(ref)
+
+        self.engine = RunEngine(
+            RunStore(store),
+            RayNodeRunner(settings.node_num_cpus),
+            resolve,
+            max_concurrent_runs=settings.max_concurrent_runs,
+            crash=_crash,
+        )
+        self.recovered: list[str] | None = None
+        self._recovery: asyncio.Task[list[str]] | None = None
+        # Kick off recovery as soon as the actor is up, without waiting for a caller.
+        ray.get_runtime_context().current_actor.recover.remote()
+
+    async def recover(self) -> list[str]:
+        """Resume unfinished runs (idempotent: runs already driven are left alone)."""
+        if self._recovery is None:
+            self._recovery = asyncio.get_running_loop().create_task(self.engine.recover())
+        self.recovered = await self._recovery
+        return self.recovered
+
+    async def start_run(self, msg: StartRun) -> RunState:
+        from keel.workflows import resolve_ref
+
+        ref = resolve_ref(msg.workflow, self.settings.workflows)
+        return await self.engine.create(
+            ref, msg.goal, msg.inputs, principal=msg.principal, run_id=msg.run_id
+        )
+
+    async def view(self, run_id: str) -> RunView:
+        return await self.engine.view(run_id)
+
+    async def watch(self, msg: WatchRun) -> RunView:
+        return await self.engine.watch(msg.run_id, msg.after_seq, msg.timeout_s)
+
+    async def wait(self, run_id: str, timeout_s: float) -> RunState:
+        return await self.engine.wait(run_id, timeout_s)
+
+    async def resume(self, msg: ResumeRun) -> RunState:
+        return await self.engine.resume(
+            msg.run_id, by=msg.by, reason=msg.reason, effect=msg.effect
+        )
+
+    async def cancel(self, msg: CancelRun) -> RunState:
+        return await self.engine.cancel(msg.run_id, by=msg.by, reason=msg.reason)
+
+    async def active_runs(self) -> list[str]:
+        return [rid for rid, run in self.engine.runs.items() if run.active]
+
+    async def arm_fault(self, point: FaultPoint, node: str, times: int = 1) -> None:
+        """Chaos testing only: crash this process the next time ``point`` is reached."""
+        self.engine.arm_fault(point, node, times)
+
+    async def info(self) -> dict[str, Any]:
+        ctx = ray.get_runtime_context()
+        return {
+            "pid": os.getpid(),
+            "restarted": ctx.was_current_actor_reconstructed,
+            "storage": self.settings.storage_url,
+            "recovered": self.recovered,
+        }
+
+
+def get_orchestrator(settings: OrchestratorSettings, name: str = DEFAULT_NAME) -> Any:
+    """The running orchestrator of this Ray cluster, created if there is none."""
+    return Orchestrator.options(  # type: ignore[attr-defined]
+        name=name, namespace=NAMESPACE, lifetime="detached", get_if_exists=True
+    ).remote(settings)

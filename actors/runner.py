@@ -1,0 +1,106 @@
+"""Node functions and tools executed as Ray tasks, so a slow node never blocks other runs."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import ray
+from pydantic import BaseModel, JsonValue
+from pydantic_core import to_jsonable_python
+from ray.exceptions import RayTaskError, TaskCancelledError, WorkerCrashedError
+
+from actors.workflow import Node, NodeContext
+from keel.errors import ErrorCode, NodeError
+from sandbox.tool import Tool, Verification
+
+
+def _invoke(fn: Any, state: BaseModel, ctx: NodeContext) -> Any:
+    out = fn(state, ctx)
+    if isinstance(out, BaseModel):
+        return out.model_dump(mode="json", exclude_unset=True)
+    return out
+
+
+@ray.remote(max_retries=0)
+def _node_task(fn: Any, state: BaseModel, ctx: NodeContext) -> Any:
+    return _invoke(fn, state, ctx)
+
+
+@ray.remote(max_retries=0)
+def _apply_task(tool: Tool, args: dict[str, Any], key: str) -> Any:
+    return to_jsonable_python(tool.apply(args, key))
+
+
+@ray.remote(max_retries=0)
+def _verify_task(tool: Tool, args: dict[str, Any], key: str) -> Verification:
+    return tool.verify(args, key)
+
+
+async def _await(ref: Any, what: str, timeout_s: float | None) -> Any:
+    async def get() -> Any:
+        return await ref
+
+    try:
+        return await asyncio.wait_for(get(), timeout_s)
+    except TimeoutError:
+        ray.cancel(ref, force=True)
+        raise NodeError(
+            f"{what} timed out after {timeout_s}s", code=ErrorCode.NODE_TIMEOUT, retryable=True
+        ) from None
+    except RayTaskError as exc:
+        cause = exc.cause
+        raise (cause if isinstance(cause, Exception) else exc) from None
+    except (WorkerCrashedError, TaskCancelledError) as exc:
+        raise NodeError(f"{what}: worker lost ({type(exc).__name__})", retryable=True) from None
+
+
+class RayNodeRunner:
+    """Plain nodes and tools on Ray tasks; ``inline`` nodes on the orchestrator's threads."""
+
+    def __init__(self, node_num_cpus: float = 1.0) -> None:
+        self.node_num_cpus = node_num_cpus
+
+    async def run_node(self, node: Node, state: BaseModel, ctx: NodeContext) -> Any:
+        if node.inline:
+            return await asyncio.wait_for(
+                asyncio.to_thread(_invoke, node.fn, state, ctx), node.timeout_s
+            )
+        ref = _node_task.options(num_cpus=self.node_num_cpus, name=f"keel:{node.name}").remote(
+            node.fn, state, ctx
+        )
+        return await _await(ref, f"node {node.name}", node.timeout_s)
+
+    async def apply_effect(
+        self, tool: Tool, args: dict[str, Any], key: str, timeout_s: float | None
+    ) -> JsonValue:
+        ref = _apply_task.options(num_cpus=self.node_num_cpus, name=f"keel:{tool.name}").remote(
+            tool, args, key
+        )
+        result: JsonValue = await _await(ref, f"tool {tool.name}", timeout_s)
+        return result
+
+    async def verify_effect(self, tool: Tool, args: dict[str, Any], key: str) -> Verification:
+        ref = _verify_task.options(num_cpus=self.node_num_cpus).remote(tool, args, key)
+        verdict: Verification = await _await(ref, f"verify {tool.name}", 60.0)
+        return verdict
+
+
+class InlineNodeRunner:
+    """Everything on the calling process's threads: for benchmarks and single-process use."""
+
+    async def run_node(self, node: Node, state: BaseModel, ctx: NodeContext) -> Any:
+        return await asyncio.wait_for(
+            asyncio.to_thread(_invoke, node.fn, state, ctx), node.timeout_s
+        )
+
+    async def apply_effect(
+        self, tool: Tool, args: dict[str, Any], key: str, timeout_s: float | None
+    ) -> JsonValue:
+        result: JsonValue = to_jsonable_python(
+            await asyncio.wait_for(asyncio.to_thread(tool.apply, args, key), timeout_s)
+        )
+        return result
+
+    async def verify_effect(self, tool: Tool, args: dict[str, Any], key: str) -> Verification:
+        return await asyncio.to_thread(tool.verify, args, key)

@@ -1,0 +1,293 @@
+"""The declarative workflow API: nodes, edges, reducers, retry and timeout per node.
+
+A workflow is a state machine over a pydantic state model. Nodes are plain functions
+``fn(state, ctx) -> updates`` (run as Ray tasks, or inline for cheap deterministic steps)
+or effect nodes whose function proposes the arguments of a ``Tool`` call that the
+orchestrator applies exactly once. Edges are fixed or computed from state by a router
+function; fields of the state model pick their reducer with ``Annotated[T, reducer]``.
+
+Example::
+
+    class S(BaseModel):
+        notes: Annotated[list[str], append] = []
+
+    wf = Workflow("hello", state=S)
+
+    @wf.node()
+    def greet(state: S, ctx: NodeContext) -> dict:
+        return {"notes": f"hello {ctx.goal}"}
+
+    wf.edge("greet", END)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
+
+from actors.state import Reducer, replace
+from keel.errors import InputError, WorkflowError
+from sandbox.tool import Tool
+
+END = "__end__"
+
+NodeFn = Callable[[Any, "NodeContext"], Any]
+RouterFn = Callable[[Any], str]
+
+
+class RetryPolicy(BaseModel):
+    """How often a failing node is tried, and how long to wait between tries."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    attempts: int = Field(default=1, ge=1, le=100)
+    backoff_s: float = Field(default=0.0, ge=0.0, le=3600.0)
+    multiplier: float = Field(default=2.0, ge=1.0, le=10.0)
+    max_backoff_s: float = Field(default=60.0, ge=0.0)
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        return float(min(self.backoff_s * self.multiplier ** (attempt - 1), self.max_backoff_s))
+
+
+class NodeContext(BaseModel):
+    """What a node may know about the run besides its state."""
+
+    model_config = ConfigDict(frozen=True)
+
+    run_id: str
+    workflow: str
+    node: str
+    step: int
+    attempt: int
+    goal: str
+    inputs: dict[str, JsonValue]
+
+
+class NoState(BaseModel):
+    """The state model of a workflow that declares none."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    fn: NodeFn
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    timeout_s: float | None = None
+    inline: bool = False
+    tool: Tool | None = None
+    result_field: str | None = None
+
+    @property
+    def kind(self) -> str:
+        return "effect" if self.tool is not None else "inline" if self.inline else "task"
+
+
+@dataclass(frozen=True)
+class Edge:
+    target: str | None = None
+    router: RouterFn | None = None
+    targets: tuple[str, ...] = ()
+
+
+class Workflow:
+    """A named graph of nodes over a typed state."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        state: type[BaseModel] = NoState,
+        inputs: type[BaseModel] | None = None,
+        description: str = "",
+    ) -> None:
+        self.name = name
+        self.state_model = state
+        self.inputs_model = inputs
+        self.description = description
+        self.nodes: dict[str, Node] = {}
+        self.edges: dict[str, Edge] = {}
+        self._start: str | None = None
+        self.channels: dict[str, Reducer] = _channels_of(state)
+
+    # -- building -------------------------------------------------------------------
+    def add_node(self, node: Node) -> Node:
+        if node.name in self.nodes or node.name == END:
+            raise WorkflowError(f"duplicate or reserved node name {node.name!r}", field="node")
+        if node.result_field is not None and node.result_field not in self.state_model.model_fields:
+            raise WorkflowError(
+                f"node {node.name!r}: result_field {node.result_field!r} is not a state field",
+                field="result_field",
+            )
+        self.nodes[node.name] = node
+        if self._start is None:
+            self._start = node.name
+        return node
+
+    def node(
+        self,
+        name: str | None = None,
+        *,
+        retry: RetryPolicy | None = None,
+        timeout_s: float | None = None,
+        inline: bool = False,
+    ) -> Callable[[NodeFn], NodeFn]:
+        """Declare a plain node. ``inline`` runs it in the orchestrator's thread pool
+        instead of a Ray task: only for cheap, deterministic steps."""
+
+        def deco(fn: NodeFn) -> NodeFn:
+            self.add_node(
+                Node(
+                    name or fn.__name__,
+                    fn,
+                    retry or RetryPolicy(),
+                    timeout_s,
+                    inline,
+                )
+            )
+            return fn
+
+        return deco
+
+    def effect(
+        self,
+        tool: Tool,
+        name: str | None = None,
+        *,
+        result_field: str | None = None,
+        retry: RetryPolicy | None = None,
+        timeout_s: float | None = None,
+    ) -> Callable[[NodeFn], NodeFn]:
+        """Declare a side-effecting node: ``fn`` returns the tool's arguments; the
+        orchestrator records an intent, applies the tool once, and records the result."""
+
+        def deco(fn: NodeFn) -> NodeFn:
+            self.add_node(
+                Node(
+                    name or fn.__name__,
+                    fn,
+                    retry or RetryPolicy(),
+                    timeout_s,
+                    True,
+                    tool,
+                    result_field,
+                )
+            )
+            return fn
+
+        return deco
+
+    def edge(self, source: str, target: str) -> None:
+        self._set_edge(source, Edge(target=target))
+
+    def route(self, source: str, router: RouterFn, targets: list[str]) -> None:
+        """A conditional edge: ``router(state)`` names the next node, one of ``targets``
+        (``END`` allowed)."""
+        self._set_edge(source, Edge(router=router, targets=tuple(targets)))
+
+    def _set_edge(self, source: str, edge: Edge) -> None:
+        if source in self.edges:
+            raise WorkflowError(f"node {source!r} already has an outgoing edge", field="edge")
+        self.edges[source] = edge
+
+    def set_start(self, name: str) -> None:
+        self._start = name
+
+    # -- checking ---------------------------------------------------------------------
+    @property
+    def start(self) -> str:
+        if self._start is None:
+            raise WorkflowError(f"workflow {self.name!r} has no nodes", field="nodes")
+        return self._start
+
+    def validate(self) -> Workflow:
+        """Raise ``WorkflowError`` naming the first problem; return self when sound."""
+        known = set(self.nodes)
+        if self.start not in known:
+            raise WorkflowError(f"start node {self.start!r} is not a node", field="start")
+        for source, edge in self.edges.items():
+            if source not in known:
+                raise WorkflowError(f"edge from unknown node {source!r}", field="edges")
+            for target in (edge.target,) if edge.router is None else edge.targets:
+                if target != END and target not in known:
+                    raise WorkflowError(
+                        f"edge {source!r} -> {target!r}: unknown node", field="edges"
+                    )
+        for name in known - set(self.edges):
+            raise WorkflowError(
+                f"node {name!r} has no outgoing edge (use END to finish)", field="edges"
+            )
+        return self
+
+    def fingerprint(self) -> str:
+        """Changes when the graph's shape changes, so a resumed run can detect it."""
+        shape = {
+            "nodes": {n: node.kind for n, node in sorted(self.nodes.items())},
+            "edges": {
+                s: [e.target] if e.router is None else sorted(e.targets)
+                for s, e in sorted(self.edges.items())
+            },
+            "start": self.start,
+        }
+        return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
+
+    # -- running ----------------------------------------------------------------------
+    def check_inputs(self, inputs: Mapping[str, Any]) -> dict[str, JsonValue]:
+        """Validate run inputs against the declared inputs model; errors name the field."""
+        if self.inputs_model is None:
+            return dict(inputs)
+        try:
+            model = self.inputs_model.model_validate(dict(inputs))
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            loc = ".".join(str(p) for p in err["loc"])
+            raise InputError(f"{err['msg']}", field=f"inputs.{loc}" if loc else "inputs") from None
+        data: dict[str, JsonValue] = model.model_dump(mode="json")
+        return data
+
+    def initial_data(self) -> dict[str, JsonValue]:
+        try:
+            data: dict[str, JsonValue] = self.state_model().model_dump(mode="json")
+        except ValidationError as exc:
+            raise WorkflowError(
+                f"state model {self.state_model.__name__} needs defaults for every field: {exc}",
+                field="state",
+            ) from None
+        return data
+
+    def state_of(self, data: Mapping[str, Any]) -> BaseModel:
+        return self.state_model.model_validate(dict(data))
+
+    def next_node(self, source: str, state: BaseModel) -> str | None:
+        edge = self.edges[source]
+        if edge.router is None:
+            target = edge.target
+        else:
+            target = edge.router(state)
+            if target not in edge.targets:
+                raise WorkflowError(
+                    f"router of {source!r} chose {target!r}, not one of {list(edge.targets)}",
+                    field="edges",
+                )
+        return None if target == END else target
+
+
+def _channels_of(model: type[BaseModel]) -> dict[str, Reducer]:
+    """Reducers declared as ``Annotated`` metadata on the state model's fields."""
+    channels: dict[str, Reducer] = {}
+    hints = typing.get_type_hints(model, include_extras=True)
+    for name in model.model_fields:
+        hint = hints.get(name)
+        for meta in getattr(hint, "__metadata__", ()):
+            if callable(meta) and not isinstance(meta, type):
+                channels[name] = meta
+        channels.setdefault(name, replace)
+    return channels

@@ -1,0 +1,1 @@
+"""Evaluation at three layers: model, component, trajectory (see issue 7)."""

@@ -1,0 +1,297 @@
+"""The ``keel`` command. Exit codes: 0 success, 1 a run that did not succeed, 2 bad input."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from pydantic import JsonValue
+from rich.console import Console
+from rich.table import Table
+
+from actors.engine import RunView
+from actors.state import Event, RunState, RunStatus
+from keel.config import load_config
+from keel.errors import InputError, KeelError
+
+EXIT_OK, EXIT_RUN_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        err.print(f"keel: error: {message}")
+        raise SystemExit(EXIT_BAD_INPUT)
+
+
+def parse_inputs(pairs: Sequence[str]) -> dict[str, JsonValue]:
+    """``KEY=VALUE`` pairs; a VALUE that parses as JSON is taken as JSON, else as text."""
+    inputs: dict[str, JsonValue] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip() or not key.strip().isidentifier():
+            raise InputError(f"{pair!r} is not KEY=VALUE with KEY an identifier", field="--input")
+        try:
+            inputs[key.strip()] = json.loads(value)
+        except ValueError:
+            inputs[key.strip()] = value
+    return inputs
+
+
+def describe(ev: Event) -> tuple[str, str]:
+    """The node an event is about and a one-line description of it."""
+    match ev.type:
+        case "run_created":
+            return "", f"run created: workflow {ev.workflow}, goal {ev.goal[:60]!r}"
+        case "node_completed":
+            nxt = ev.next or "end"
+            keys = ", ".join(sorted(ev.updates)) or "no updates"
+            return ev.node, f"completed in {ev.duration_s:.3f}s ({keys}) -> {nxt}"
+        case "node_failed":
+            retry = f"retry in {ev.retry_in_s:.1f}s" if ev.retry_in_s is not None else "no retry"
+            return ev.node, f"attempt {ev.attempt} failed: {ev.error.message} ({retry})"
+        case "effect_intent":
+            return ev.node, f"intent {ev.tool} key={ev.key}"
+        case "effect_result":
+            how = " (found by verify)" if ev.reconciled else ""
+            what = json.dumps(ev.result) if ev.ok else ev.error.message if ev.error else ""
+            return "", f"effect {'ok' if ev.ok else 'FAILED'}{how}: {what[:80]}"
+        case "effect_reconciled":
+            return "", f"verify: effect {ev.key} {'applied' if ev.applied else 'not applied'}"
+        case "run_paused":
+            return "", f"paused ({ev.status}): {ev.reason}"
+        case "run_resumed":
+            return "", f"resumed by {ev.by} {ev.reason}".rstrip()
+        case "run_finished":
+            why = f": {ev.error.message}" if ev.error else f": {ev.reason}" if ev.reason else ""
+            return "", f"run {ev.status}{why}"
+    return "", ev.type
+
+
+def print_events(events: Sequence[Event]) -> None:
+    for ev in events:
+        node, text = describe(ev)
+        stamp = time.strftime("%H:%M:%S", time.localtime(ev.ts))
+        out.print(f"  [dim]#{ev.seq:<3} {stamp}[/dim]  [bold]{node:<14}[/bold] {text}")
+
+
+def _status_style(status: str) -> str:
+    return {
+        "succeeded": "green",
+        "failed": "red",
+        "cancelled": "yellow",
+        "running": "cyan",
+    }.get(status, "magenta")
+
+
+def _finish(state: RunState) -> int:
+    style = _status_style(state.status)
+    out.print(f"run [bold]{state.run_id}[/bold]: [{style}]{state.status}[/{style}]")
+    if state.status == RunStatus.SUCCEEDED:
+        return EXIT_OK
+    if state.reason:
+        out.print(f"  reason: {state.reason}")
+    if not state.status.terminal:
+        out.print(f"  continue it with: keel resume {state.run_id}")
+    return EXIT_RUN_FAILED
+
+
+def _follow(keel: Any, state: RunState) -> RunState:
+    with out.status(f"running {state.workflow} ({state.run_id})", spinner="dots"):
+        return keel.watch(state.run_id, lambda evs, _st: print_events(evs))  # type: ignore[no-any-return]
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from keel.client import Keel
+
+    inputs = parse_inputs(args.input)
+    keel = Keel(load_config(args.config))
+    _apply_storage(keel, args)
+    try:
+        state = keel.start(args.workflow, args.goal, inputs, run_id=args.run_id)
+        out.print(f"started run [bold]{state.run_id}[/bold] ({state.workflow})")
+        if args.detach:
+            return EXIT_OK
+        return _finish(_follow(keel, state))
+    finally:
+        keel.close()
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from keel.client import Keel
+
+    keel = Keel(load_config(args.config))
+    _apply_storage(keel, args)
+    outbox = Path(keel.config.storage_url()).parent / "demo-outbox"
+    if "://" in keel.config.storage.url:
+        outbox = Path(".keel-demo-outbox").resolve()
+    out.print("[bold]Keel demo[/bold]: a durable ticket-triage workflow on the embedded stack")
+    out.print(f"  storage: {keel.config.storage_url()}   outbox: {outbox}")
+    try:
+        state = keel.start(
+            "demo",
+            args.goal,
+            {"outbox": str(outbox), "reporter": "demo@example.com"},
+        )
+        out.print(f"started run [bold]{state.run_id}[/bold]")
+        final = _follow(keel, state)
+    finally:
+        keel.close()
+    code = _finish(final)
+    out.print(f"  inspect it: keel show {final.run_id}   list runs: keel runs")
+    return code
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from keel.client import Keel
+
+    keel = Keel(load_config(args.config))
+    _apply_storage(keel, args)
+    rows = keel.runs(status=args.status, workflow=args.workflow)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    table = Table("run", "workflow", "status", "created", "goal / reason")
+    for r in rows:
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.get("created_at", 0)))
+        style = _status_style(r["status"])
+        table.add_row(
+            r["run_id"],
+            r["workflow"],
+            f"[{style}]{r['status']}[/{style}]",
+            created,
+            r.get("reason") or r.get("goal", ""),
+        )
+    out.print(table if rows else "no runs")
+    return EXIT_OK
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from keel.client import Keel
+
+    keel = Keel(load_config(args.config))
+    _apply_storage(keel, args)
+    view: RunView = keel.show(args.run_id)
+    for warning in view.warnings:
+        err.print(f"warning: {warning}")
+    if args.json:
+        print(view.model_dump_json(indent=2))
+        return EXIT_OK
+    st = view.state
+    style = _status_style(st.status)
+    out.print(f"run [bold]{st.run_id}[/bold]  workflow {st.workflow}  [{style}]{st.status}[/{style}]")
+    out.print(f"  goal: {st.goal}")
+    out.print(f"  current node: {st.next_node or '-'}   steps: {st.step}")
+    if st.reason:
+        out.print(f"  reason: {st.reason}")
+    out.print("timeline:")
+    print_events(view.events)
+    return EXIT_OK
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from keel.client import Keel
+
+    keel = Keel(load_config(args.config))
+    _apply_storage(keel, args)
+    keel.show(args.run_id)  # unknown ids fail here, before Ray starts
+    try:
+        state = keel.resume(args.run_id, reason=args.reason, effect=args.effect)
+        out.print(f"resumed run [bold]{state.run_id}[/bold] at {state.next_node}")
+        if args.detach:
+            return EXIT_OK
+        return _finish(_follow(keel, state))
+    finally:
+        keel.close()
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from keel.client import Keel
+
+    keel = Keel(load_config(args.config))
+    _apply_storage(keel, args)
+    keel.show(args.run_id)
+    try:
+        return _finish(keel.cancel(args.run_id, reason=args.reason))
+    finally:
+        keel.close()
+
+
+def _apply_storage(keel: Any, args: argparse.Namespace) -> None:
+    if getattr(args, "storage", None):
+        keel.config.storage.url = args.storage
+        keel._store = None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="keel", description="Keel: a durable runtime for agents that act.")
+    p.add_argument("--config", help="path to keel.yaml (default: ./keel.yaml or $KEEL_CONFIG)")
+    p.add_argument("--storage", help="storage URL (overrides config and $KEEL_STORAGE)")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    demo = sub.add_parser("demo", help="run the bundled demo end to end")
+    demo.add_argument("--goal", default="Checkout page is down: users see HTTP 500 errors")
+    demo.set_defaults(fn=cmd_demo)
+
+    run = sub.add_parser("run", help="start a run and follow it")
+    run.add_argument("workflow", help="a workflow name or module:attr")
+    run.add_argument("--goal", default="", help="what the run should achieve")
+    run.add_argument("--input", action="append", default=[], metavar="KEY=VALUE")
+    run.add_argument("--run-id", help="choose the run id (default: generated)")
+    run.add_argument("--detach", action="store_true", help="return once the run is created")
+    run.set_defaults(fn=cmd_run)
+
+    runs = sub.add_parser("runs", help="list runs")
+    runs.add_argument("--status", help="only runs in this status")
+    runs.add_argument("--workflow", help="only runs of this workflow")
+    runs.add_argument("--json", action="store_true")
+    runs.set_defaults(fn=cmd_runs)
+
+    show = sub.add_parser("show", help="a run's status, current node and timeline")
+    show.add_argument("run_id")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(fn=cmd_show)
+
+    resume = sub.add_parser("resume", help="continue an unfinished or paused run")
+    resume.add_argument("run_id")
+    resume.add_argument("--reason", default="")
+    resume.add_argument(
+        "--effect",
+        choices=["applied", "not_applied"],
+        help="settle an effect whose outcome was unknown",
+    )
+    resume.add_argument("--detach", action="store_true")
+    resume.set_defaults(fn=cmd_resume)
+
+    cancel = sub.add_parser("cancel", help="cancel an unfinished run")
+    cancel.add_argument("run_id")
+    cancel.add_argument("--reason", default="")
+    cancel.set_defaults(fn=cmd_cancel)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.fn(args)
+    except KeelError as exc:
+        if isinstance(exc, InputError) or exc.field:
+            err.print(f"keel: error: {exc}")
+            return EXIT_BAD_INPUT
+        err.print(f"keel: {exc.code}: {exc}")
+        return EXIT_RUN_FAILED
+    except KeyboardInterrupt:
+        err.print("interrupted: the run continues from its last checkpoint on `keel resume`")
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

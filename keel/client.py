@@ -1,0 +1,203 @@
+"""The public Python API: start, watch, resume and inspect runs.
+
+Reads (``runs``, ``show``) go straight to the checkpoint store and need no Ray; writes go
+through the orchestrator actor, so there is only ever one writer per run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
+
+from pydantic import JsonValue
+
+from actors.engine import RunView, load_events
+from actors.messages import CancelRun, OrchestratorSettings, ResumeRun, StartRun, WatchRun
+from actors.state import Event, RunState, RunStatus, replay
+from keel.config import KeelConfig, load_config
+from keel.errors import InputError, KeelError, RunStateError
+from keel.workflows import load_workflow, resolve_ref
+from storage import open_store
+from storage.runs import RunStore, check_run_id
+
+log = logging.getLogger("keel.client")
+
+OnEvents = Callable[[list[Event], RunState], None]
+
+
+class Keel:
+    """A handle on one Keel deployment (its storage and its Ray cluster)."""
+
+    def __init__(self, config: KeelConfig | None = None) -> None:
+        self.config = config or load_config()
+        self._store: RunStore | None = None
+        self._started_ray = False
+
+    # -- plumbing ---------------------------------------------------------------------
+    @property
+    def store(self) -> RunStore:
+        if self._store is None:
+            cfg = self.config.storage
+            self._store = RunStore(
+                open_store(self.config.storage_url(), dict(cfg.options), fsync=cfg.fsync)
+            )
+        return self._store
+
+    def settings(self) -> OrchestratorSettings:
+        return OrchestratorSettings(
+            storage_url=self.config.storage_url(),
+            storage_options=self.config.storage.options,
+            fsync=self.config.storage.fsync,
+            max_concurrent_runs=self.config.orchestrator.max_concurrent_runs,
+            node_num_cpus=self.config.orchestrator.node_num_cpus,
+            workflows=self.config.workflows,
+        )
+
+    def connect(self) -> None:
+        """Join the configured Ray cluster, or start a local one (the embedded default)."""
+        import ray
+
+        if ray.is_initialized():
+            return
+        address = self.config.ray.address
+        kwargs: dict[str, Any] = {
+            "namespace": "keel",
+            "logging_level": logging.WARNING,
+            "log_to_driver": False,
+        }
+        if address is None:
+            kwargs.update(
+                address="local",
+                include_dashboard=False,
+                num_cpus=self.config.ray.num_cpus,
+                _node_ip_address="127.0.0.1",
+            )
+            self._started_ray = True
+        else:
+            kwargs["address"] = address
+        ray.init(**kwargs)
+
+    def close(self) -> None:
+        """Stop the local Ray instance if this client started it."""
+        if self._started_ray:
+            import ray
+
+            ray.shutdown()
+            self._started_ray = False
+
+    def orchestrator(self) -> Any:
+        from actors.orchestrator import get_orchestrator
+
+        self.connect()
+        return get_orchestrator(self.settings(), self.config.orchestrator.name)
+
+    def _call(self, method: str, *args: Any, patience_s: float = 120.0) -> Any:
+        """Call the orchestrator, riding out its restarts."""
+        import ray
+        from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+
+        deadline = time.monotonic() + patience_s
+        while True:
+            try:
+                return ray.get(getattr(self.orchestrator(), method).remote(*args))
+            except (ActorUnavailableError, ActorDiedError, RayActorError) as exc:
+                if isinstance(exc, KeelError) or time.monotonic() > deadline:
+                    raise
+                log.info("orchestrator unavailable (%s); retrying", type(exc).__name__)
+                time.sleep(0.5)
+
+    # -- runs -------------------------------------------------------------------------
+    def start(
+        self,
+        workflow: str,
+        goal: str = "",
+        inputs: Mapping[str, JsonValue] | None = None,
+        *,
+        run_id: str | None = None,
+        principal: str = "local",
+    ) -> RunState:
+        """Validate everything locally first (nothing is written for bad input), then
+        ask the orchestrator to create the run."""
+        ref = resolve_ref(workflow, self.config.workflows)
+        clean = load_workflow(ref).check_inputs(inputs or {})
+        if run_id is not None:
+            check_run_id(run_id)
+        msg = StartRun(workflow=ref, goal=goal, inputs=clean, principal=principal, run_id=run_id)
+        state: RunState = self._call("start_run", msg)
+        return state
+
+    def watch(
+        self,
+        run_id: str,
+        on_events: OnEvents | None = None,
+        *,
+        timeout_s: float | None = None,
+        after_seq: int = 0,
+    ) -> RunState:
+        """Follow a run until it stops running; ``on_events`` sees each new batch."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            view: RunView = self._call("watch", WatchRun(run_id=run_id, after_seq=after_seq))
+            if view.events:
+                after_seq = view.events[-1].seq
+                if on_events is not None:
+                    on_events(view.events, view.state)
+            if view.state.status != RunStatus.RUNNING:
+                return view.state
+            if deadline is not None and time.monotonic() > deadline:
+                return view.state
+
+    def resume(
+        self,
+        run_id: str,
+        *,
+        by: str = "local",
+        reason: str = "",
+        effect: Literal["applied", "not_applied"] | None = None,
+    ) -> RunState:
+        view = self.show(run_id)  # fails fast, with no Ray, for an unknown run id
+        if view.state.status.terminal:
+            raise RunStateError(f"run {run_id} already {view.state.status}", field="run_id")
+        state: RunState = self._call(
+            "resume", ResumeRun(run_id=run_id, by=by, reason=reason, effect=effect)
+        )
+        return state
+
+    def cancel(self, run_id: str, *, by: str = "local", reason: str = "") -> RunState:
+        self.show(run_id)
+        state: RunState = self._call("cancel", CancelRun(run_id=run_id, by=by, reason=reason))
+        return state
+
+    def runs(self, status: str | None = None, workflow: str | None = None) -> list[dict[str, Any]]:
+        """Index entries of every run, newest first, read from storage."""
+        if status is not None and status not in {s.value for s in RunStatus}:
+            raise InputError(
+                f"unknown status {status!r} (one of {', '.join(s.value for s in RunStatus)})",
+                field="status",
+            )
+        out = []
+        for run_id in self.store.list_run_ids():
+            entry = self.store.read_index(run_id)
+            if entry is None:
+                continue
+            if status is not None and entry.get("status") != status:
+                continue
+            if workflow is not None and entry.get("workflow") != workflow:
+                continue
+            out.append(entry)
+        return sorted(out, key=lambda e: e.get("created_at", 0), reverse=True)
+
+    def show(self, run_id: str) -> RunView:
+        """A run's state and ledger, folded from its checkpoints in storage."""
+        loaded = self.store.load(check_run_id(run_id))
+        events = load_events(loaded.events)
+        warnings = [f"skipped {s.key}: {s.reason}" for s in loaded.skipped]
+        first = events[0]
+        channels = {}
+        try:
+            channels = load_workflow(getattr(first, "workflow_ref", "")).channels
+        except KeelError as exc:
+            warnings.append(f"workflow not importable here, state shown unreduced: {exc}")
+        return RunView(state=replay(events, channels), events=events, warnings=warnings)

@@ -1,0 +1,196 @@
+"""One error hierarchy for every Keel package.
+
+Errors cross Ray actor boundaries, so each one pickles with its code, field and context
+intact; callers branch on ``code`` (stable) rather than on message text.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+
+class ErrorCode(StrEnum):
+    """Stable, documented error codes. Never renumber or reuse a value."""
+
+    INVALID_INPUT = "invalid_input"
+    INVALID_CONFIG = "invalid_config"
+    WORKFLOW_NOT_FOUND = "workflow_not_found"
+    WORKFLOW_INVALID = "workflow_invalid"
+    RUN_NOT_FOUND = "run_not_found"
+    RUN_STATE = "run_state"
+    NODE_FAILED = "node_failed"
+    NODE_TIMEOUT = "node_timeout"
+    STORAGE = "storage"
+    OBJECT_NOT_FOUND = "object_not_found"
+    CORRUPT_OBJECT = "corrupt_object"
+    SCHEMA_UNSUPPORTED = "schema_unsupported"
+    EFFECT = "effect"
+    SANDBOX = "sandbox"
+    POLICY = "policy"
+    ROUTER = "router"
+
+
+class KeelError(Exception):
+    """Root of every error Keel raises on purpose.
+
+    Attributes:
+        code: a stable machine-readable code.
+        retryable: whether trying the same thing again may succeed.
+        field: the input field at fault, for errors about bad input.
+        context: extra JSON-safe detail (object names, run ids, ...).
+    """
+
+    default_code: ErrorCode = ErrorCode.NODE_FAILED
+    default_retryable: bool = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: ErrorCode | None = None,
+        retryable: bool | None = None,
+        field: str | None = None,
+        **context: Any,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code or self.default_code
+        self.retryable = self.default_retryable if retryable is None else retryable
+        self.field = field
+        self.context = context
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (
+            _rebuild,
+            (type(self), self.message, self.code, self.retryable, self.field, self.context),
+        )
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}" if self.field else self.message
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe description, as stored in the ledger and returned by the API."""
+        out: dict[str, Any] = {
+            "type": type(self).__name__,
+            "code": str(self.code),
+            "message": self.message,
+            "retryable": self.retryable,
+        }
+        if self.field:
+            out["field"] = self.field
+        if self.context:
+            out["context"] = {k: _jsonable(v) for k, v in self.context.items()}
+        return out
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return str(value)
+
+
+def _rebuild(
+    cls: type[KeelError],
+    message: str,
+    code: ErrorCode,
+    retryable: bool,
+    field: str | None,
+    context: dict[str, Any],
+) -> KeelError:
+    err = cls.__new__(cls)
+    KeelError.__init__(err, message, code=code, retryable=retryable, field=field, **context)
+    return err
+
+
+class InputError(KeelError):
+    """Bad input from a user or client: names the field and the reason."""
+
+    default_code = ErrorCode.INVALID_INPUT
+
+
+class ConfigError(InputError):
+    """Configuration that cannot be used."""
+
+    default_code = ErrorCode.INVALID_CONFIG
+
+
+class WorkflowError(KeelError):
+    """A workflow definition that cannot run, or a workflow that cannot be found."""
+
+    default_code = ErrorCode.WORKFLOW_INVALID
+
+
+class RunNotFoundError(InputError):
+    """No run with that id exists in the configured store."""
+
+    default_code = ErrorCode.RUN_NOT_FOUND
+
+
+class RunStateError(KeelError):
+    """The run is not in a state that allows the requested operation."""
+
+    default_code = ErrorCode.RUN_STATE
+
+
+class NodeError(KeelError):
+    """A node failed; ``retryable`` decides whether its retry policy applies."""
+
+    default_code = ErrorCode.NODE_FAILED
+    default_retryable = True
+
+
+class EffectError(KeelError):
+    """A side effect could not be applied or reconciled."""
+
+    default_code = ErrorCode.EFFECT
+
+
+class StorageError(KeelError):
+    """The checkpoint store failed; transient failures are retryable."""
+
+    default_code = ErrorCode.STORAGE
+    default_retryable = True
+
+
+class ObjectNotFoundError(StorageError):
+    """The object does not exist in the store."""
+
+    default_code = ErrorCode.OBJECT_NOT_FOUND
+    default_retryable = False
+
+
+class CorruptObjectError(StorageError):
+    """An object failed its checksum or could not be parsed: never load it."""
+
+    default_code = ErrorCode.CORRUPT_OBJECT
+    default_retryable = False
+
+
+class SchemaVersionError(StorageError):
+    """An object was written in a format this version of Keel cannot read."""
+
+    default_code = ErrorCode.SCHEMA_UNSUPPORTED
+    default_retryable = False
+
+
+class SandboxError(KeelError):
+    """Root of sandbox failures (isolation unavailable, limits hit)."""
+
+    default_code = ErrorCode.SANDBOX
+
+
+class PolicyError(KeelError):
+    """Root of policy failures (denials are decisions, not errors)."""
+
+    default_code = ErrorCode.POLICY
+
+
+class RouterError(KeelError):
+    """Root of model router failures."""
+
+    default_code = ErrorCode.ROUTER

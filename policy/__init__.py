@@ -1,0 +1,1 @@
+"""Casbin model and policies: role confinement, approvals and budgets (see issue 4)."""

@@ -1,0 +1,38 @@
+"""Checkpoint, ledger and memory storage: a local directory by default, any fsspec URL
+(S3 included) on a cluster."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from storage.base import CheckpointStore
+from storage.memory import MemoryItem, MemoryStore
+from storage.runs import LoadedRun, RunStore, SkippedObject
+
+__all__ = [
+    "CheckpointStore",
+    "LoadedRun",
+    "MemoryItem",
+    "MemoryStore",
+    "RunStore",
+    "SkippedObject",
+    "open_store",
+]
+
+
+def open_store(
+    url: str, options: dict[str, Any] | None = None, *, fsync: bool = True
+) -> CheckpointStore:
+    """Open the store a URL names: a plain path or ``file://`` is a local directory,
+    anything else with a scheme (``s3://``, ``memory://``, ...) goes through fsspec."""
+    if "://" not in url:
+        from storage.local import LocalStore
+
+        return LocalStore(url, fsync=fsync)
+    if url.startswith("file://"):
+        from storage.local import LocalStore
+
+        return LocalStore(url[len("file://") :], fsync=fsync)
+    from storage.fs import FsspecStore
+
+    return FsspecStore(url, options)

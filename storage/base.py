@@ -1,0 +1,48 @@
+"""The checkpoint store seam: whole-object reads and writes under string keys.
+
+This module imports no backend library, so users can implement the protocol for their own
+store. Keys are ``/``-separated relative paths. There is no append and no rename, because
+S3 has neither: every write replaces a whole object atomically or not at all.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+
+@runtime_checkable
+class CheckpointStore(Protocol):
+    """A flat object store. Implementations must make ``put`` all-or-nothing."""
+
+    @property
+    def url(self) -> str:
+        """Where the objects live, as the user configured it."""
+        ...
+
+    def put(self, key: str, data: bytes) -> None:
+        """Write ``data`` as the whole object ``key``, replacing any previous object."""
+        ...
+
+    def get(self, key: str) -> bytes:
+        """Read the whole object; raise ``ObjectNotFoundError`` when it does not exist."""
+        ...
+
+    def list(self, prefix: str) -> list[str]:
+        """Every key under ``prefix`` (recursively), sorted."""
+        ...
+
+    def delete(self, key: str) -> None:
+        """Remove the object; a missing object is not an error."""
+        ...
+
+
+def check_key(key: str) -> str:
+    """Reject keys that could escape the store's root or collide with its layout."""
+    from keel.errors import InputError
+
+    if not key or key.startswith("/") or "\\" in key:
+        raise InputError(f"invalid object key {key!r}", field="key")
+    parts = key.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        raise InputError(f"invalid object key {key!r}", field="key")
+    return key

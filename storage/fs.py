@@ -1,0 +1,71 @@
+"""Any fsspec URL as a checkpoint store; ``s3://bucket/prefix`` goes through s3fs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import fsspec
+
+from keel.errors import ObjectNotFoundError, StorageError
+from storage.base import check_key
+
+
+class FsspecStore:
+    """Objects through fsspec. Only whole-object ``pipe``/``cat`` are used, which map to
+    single PUT and GET requests on object stores."""
+
+    def __init__(self, url: str, options: dict[str, Any] | None = None) -> None:
+        opts = dict(options or {})
+        protocol = url.split("://", 1)[0]
+        if protocol in ("s3", "s3a"):
+            # Listings must be fresh: another node may have written since.
+            opts.setdefault("use_listings_cache", False)
+        try:
+            fs, root = fsspec.core.url_to_fs(url, **opts)
+        except (ImportError, ValueError, TypeError) as exc:
+            raise StorageError(f"cannot open storage {url!r}: {exc}", retryable=False) from exc
+        self._url = url
+        self.fs = fs
+        self.root = root.rstrip("/")
+
+    @property
+    def url(self) -> str:
+        return self._url
+
+    def _path(self, key: str) -> str:
+        return f"{self.root}/{check_key(key)}"
+
+    def put(self, key: str, data: bytes) -> None:
+        try:
+            self.fs.pipe_file(self._path(key), data)
+        except Exception as exc:
+            raise StorageError(f"cannot write {key} to {self._url}: {exc}", key=key) from exc
+
+    def get(self, key: str) -> bytes:
+        try:
+            data = self.fs.cat_file(self._path(key))
+        except FileNotFoundError:
+            raise ObjectNotFoundError(f"no object {key} in {self._url}", key=key) from None
+        except Exception as exc:
+            raise StorageError(f"cannot read {key} from {self._url}: {exc}", key=key) from exc
+        return bytes(data)
+
+    def list(self, prefix: str) -> list[str]:
+        base = f"{self.root}/{prefix}".rstrip("/") if prefix else self.root
+        try:
+            self.fs.invalidate_cache(base)
+            found = self.fs.find(base)
+        except FileNotFoundError:
+            return []
+        except Exception as exc:
+            raise StorageError(f"cannot list {prefix!r} in {self._url}: {exc}") from exc
+        cut = len(self.root) + 1
+        return sorted(p[cut:] for p in found if p.startswith(self.root + "/"))
+
+    def delete(self, key: str) -> None:
+        try:
+            self.fs.rm_file(self._path(key))
+        except FileNotFoundError:
+            pass
+        except Exception as exc:
+            raise StorageError(f"cannot delete {key} from {self._url}: {exc}", key=key) from exc
