@@ -7,6 +7,7 @@ through the orchestrator actor, so there is only ever one writer per run.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
@@ -23,6 +24,9 @@ from storage import open_store
 from storage.runs import RunStore, check_run_id
 
 log = logging.getLogger("keel.client")
+
+# Ray binds every service to 127.0.0.1 when this is "0" (its switch for laptop clusters).
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 OnEvents = Callable[[list[Event], RunState], None]
 
@@ -57,6 +61,10 @@ class Keel:
 
     def connect(self) -> None:
         """Join the configured Ray cluster, or start a local one (the embedded default)."""
+        if self.config.ray.address is None:
+            # A single-node instance needs no routable address: keep all of Ray's own
+            # traffic on loopback. Ray reads this when it is first imported.
+            os.environ.setdefault(LOOPBACK_ENV, "0")
         import ray
 
         if ray.is_initialized():
@@ -72,7 +80,6 @@ class Keel:
                 address="local",
                 include_dashboard=False,
                 num_cpus=self.config.ray.num_cpus,
-                _node_ip_address="127.0.0.1",
             )
             self._started_ray = True
         else:

@@ -36,14 +36,16 @@ class FsspecStore:
         return f"{self.root}/{check_key(key)}"
 
     def put(self, key: str, data: bytes) -> None:
+        path = self._path(key)
         try:
-            self.fs.pipe_file(self._path(key), data)
+            self.fs.pipe_file(path, data)
         except Exception as exc:
             raise StorageError(f"cannot write {key} to {self._url}: {exc}", key=key) from exc
 
     def get(self, key: str) -> bytes:
+        path = self._path(key)
         try:
-            data = self.fs.cat_file(self._path(key))
+            data = self.fs.cat_file(path)
         except FileNotFoundError:
             raise ObjectNotFoundError(f"no object {key} in {self._url}", key=key) from None
         except Exception as exc:
@@ -63,8 +65,9 @@ class FsspecStore:
         return sorted(p[cut:] for p in found if p.startswith(self.root + "/"))
 
     def delete(self, key: str) -> None:
+        path = self._path(key)
         try:
-            self.fs.rm_file(self._path(key))
+            self.fs.rm_file(path)
         except FileNotFoundError:
             pass
         except Exception as exc:

@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from keel.client import Keel
+from keel.config import KeelConfig, OrchestratorConfig, StorageConfig
+from tests.conftest import Backend
+
+
+def make_keel(backend: Backend) -> Keel:
+    return Keel(
+        KeelConfig(
+            storage=StorageConfig(url=backend.url, options=backend.options, fsync=False),
+            orchestrator=OrchestratorConfig(
+                name=f"orch-{uuid.uuid4().hex[:8]}", node_num_cpus=0.25
+            ),
+        )
+    )
+
+
+def stop_orchestrator(keel: Keel) -> None:
+    import ray
+
+    try:
+        handle = ray.get_actor(keel.config.orchestrator.name, namespace="keel")
+    except ValueError:
+        return
+    ray.kill(handle, no_restart=True)
+
+
+@pytest.fixture
+def keel(ray_session: None, backend: Backend) -> Iterator[Keel]:
+    """A client with its own orchestrator actor over the test's own storage."""
+    client = make_keel(backend)
+    yield client
+    stop_orchestrator(client)

@@ -1,0 +1,168 @@
+"""The orchestrator on a real Ray instance, over a local directory and over S3."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import ray
+
+from actors.state import EffectReconciled, EffectResult, NodeCompleted, NodeFailed, RunStatus
+from keel.client import Keel
+from keel.errors import RunStateError
+from tests.actors.conftest import make_keel, stop_orchestrator
+from tests.actors.workflows import counter, runs_of
+from tests.conftest import Backend
+
+FIVE = "tests.actors.workflows:five"
+NODES = ["a", "charge", "c", "ship", "e"]
+FAULTS = (
+    [("after_commit", n) for n in NODES]
+    + [("during_node", n) for n in NODES]
+    + [
+        ("after_intent", "charge"),
+        ("after_effect", "charge"),
+        ("after_intent", "ship"),
+        ("after_effect", "ship"),
+    ]
+)
+
+
+def test_five_node_run_completes_with_one_effect_each(keel: Keel, tmp_path: Path) -> None:
+    st = keel.start(FIVE, "ship it", {"dir": str(tmp_path)})
+    final = keel.watch(st.run_id, timeout_s=60)
+    assert final.status == RunStatus.SUCCEEDED
+    assert final.data["trail"] == ["a", "c", "e"] and final.data["total"] == 3
+    assert counter(tmp_path / "charge.json") == 1
+    assert counter(tmp_path / "ship.json") == 1
+    assert final.data["charged"] == {"count": 1}
+    # What the orchestrator holds equals what storage holds.
+    assert keel.show(st.run_id).state == final
+
+
+@pytest.mark.parametrize(("point", "node"), FAULTS, ids=[f"{p}-{n}" for p, n in FAULTS])
+def test_orchestrator_crash_never_repeats_an_effect(
+    keel: Keel, tmp_path: Path, point: str, node: str
+) -> None:
+    orch = keel.orchestrator()
+    before = ray.get(orch.info.remote())
+    ray.get(orch.arm_fault.remote(point, node))
+    st = keel.start(FIVE, "crash me", {"dir": str(tmp_path), "slow_s": 0.3})
+    final = keel.watch(st.run_id, timeout_s=120)
+
+    after = ray.get(orch.info.remote())
+    assert after["pid"] != before["pid"] and after["restarted"], "the fault did not fire"
+    assert final.status == RunStatus.SUCCEEDED, final.reason
+    assert counter(tmp_path / "charge.json") == 1
+    assert counter(tmp_path / "ship.json") == 1
+    assert final.data["trail"] == ["a", "c", "e"] and final.data["total"] == 3
+
+    events = keel.show(st.run_id).events
+    completed = [e.node for e in events if isinstance(e, NodeCompleted)]
+    assert completed == NODES, "a node was committed twice or skipped"
+    if point == "after_effect":
+        found = [e for e in events if isinstance(e, EffectResult) and e.reconciled]
+        assert len(found) == 1, "verify() should have found the applied effect"
+    if point == "after_intent":
+        assert any(isinstance(e, EffectReconciled) and not e.applied for e in events)
+
+
+def test_retries_with_backoff_then_loops_to_end(keel: Keel) -> None:
+    st = keel.start("tests.actors.workflows:flaky", "", {"fail_times": 3})
+    final = keel.watch(st.run_id, timeout_s=60)
+    assert final.status == RunStatus.SUCCEEDED
+    events = keel.show(st.run_id).events
+    failures = [e for e in events if isinstance(e, NodeFailed)]
+    assert [f.attempt for f in failures] == [1, 2]
+    assert all(f.error.type == "ConnectionError" and f.retry_in_s is not None for f in failures)
+    assert final.data == {"tries": 3, "loops": 3}
+
+
+def test_retries_exhausted_fails_the_run(keel: Keel) -> None:
+    st = keel.start("tests.actors.workflows:flaky", "", {"fail_times": 9})
+    final = keel.watch(st.run_id, timeout_s=60)
+    assert final.status == RunStatus.FAILED
+    assert final.error is not None and "attempt 3" in final.error.message
+
+
+def test_node_timeout_is_enforced(keel: Keel) -> None:
+    st = keel.start("tests.actors.workflows:slow", "")
+    final = keel.watch(st.run_id, timeout_s=60)
+    assert final.status == RunStatus.FAILED
+    assert final.error is not None and final.error.code == "node_timeout"
+    failures = [e for e in keel.show(st.run_id).events if isinstance(e, NodeFailed)]
+    assert len(failures) == 2 and all(f.duration_s < 5 for f in failures)
+
+
+def test_unknown_state_field_fails_without_retry(keel: Keel) -> None:
+    st = keel.start("tests.actors.workflows:bad", "")
+    final = keel.watch(st.run_id, timeout_s=60)
+    assert final.status == RunStatus.FAILED
+    assert final.error is not None and final.error.field == "updates.no_such_field"
+
+
+def test_slow_run_does_not_block_others(keel: Keel, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    slow_dir, fast_dir = tmp_path / "slow", tmp_path / "fast"
+    slow_dir.mkdir()
+    fast_dir.mkdir()
+    blocked = keel.start(FIVE, "", {"dir": str(slow_dir), "gate": str(gate)})
+    quick = keel.start(FIVE, "", {"dir": str(fast_dir)})
+    assert keel.watch(quick.run_id, timeout_s=60).status == RunStatus.SUCCEEDED
+    assert keel.show(blocked.run_id).state.status == RunStatus.RUNNING
+    gate.touch()
+    assert keel.watch(blocked.run_id, timeout_s=60).status == RunStatus.SUCCEEDED
+
+
+def test_corrupt_checkpoint_is_skipped_and_run_resumes_from_previous(
+    ray_session: None, backend: Backend, tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate"
+    first = make_keel(backend)
+    st = first.start(FIVE, "", {"dir": str(tmp_path), "gate": str(gate)})
+    # Wait until node c is running (blocked on the gate), then take the orchestrator away.
+    import time
+
+    deadline = time.monotonic() + 60
+    while runs_of(tmp_path, "c") < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    stop_orchestrator(first)
+
+    store = backend.open()
+    keys = sorted(k for k in store.list(f"runs/{st.run_id}/checkpoints"))
+    newest = keys[-1]  # charge's completion (intent, result, node_completed)
+    store.put(newest, store.get(newest)[:-10])
+    gate.touch()
+
+    second = make_keel(backend)
+    try:
+        final = second.watch(st.run_id, timeout_s=120)
+        view = second.show(st.run_id)
+    finally:
+        stop_orchestrator(second)
+    assert final.status == RunStatus.SUCCEEDED
+    # The torn checkpoint was quarantined, named, and never loaded; the effect it held
+    # was found by verify() rather than applied again.
+    assert any(k.startswith(f"quarantine/{st.run_id}/") for k in store.list("quarantine"))
+    assert counter(tmp_path / "charge.json") == 1
+    assert counter(tmp_path / "ship.json") == 1
+    assert runs_of(tmp_path, "a") == 1
+    assert view.state.data["trail"] == ["a", "c", "e"]
+
+
+def test_resume_and_cancel_refuse_finished_runs(keel: Keel, tmp_path: Path) -> None:
+    st = keel.start(FIVE, "", {"dir": str(tmp_path)})
+    keel.watch(st.run_id, timeout_s=60)
+    with pytest.raises(RunStateError) as info:
+        keel.resume(st.run_id)
+    assert info.value.field == "run_id"
+
+
+def test_cancel_stops_a_running_run(keel: Keel, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    st = keel.start(FIVE, "", {"dir": str(tmp_path), "gate": str(gate)})
+    final = keel.cancel(st.run_id, reason="operator said so")
+    assert final.status == RunStatus.CANCELLED and final.reason == "operator said so"
+    gate.touch()
+    assert keel.show(st.run_id).state.status == RunStatus.CANCELLED

@@ -1,0 +1,176 @@
+"""Workflows the runtime tests drive. Importable by Ray workers (the driver's sys.path
+travels with the job), so the orchestrator can load them by ``module:attr``."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, JsonValue
+
+from actors.state import add, append
+from actors.workflow import END, NodeContext, RetryPolicy, Workflow
+from sandbox.tool import Verification
+
+
+class CounterTool:
+    """A deliberately naive external system: every ``apply`` adds one, keys or not.
+
+    So the counter reads exactly the number of times the effect really ran; a duplicate
+    effect shows up as 2. ``verify`` answers from the keys the system has seen.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def apply(self, args: dict[str, Any], key: str) -> JsonValue:
+        path = Path(str(args["path"]))
+        with open(path.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            data = json.loads(path.read_text()) if path.exists() else {"count": 0, "keys": []}
+            data["count"] += 1
+            data["keys"].append(key)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(data))
+            os.replace(tmp, path)
+        return {"count": data["count"]}
+
+    def verify(self, args: dict[str, Any], key: str) -> Verification:
+        path = Path(str(args["path"]))
+        data = json.loads(path.read_text()) if path.exists() else {"keys": []}
+        if key in data["keys"]:
+            return Verification(status="applied", result={"count": data["keys"].index(key) + 1})
+        return Verification(status="not_applied")
+
+
+def counter(path: str | Path) -> int:
+    p = Path(path)
+    return int(json.loads(p.read_text())["count"]) if p.exists() else 0
+
+
+def touch_count(directory: str, name: str) -> None:
+    """Record that a node body ran (used to prove a resume does not start from zero)."""
+    marker = Path(directory) / f"ran-{name}"
+    with open(marker, "a") as fh:
+        fh.write("x")
+
+
+def runs_of(directory: str | Path, name: str) -> int:
+    marker = Path(directory) / f"ran-{name}"
+    return len(marker.read_text()) if marker.exists() else 0
+
+
+class FiveState(BaseModel):
+    trail: Annotated[list[str], append] = []
+    total: Annotated[int, add] = 0
+    charged: JsonValue = None
+    shipped: JsonValue = None
+
+
+class FiveInputs(BaseModel):
+    dir: str
+    slow_s: float = 0.0
+    gate: str | None = None
+
+
+five = Workflow("five", state=FiveState, inputs=FiveInputs)
+
+
+@five.node()
+def a(state: FiveState, ctx: NodeContext) -> dict[str, Any]:
+    touch_count(str(ctx.inputs["dir"]), "a")
+    return {"trail": "a", "total": 1}
+
+
+five.edge("a", "charge")
+
+
+@five.effect(CounterTool("charge"), result_field="charged")
+def charge(state: FiveState, ctx: NodeContext) -> dict[str, Any]:
+    return {"path": f"{ctx.inputs['dir']}/charge.json"}
+
+
+five.edge("charge", "c")
+
+
+@five.node()
+def c(state: FiveState, ctx: NodeContext) -> dict[str, Any]:
+    touch_count(str(ctx.inputs["dir"]), "c")
+    gate = ctx.inputs.get("gate")
+    while gate and not Path(str(gate)).exists():
+        time.sleep(0.05)
+    time.sleep(float(ctx.inputs.get("slow_s") or 0))  # type: ignore[arg-type]
+    return {"trail": "c", "total": 1}
+
+
+five.edge("c", "ship")
+
+
+@five.effect(CounterTool("ship"), result_field="shipped")
+def ship(state: FiveState, ctx: NodeContext) -> dict[str, Any]:
+    return {"path": f"{ctx.inputs['dir']}/ship.json"}
+
+
+five.edge("ship", "e")
+
+
+@five.node()
+def e(state: FiveState, ctx: NodeContext) -> dict[str, Any]:
+    touch_count(str(ctx.inputs["dir"]), "e")
+    return {"trail": "e", "total": 1}
+
+
+five.edge("e", END)
+
+
+class FlakyState(BaseModel):
+    tries: Annotated[int, add] = 0
+    loops: Annotated[int, add] = 0
+
+
+flaky = Workflow("flaky", state=FlakyState)
+
+
+@flaky.node(retry=RetryPolicy(attempts=3, backoff_s=0.01))
+def wobble(state: FlakyState, ctx: NodeContext) -> dict[str, Any]:
+    if ctx.attempt < int(ctx.inputs.get("fail_times", 2)):  # type: ignore[arg-type]
+        raise ConnectionError(f"transient failure on attempt {ctx.attempt}")
+    return {"tries": ctx.attempt}
+
+
+flaky.edge("wobble", "loop")
+
+
+@flaky.node(inline=True)
+def loop(state: FlakyState, ctx: NodeContext) -> dict[str, Any]:
+    return {"loops": 1}
+
+
+flaky.route("loop", lambda s: "loop" if s.loops < 3 else END, ["loop", END])
+
+
+slow = Workflow("slow")
+
+
+@slow.node(timeout_s=0.5, retry=RetryPolicy(attempts=2))
+def sleepy(state: BaseModel, ctx: NodeContext) -> dict[str, Any]:
+    time.sleep(30)
+    return {}
+
+
+slow.edge("sleepy", END)
+
+
+bad = Workflow("bad", state=FlakyState)
+
+
+@bad.node()
+def wrong_field(state: FlakyState, ctx: NodeContext) -> dict[str, Any]:
+    return {"no_such_field": 1}
+
+
+bad.edge("wrong_field", END)

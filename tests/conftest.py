@@ -1,0 +1,117 @@
+"""Real services for the suite: one local Ray instance per session, a real S3-compatible
+server process (moto's standalone server) on 127.0.0.1, and per-test storage."""
+
+from __future__ import annotations
+
+import os
+
+# Before Ray is imported anywhere: keep every Ray service on loopback.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+import logging
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from storage import open_store
+from storage.base import CheckpointStore
+
+S3_KEY = "keel-test"
+S3_SECRET = "keel-test-secret"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A moto S3 server in its own process, on a free loopback port."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "AWS_ACCESS_KEY_ID": S3_KEY,
+        "AWS_SECRET_ACCESS_KEY": S3_SECRET,
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError("moto server did not start") from None
+            time.sleep(0.1)
+    yield endpoint
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def s3_options(endpoint: str) -> dict[str, Any]:
+    return {"endpoint_url": endpoint, "key": S3_KEY, "secret": S3_SECRET}
+
+
+def new_bucket(endpoint: str) -> str:
+    import s3fs
+
+    fs = s3fs.S3FileSystem(**s3_options(endpoint))
+    bucket = f"keel-{uuid.uuid4().hex[:12]}"
+    fs.mkdir(bucket)
+    return bucket
+
+
+@dataclass
+class Backend:
+    """Where a test's checkpoints live: a URL plus the fsspec options to reach it."""
+
+    name: str
+    url: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def open(self) -> CheckpointStore:
+        return open_store(self.url, self.options, fsync=False)
+
+
+@pytest.fixture(params=["local", "s3"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    """Every test using this runs once on a local directory and once on S3."""
+    if request.param == "local":
+        return Backend("local", str(tmp_path / "store"))
+    endpoint = request.getfixturevalue("s3_endpoint")
+    return Backend("s3", f"s3://{new_bucket(endpoint)}/keel", s3_options(endpoint))
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[None]:
+    """One real local Ray instance for the whole session (no dashboard)."""
+    import ray
+
+    ray.init(
+        address="local",
+        namespace="keel",
+        include_dashboard=False,
+        num_cpus=4,
+        logging_level=logging.WARNING,
+        log_to_driver=False,
+    )
+    yield
+    ray.shutdown()

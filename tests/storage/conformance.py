@@ -1,0 +1,201 @@
+"""The checkpoint-store conformance suite: every backend must pass every check here.
+
+Each check takes an open ``CheckpointStore``; ``test_conformance.py`` runs them all over
+every backend (a local directory, and S3 on a real server process).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from keel.errors import (
+    CorruptObjectError,
+    InputError,
+    ObjectNotFoundError,
+    RunNotFoundError,
+    SchemaVersionError,
+)
+from storage.base import CheckpointStore
+from storage.envelope import seal
+from storage.memory import MemoryItem, MemoryStore
+from storage.runs import RunStore
+
+
+def put_get_roundtrip(store: CheckpointStore) -> None:
+    store.put("a/b/one.bin", b"\x00\x01payload")
+    assert store.get("a/b/one.bin") == b"\x00\x01payload"
+
+
+def put_replaces_whole_object(store: CheckpointStore) -> None:
+    store.put("obj", b"a much longer first version")
+    store.put("obj", b"short")
+    assert store.get("obj") == b"short"
+
+
+def missing_object_raises(store: CheckpointStore) -> None:
+    with pytest.raises(ObjectNotFoundError) as info:
+        store.get("nope/missing")
+    assert info.value.context["key"] == "nope/missing"
+
+
+def list_is_recursive_sorted_and_scoped(store: CheckpointStore) -> None:
+    for key in ("p/2", "p/1", "p/sub/3", "q/4"):
+        store.put(key, b"x")
+    assert store.list("p") == ["p/1", "p/2", "p/sub/3"]
+    assert store.list("absent") == []
+
+
+def delete_is_idempotent(store: CheckpointStore) -> None:
+    store.put("d", b"x")
+    store.delete("d")
+    store.delete("d")
+    with pytest.raises(ObjectNotFoundError):
+        store.get("d")
+
+
+def bad_keys_rejected(store: CheckpointStore) -> None:
+    for key in ("", "/abs", "a/../b", "a//b", "a\\b"):
+        with pytest.raises(InputError) as info:
+            store.put(key, b"x")
+        assert info.value.field == "key"
+
+
+def ledger_roundtrip(store: CheckpointStore) -> None:
+    runs = RunStore(store)
+    prev = None
+    for n in range(3):
+        prev = runs.append("r1", n, prev, [{"seq": n + 1, "type": "t", "n": n}])
+    loaded = runs.load("r1")
+    assert [e["n"] for e in loaded.events] == [0, 1, 2]
+    assert loaded.next_n == 3 and loaded.last_digest == prev and not loaded.skipped
+
+
+def _three_checkpoints(store: CheckpointStore) -> RunStore:
+    runs = RunStore(store)
+    prev = None
+    for n in range(3):
+        prev = runs.append("r", n, prev, [{"seq": n + 1, "n": n}])
+    return runs
+
+
+def truncated_checkpoint_skipped(store: CheckpointStore) -> None:
+    runs = _three_checkpoints(store)
+    key = runs.checkpoint_key("r", 2)
+    store.put(key, store.get(key)[:-7])
+    loaded = runs.load("r")
+    assert [e["n"] for e in loaded.events] == [0, 1]
+    assert loaded.next_n == 2
+    assert [s.key for s in loaded.skipped] == [key]
+    assert "torn" in loaded.skipped[0].reason
+
+
+def wrong_checksum_skipped(store: CheckpointStore) -> None:
+    runs = _three_checkpoints(store)
+    key = runs.checkpoint_key("r", 1)
+    data = store.get(key)
+    store.put(key, data.replace(b'"n":1', b'"n":7'))
+    loaded = runs.load("r")
+    assert [e["n"] for e in loaded.events] == [0]
+    assert loaded.skipped[0].key == key and "checksum" in loaded.skipped[0].reason
+    # The later, intact checkpoint follows a bad one: never folded in.
+    assert loaded.skipped[1].key == runs.checkpoint_key("r", 2)
+
+
+def missing_middle_checkpoint_breaks_chain(store: CheckpointStore) -> None:
+    runs = _three_checkpoints(store)
+    store.delete(runs.checkpoint_key("r", 1))
+    loaded = runs.load("r")
+    assert [e["n"] for e in loaded.events] == [0]
+    assert loaded.skipped[0].key == runs.checkpoint_key("r", 2)
+
+
+def rewritten_checkpoint_unchains_stale_successors(store: CheckpointStore) -> None:
+    runs = _three_checkpoints(store)
+    first = runs.load("r")
+    # A writer that resumed from checkpoint 0 writes a different checkpoint 1.
+    runs.append("r", 1, runs.load("r").events and _digest_of(runs, 0), [{"seq": 2, "n": 10}])
+    loaded = runs.load("r")
+    assert [e["n"] for e in loaded.events] == [0, 10]
+    assert [s.key for s in loaded.skipped] == [runs.checkpoint_key("r", 2)]
+    assert first.next_n == 3
+
+
+def _digest_of(runs: RunStore, n: int) -> str:
+    from storage.envelope import digest, open_sealed
+
+    key = runs.checkpoint_key("r", n)
+    return digest(open_sealed(runs.store.get(key), key=key, kind="checkpoint"))
+
+
+def quarantine_moves_bad_objects_aside(store: CheckpointStore) -> None:
+    runs = _three_checkpoints(store)
+    key = runs.checkpoint_key("r", 2)
+    store.put(key, b"garbage")
+    moved = runs.quarantine(runs.load("r"))
+    assert len(moved) == 1 and moved[0].startswith("quarantine/r/")
+    assert store.get(moved[0]) == b"garbage"
+    assert not runs.load("r").skipped
+
+
+def newer_schema_refused(store: CheckpointStore) -> None:
+    runs = RunStore(store)
+    body = b'{"schema":99,"run_id":"r","n":0,"prev":null,"events":[]}'
+    store.put(runs.checkpoint_key("r", 0), seal(body, "checkpoint"))
+    with pytest.raises(SchemaVersionError, match="upgrade Keel"):
+        runs.load("r")
+
+
+def unknown_run_raises(store: CheckpointStore) -> None:
+    with pytest.raises(RunNotFoundError) as info:
+        RunStore(store).load("no-such-run")
+    assert info.value.field == "run_id"
+
+
+def index_roundtrip_and_listing(store: CheckpointStore) -> None:
+    runs = RunStore(store)
+    runs.write_index("r1", {"run_id": "r1", "status": "running"})
+    runs.write_index("r2", {"run_id": "r2", "status": "succeeded"})
+    runs.write_index("r1", {"run_id": "r1", "status": "failed"})
+    assert sorted(runs.list_run_ids()) == ["r1", "r2"]
+    assert runs.read_index("r1") == {"run_id": "r1", "status": "failed"}
+    store.put(runs.index_key("r2"), b"{broken")
+    assert runs.read_index("r2") is None
+
+
+def memory_lives_apart_from_runs(store: CheckpointStore) -> None:
+    memory = MemoryStore(store)
+    memory.put(MemoryItem(id="rb-1", kind="document", text="restart the service"))
+    memory.put(MemoryItem(id="ep-1", kind="episode", text="run x restarted it", source_run="x"))
+    assert [m.id for m in memory.list("document")] == ["rb-1"]
+    assert memory.get("episode", "ep-1").source_run == "x"
+    assert RunStore(store).list_run_ids() == []
+    assert all(k.startswith("memory/") for k in store.list(""))
+
+
+def corrupt_memory_item_not_loaded(store: CheckpointStore) -> None:
+    memory = MemoryStore(store)
+    memory.put(MemoryItem(id="rb-2", kind="document", text="x"))
+    store.put("memory/document/rb-2.json", b"junk")
+    with pytest.raises(CorruptObjectError):
+        memory.get("document", "rb-2")
+
+
+CHECKS = [
+    put_get_roundtrip,
+    put_replaces_whole_object,
+    missing_object_raises,
+    list_is_recursive_sorted_and_scoped,
+    delete_is_idempotent,
+    bad_keys_rejected,
+    ledger_roundtrip,
+    truncated_checkpoint_skipped,
+    wrong_checksum_skipped,
+    missing_middle_checkpoint_breaks_chain,
+    rewritten_checkpoint_unchains_stale_successors,
+    quarantine_moves_bad_objects_aside,
+    newer_schema_refused,
+    unknown_run_raises,
+    index_roundtrip_and_listing,
+    memory_lives_apart_from_runs,
+    corrupt_memory_item_not_loaded,
+]

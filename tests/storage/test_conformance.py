@@ -1,0 +1,16 @@
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from storage.base import CheckpointStore
+from tests.conftest import Backend
+from tests.storage.conformance import CHECKS
+
+
+@pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__)
+def test_backend_conforms(backend: Backend, check: Callable[[CheckpointStore], None]) -> None:
+    store = backend.open()
+    assert isinstance(store, CheckpointStore)
+    check(store)
