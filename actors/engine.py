@@ -137,6 +137,7 @@ class RunEngine:
         self._faults: dict[str, int] = {}
         self._crash = crash
         self._storage_retries = storage_retries
+        self._settled: set[str] = set()
 
     # -- storage ----------------------------------------------------------------------
     async def _io(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -170,6 +171,8 @@ class RunEngine:
             await self._io(self.store.write_index, state.run_id, summary(state))
         async with run.changed:
             run.changed.notify_all()
+        if state.status.terminal:
+            self._forget(run)
 
     # -- lifecycle --------------------------------------------------------------------
     async def create(
@@ -200,7 +203,9 @@ class RunEngine:
             principal=principal,
         )
         state = fold(None, created, wf.channels)
-        digest = await self._io(self.store.append, run_id, 0, None, [created.model_dump(mode="json")])
+        digest = await self._io(
+            self.store.append, run_id, 0, None, [created.model_dump(mode="json")]
+        )
         await self._io(self.store.write_index, run_id, summary(state))
         run = _Run(workflow=wf, state=state, events=[created], next_n=1, prev=digest)
         self.runs[run_id] = run
@@ -226,28 +231,54 @@ class RunEngine:
         if loaded.skipped:
             await self._io(self.store.quarantine, loaded)
         run = _Run(wf, state, events, loaded.next_n, loaded.last_digest, warnings)
+        if state.status.terminal:
+            return run  # read-only from here on: not kept in memory
         self.runs.setdefault(run_id, run)
         return self.runs[run_id]
 
     async def recover(self) -> list[str]:
-        """Load every unfinished run from the store and resume the running ones."""
+        """Load every unfinished run from the store and drive the running ones.
+
+        Idempotent and cheap to repeat: runs already driven, and runs known to be
+        finished, are skipped. One unreadable run never stops the others.
+        """
         resumed = []
-        for run_id in await self._io(self.store.list_run_ids):
-            hint = await self._io(self.store.read_index, run_id)
-            if hint is not None and RunStatus(hint["status"]).terminal:
+        try:
+            run_ids = await self._io(self.store.list_run_ids)
+        except KeelError as exc:
+            log.error("cannot list runs for recovery: %s", exc)
+            return []
+        for run_id in run_ids:
+            if run_id in self._settled:
                 continue
             try:
-                run = await self.load(run_id)
-            except KeelError as exc:
+                if await self._recover_one(run_id):
+                    resumed.append(run_id)
+            except Exception as exc:
                 log.error("cannot recover run %s: %s", run_id, exc)
-                continue
-            if hint is not None and hint.get("status") != run.state.status:
-                await self._io(self.store.write_index, run_id, summary(run.state))
-            if run.state.status == RunStatus.RUNNING and self._spawn(run):
-                resumed.append(run_id)
         if resumed:
             log.info("resumed %d run(s): %s", len(resumed), ", ".join(resumed))
         return resumed
+
+    async def _recover_one(self, run_id: str) -> bool:
+        run = self.runs.get(run_id)
+        if run is None:
+            hint = await self._io(self.store.read_index, run_id)
+            if hint is not None and RunStatus(hint["status"]).terminal:
+                self._settled.add(run_id)
+                return False
+            run = await self.load(run_id)
+            if hint is None or hint.get("status") != run.state.status:
+                await self._io(self.store.write_index, run_id, summary(run.state))
+        if run.state.status.terminal:
+            self._forget(run)
+            return False
+        return self._spawn(run)
+
+    def _forget(self, run: _Run) -> None:
+        """Finished runs leave memory; storage answers for them from now on."""
+        self.runs.pop(run.state.run_id, None)
+        self._settled.add(run.state.run_id)
 
     def _spawn(self, run: _Run) -> bool:
         if run.active or run.state.status != RunStatus.RUNNING:
@@ -278,9 +309,7 @@ class RunEngine:
             if effect == "applied":
                 events.append(EffectResult(key=pending.key, ok=True, reconciled=True))
             else:
-                events.append(
-                    EffectReconciled(key=pending.key, applied=False, detail=f"by {by}")
-                )
+                events.append(EffectReconciled(key=pending.key, applied=False, detail=f"by {by}"))
         if st.status != RunStatus.RUNNING:
             events.append(RunResumed(by=by, reason=reason))
         if events:
@@ -367,7 +396,9 @@ class RunEngine:
             except Exception:
                 # A storage outage or a bug: the run stays as committed and resumes on
                 # the next recovery; nothing half-done was published.
-                log.exception("run %s stopped; it resumes from its last checkpoint", run.state.run_id)
+                log.exception(
+                    "run %s stopped; it resumes from its last checkpoint", run.state.run_id
+                )
 
     async def _step(self, run: _Run) -> None:
         st, wf = run.state, run.workflow
@@ -529,7 +560,11 @@ class RunEngine:
                         field=f"updates.{name}",
                     )
         probe = NodeCompleted(
-            node=node.name, step=ctx.step, attempt=ctx.attempt, updates=updates, next=None,
+            node=node.name,
+            step=ctx.step,
+            attempt=ctx.attempt,
+            updates=updates,
+            next=None,
             duration_s=0.0,
         )
         try:
@@ -565,8 +600,12 @@ class RunEngine:
                 run,
                 [
                     NodeFailed(
-                        node=node.name, step=ctx.step, attempt=ctx.attempt, error=info,
-                        retry_in_s=delay, duration_s=duration,
+                        node=node.name,
+                        step=ctx.step,
+                        attempt=ctx.attempt,
+                        error=info,
+                        retry_in_s=delay,
+                        duration_s=duration,
                     )
                 ],
             )
@@ -576,8 +615,12 @@ class RunEngine:
             run,
             [
                 NodeFailed(
-                    node=node.name, step=ctx.step, attempt=ctx.attempt, error=info,
-                    retry_in_s=None, duration_s=duration,
+                    node=node.name,
+                    step=ctx.step,
+                    attempt=ctx.attempt,
+                    error=info,
+                    retry_in_s=None,
+                    duration_s=duration,
                 ),
                 RunFinished(status=RunStatus.FAILED, error=info, reason=f"node {node.name} failed"),
             ],

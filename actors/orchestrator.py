@@ -32,7 +32,7 @@ def _crash(point: str) -> None:
     os._exit(1)
 
 
-@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0, max_concurrency=1000)
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)
 class Orchestrator:
     """Ray actor; see the module docstring. Every method takes one typed message."""
 
@@ -40,7 +40,9 @@ class Orchestrator:
         from keel.workflows import load_workflow
 
         self.settings = settings
-        store = open_store(settings.storage_url, dict(settings.storage_options), fsync=settings.fsync)
+        store = open_store(
+            settings.storage_url, dict(settings.storage_options), fsync=settings.fsync
+        )
 
         def resolve(ref: str) -> Any:
             return load_workflow(ref)
@@ -54,15 +56,23 @@ class Orchestrator:
         )
         self.recovered: list[str] | None = None
         self._recovery: asyncio.Task[list[str]] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         # Kick off recovery as soon as the actor is up, without waiting for a caller.
         ray.get_runtime_context().current_actor.recover.remote()
 
     async def recover(self) -> list[str]:
-        """Resume unfinished runs (idempotent: runs already driven are left alone)."""
+        """Resume unfinished runs, then keep sweeping for runs whose driver stopped (a
+        storage outage longer than the retries, say) so they resume without a restart."""
         if self._recovery is None:
             self._recovery = asyncio.get_running_loop().create_task(self.engine.recover())
-        self.recovered = await self._recovery
-        return self.recovered
+            self.recovered = await self._recovery
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+        return await self._recovery
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.sweep_interval_s)
+            await self.engine.recover()
 
     async def start_run(self, msg: StartRun) -> RunState:
         from keel.workflows import resolve_ref
@@ -82,9 +92,7 @@ class Orchestrator:
         return await self.engine.wait(run_id, timeout_s)
 
     async def resume(self, msg: ResumeRun) -> RunState:
-        return await self.engine.resume(
-            msg.run_id, by=msg.by, reason=msg.reason, effect=msg.effect
-        )
+        return await self.engine.resume(msg.run_id, by=msg.by, reason=msg.reason, effect=msg.effect)
 
     async def cancel(self, msg: CancelRun) -> RunState:
         return await self.engine.cancel(msg.run_id, by=msg.by, reason=msg.reason)

@@ -32,7 +32,26 @@ _EXPORTS = {
     "InputError": "keel.errors",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "END",
+    "ErrorCode",
+    "InputError",
+    "Keel",
+    "KeelConfig",
+    "KeelError",
+    "NodeContext",
+    "RetryPolicy",
+    "RunState",
+    "RunStatus",
+    "Tool",
+    "Verification",
+    "Workflow",
+    "add",
+    "append",
+    "load_config",
+    "merge",
+    "replace",
+]
 
 if TYPE_CHECKING:
     from actors.state import RunState, RunStatus, add, append, merge, replace

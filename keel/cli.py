@@ -186,7 +186,9 @@ def cmd_show(args: argparse.Namespace) -> int:
         return EXIT_OK
     st = view.state
     style = _status_style(st.status)
-    out.print(f"run [bold]{st.run_id}[/bold]  workflow {st.workflow}  [{style}]{st.status}[/{style}]")
+    out.print(
+        f"run [bold]{st.run_id}[/bold]  workflow {st.workflow}  [{style}]{st.status}[/{style}]"
+    )
     out.print(f"  goal: {st.goal}")
     out.print(f"  current node: {st.next_node or '-'}   steps: {st.step}")
     if st.reason:
