@@ -244,6 +244,14 @@ class Workflow:
         """Validate run inputs against the declared inputs model; errors name the field."""
         if self.inputs_model is None:
             return dict(inputs)
+        if self.inputs_model.model_config.get("extra") != "allow":
+            known = self.inputs_model.model_fields
+            for name in inputs:
+                if name not in known:
+                    raise InputError(
+                        f"unknown input (expected: {', '.join(known) or 'none'})",
+                        field=f"inputs.{name}",
+                    )
         try:
             model = self.inputs_model.model_validate(dict(inputs))
         except ValidationError as exc:

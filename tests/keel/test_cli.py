@@ -1,0 +1,92 @@
+"""The ``keel`` command as users run it: a real process, real exit codes, real storage."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def keel(*args: str, storage: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "keel.cli", "--storage", str(storage), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+BAD_INPUT = [
+    (["run", "nope"], "workflow"),
+    (["run", "demo", "--input", "noequals"], "--input"),
+    (["run", "demo", "--input", "=value"], "--input"),
+    (["run", "demo", "--input", "1x=2"], "--input"),
+    (["run", "demo", "--input", "reporter=[1, 2]"], "inputs.reporter"),
+    (["run", "demo", "--input", "extra=1"], "inputs.extra"),
+    (["run", "demo", "--run-id", "bad id!"], "run_id"),
+    (["run", "tests.nowhere:wf"], "workflow"),
+    (["run", "keel.demo:TicketState"], "workflow"),
+    (["show", "no-such-run"], "run_id"),
+    (["show", "../escape"], "run_id"),
+    (["resume", "no-such-run"], "run_id"),
+    (["cancel", "no-such-run"], "run_id"),
+    (["runs", "--status", "sleeping"], "status"),
+    (["--config", "/nonexistent/keel.yaml", "runs"], "config"),
+    (["frobnicate"], "invalid choice"),
+]
+
+
+@pytest.mark.parametrize(("args", "names"), BAD_INPUT, ids=[" ".join(a) for a, _ in BAD_INPUT])
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(
+    tmp_path: Path, args: list[str], names: str
+) -> None:
+    storage = tmp_path / "store"
+    result = keel(*args, storage=storage)
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert names in lines[0]
+    assert not storage.exists(), "bad input must not write anything"
+
+
+def test_demo_then_runs_and_show(tmp_path: Path) -> None:
+    storage = tmp_path / "store"
+    demo = keel("demo", storage=storage)
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    assert "succeeded" in demo.stdout
+    for step in ("intake", "classify", "page_oncall", "file_note", "close"):
+        assert step in demo.stdout
+
+    listed = keel("runs", "--json", storage=storage)
+    rows = json.loads(listed.stdout)
+    assert [r["status"] for r in rows] == ["succeeded"] and rows[0]["workflow"] == "demo"
+    run_id = rows[0]["run_id"]
+
+    shown = json.loads(keel("show", run_id, "--json", storage=storage).stdout)
+    assert shown["state"]["status"] == "succeeded"
+    assert shown["state"]["data"]["severity"] == "high"
+    types = [e["type"] for e in shown["events"]]
+    assert types.count("effect_intent") == types.count("effect_result") == 2
+    # Two deliveries in the outbox, one per effect.
+    assert len(list((tmp_path / "demo-outbox").glob("*.json"))) == 2
+
+    # A torn checkpoint: `show` warns naming the object and shows the last good state.
+    ckpts = sorted((storage / "runs" / run_id / "checkpoints").iterdir())
+    ckpts[-1].write_bytes(ckpts[-1].read_bytes()[:-5])
+    torn = keel("show", run_id, storage=storage)
+    assert torn.returncode == 0
+    assert f"runs/{run_id}/checkpoints/{ckpts[-1].name}" in torn.stderr
+    assert "running" in torn.stdout
+
+    again = keel("resume", run_id, storage=storage)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert (
+        json.loads(keel("show", run_id, "--json", storage=storage).stdout)["state"]["status"]
+        == "succeeded"
+    )

@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import pytest
+
+import keel
+from keel.config import load_config
+from keel.errors import (
+    ConfigError,
+    CorruptObjectError,
+    ErrorCode,
+    InputError,
+    KeelError,
+    StorageError,
+)
+
+
+def test_defaults_are_the_embedded_stack(tmp_path: Path) -> None:
+    cfg = load_config(env={})
+    assert cfg.storage.url == "./.keel" and cfg.ray.address is None
+    assert cfg.storage_url() == str(Path("./.keel").resolve())
+
+
+def test_file_then_environment(tmp_path: Path) -> None:
+    file = tmp_path / "keel.yaml"
+    file.write_text(
+        "storage:\n  url: s3://bucket/prefix\norchestrator:\n  max_concurrent_runs: 8\n"
+    )
+    cfg = load_config(file, env={"KEEL_STORAGE_OPTIONS": '{"endpoint_url": "http://127.0.0.1:1"}'})
+    assert cfg.storage.url == "s3://bucket/prefix" and cfg.orchestrator.max_concurrent_runs == 8
+    assert cfg.storage.options == {"endpoint_url": "http://127.0.0.1:1"}
+    assert load_config(file, env={"KEEL_STORAGE": "/data"}).storage.url == "/data"
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "field"),
+    [
+        ("storage: [1, 2", {}, "config"),
+        ("- a list\n", {}, "config"),
+        ("storage:\n  nope: 1\n", {}, "storage.nope"),
+        ("orchestrator:\n  max_concurrent_runs: 0\n", {}, "orchestrator.max_concurrent_runs"),
+        ("", {"KEEL_STORAGE_OPTIONS": "{not json"}, "KEEL_STORAGE_OPTIONS"),
+    ],
+)
+def test_bad_config_names_the_field(
+    tmp_path: Path, text: str, env: dict[str, str], field: str
+) -> None:
+    file = tmp_path / "keel.yaml"
+    file.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(file, env=env)
+    assert info.value.field == field
+
+
+@pytest.mark.parametrize(
+    "err",
+    [
+        InputError("bad", field="inputs.x"),
+        StorageError("down", key="k"),
+        CorruptObjectError("torn", key="runs/r/1"),
+        KeelError("plain", code=ErrorCode.EFFECT, retryable=True, extra=[1, 2]),
+    ],
+)
+def test_errors_pickle_with_their_structure(err: KeelError) -> None:
+    back = pickle.loads(pickle.dumps(err))
+    assert type(back) is type(err)
+    assert (back.code, back.retryable, back.field, back.context, str(back)) == (
+        err.code,
+        err.retryable,
+        err.field,
+        err.context,
+        str(err),
+    )
+    assert back.to_dict()["code"] == str(err.code)
+
+
+def test_public_api_is_pinned() -> None:
+    assert set(keel.__all__) == {
+        "END", "ErrorCode", "InputError", "Keel", "KeelConfig", "KeelError", "NodeContext",
+        "RetryPolicy", "RunState", "RunStatus", "Tool", "Verification", "Workflow", "add",
+        "append", "load_config", "merge", "replace",
+    }  # fmt: skip
+    for name in keel.__all__:
+        assert getattr(keel, name) is not None
