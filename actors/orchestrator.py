@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
+import time
 from typing import Any
 
 import ray
@@ -25,6 +27,16 @@ log = logging.getLogger("keel.orchestrator")
 
 NAMESPACE = "keel"
 DEFAULT_NAME = "orchestrator"
+
+
+def _kick_recovery(handle: Any) -> None:
+    for _ in range(600):
+        try:
+            ray.get(handle.recover.remote(), timeout=60)
+            return
+        except Exception as exc:
+            log.warning("recovery call failed (%s); trying again", type(exc).__name__)
+            time.sleep(1.0)
 
 
 def _crash(point: str) -> None:
@@ -57,17 +69,26 @@ class Orchestrator:
         self.recovered: list[str] | None = None
         self._recovery: asyncio.Task[list[str]] | None = None
         self._sweeper: asyncio.Task[None] | None = None
-        # Kick off recovery as soon as the actor is up, without waiting for a caller.
-        ray.get_runtime_context().current_actor.recover.remote()
+        # Recover as soon as the actor is up, without waiting for a caller. A call made
+        # while Ray still counts the actor as restarting can be lost, so keep asking until
+        # one lands; every other method also starts recovery if it has not started.
+        handle = ray.get_runtime_context().current_actor
+        threading.Thread(target=_kick_recovery, args=(handle,), daemon=True).start()
+
+    def _start_recovery(self) -> asyncio.Task[list[str]]:
+        if self._recovery is None:
+            self._recovery = asyncio.get_running_loop().create_task(self._recover_then_sweep())
+        return self._recovery
+
+    async def _recover_then_sweep(self) -> list[str]:
+        self.recovered = await self.engine.recover()
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+        return self.recovered
 
     async def recover(self) -> list[str]:
         """Resume unfinished runs, then keep sweeping for runs whose driver stopped (a
         storage outage longer than the retries, say) so they resume without a restart."""
-        if self._recovery is None:
-            self._recovery = asyncio.get_running_loop().create_task(self.engine.recover())
-            self.recovered = await self._recovery
-            self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
-        return await self._recovery
+        return await self._start_recovery()
 
     async def _sweep(self) -> None:
         while True:
@@ -75,6 +96,7 @@ class Orchestrator:
             await self.engine.recover()
 
     async def start_run(self, msg: StartRun) -> RunState:
+        self._start_recovery()
         from keel.workflows import resolve_ref
 
         ref = resolve_ref(msg.workflow, self.settings.workflows)
@@ -83,18 +105,23 @@ class Orchestrator:
         )
 
     async def view(self, run_id: str) -> RunView:
+        self._start_recovery()
         return await self.engine.view(run_id)
 
     async def watch(self, msg: WatchRun) -> RunView:
+        self._start_recovery()
         return await self.engine.watch(msg.run_id, msg.after_seq, msg.timeout_s)
 
     async def wait(self, run_id: str, timeout_s: float) -> RunState:
+        self._start_recovery()
         return await self.engine.wait(run_id, timeout_s)
 
     async def resume(self, msg: ResumeRun) -> RunState:
+        self._start_recovery()
         return await self.engine.resume(msg.run_id, by=msg.by, reason=msg.reason, effect=msg.effect)
 
     async def cancel(self, msg: CancelRun) -> RunState:
+        self._start_recovery()
         return await self.engine.cancel(msg.run_id, by=msg.by, reason=msg.reason)
 
     async def active_runs(self) -> list[str]:

@@ -1,0 +1,287 @@
+"""Durable orchestration overhead and checkpoint growth: Keel beside LangGraph.
+
+Run with ``make bench`` (or ``python -m bench.orchestration``). Two measurements, both
+with a durable checkpoint after every node:
+
+1. Per-node overhead of a 20-node workflow of no-op nodes: Keel's engine in-process on a
+   local directory (fsync on), Keel's orchestrator actor on Ray (nodes inline, and nodes
+   as Ray tasks), and LangGraph with its SQLite checkpointer in synchronous durability.
+2. Checkpoint bytes stored per node as one run grows to 200 nodes, each node appending a
+   256-byte message to a message history.
+
+Results are printed as tables and written to ``bench/.out/orchestration.json``;
+``docs/benchmarks.md`` quotes them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sqlite3
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel
+from rich.console import Console
+from rich.table import Table
+
+from actors.engine import RunEngine
+from actors.runner import InlineNodeRunner
+from actors.state import append
+from actors.workflow import END, NodeContext, Workflow
+from storage.local import LocalStore
+from storage.runs import RunStore
+
+console = Console()
+MESSAGE = "x" * 256
+
+
+# -- workflows (importable by Ray workers as bench.orchestration:...) ----------------------
+class ChainState(BaseModel):
+    n: int = 0
+
+
+def _noop(state: Any, ctx: NodeContext) -> dict[str, Any]:
+    return {}
+
+
+def build_chain(nodes: int, *, inline: bool) -> Workflow:
+    wf = Workflow(f"chain{nodes}", state=ChainState)
+    names = [f"n{i:02d}" for i in range(nodes)]
+    for name in names:
+        wf.node(name, inline=inline)(_noop)
+    for a, b in zip(names, [*names[1:], END], strict=True):
+        wf.edge(a, b)
+    return wf.validate()
+
+
+chain20_inline = build_chain(20, inline=True)
+chain20_tasks = build_chain(20, inline=False)
+
+
+class GrowState(BaseModel):
+    messages: Annotated[list[str], append] = []
+
+
+grow = Workflow("grow", state=GrowState)
+
+
+@grow.node(inline=True)
+def speak(state: GrowState, ctx: NodeContext) -> dict[str, Any]:
+    return {"messages": MESSAGE}
+
+
+grow.route(
+    "speak",
+    lambda s: "speak" if len(s.messages) < int(os.environ.get("KEEL_BENCH_GROW", "200")) else END,
+    ["speak", END],
+)
+
+
+# -- Keel ---------------------------------------------------------------------------------
+async def _keel_engine_run(wf: Workflow, root: Path) -> float:
+    store = RunStore(LocalStore(root, fsync=True))
+    engine = RunEngine(store, InlineNodeRunner(), lambda _ref: wf)
+    t0 = time.perf_counter()
+    st = await engine.create("bench", "", {})
+    final = await engine.wait(st.run_id, 120)
+    elapsed = time.perf_counter() - t0
+    assert final.status == "succeeded", final
+    return elapsed
+
+
+def keel_engine(runs: int, nodes: int) -> list[float]:
+    times = []
+    for _ in range(runs):
+        with tempfile.TemporaryDirectory() as tmp:
+            times.append(asyncio.run(_keel_engine_run(chain20_inline, Path(tmp))) / nodes)
+    return times
+
+
+def keel_ray(runs: int, nodes: int, ref: str) -> list[float]:
+    from keel.client import Keel
+    from keel.config import KeelConfig, OrchestratorConfig, StorageConfig
+
+    times = []
+    with tempfile.TemporaryDirectory() as tmp:
+        keel = Keel(
+            KeelConfig(
+                storage=StorageConfig(url=tmp, fsync=True),
+                orchestrator=OrchestratorConfig(name=f"bench-{os.getpid()}"),
+            )
+        )
+        keel.watch(keel.start(ref).run_id)  # warm: actor, workers, imports
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            st = keel.start(ref)
+            final = keel.watch(st.run_id)
+            times.append((time.perf_counter() - t0) / nodes)
+            assert final.status == "succeeded"
+        import ray
+
+        ray.kill(keel.orchestrator(), no_restart=True)
+        keel.close()
+    return times
+
+
+def keel_growth(total: int, marks: list[int]) -> dict[int, int]:
+    """Bytes of all checkpoint objects after each mark of nodes."""
+    os.environ["KEEL_BENCH_GROW"] = str(total)
+    with tempfile.TemporaryDirectory() as tmp:
+        asyncio.run(_keel_engine_run(grow, Path(tmp)))
+        ckpts = sorted((Path(tmp) / "runs").glob("*/checkpoints/*.ckpt"))
+        # Checkpoint 0 is creation; checkpoint k holds node k's events.
+        sizes = [p.stat().st_size for p in ckpts]
+    return {m: sum(sizes[: m + 1]) for m in marks}
+
+
+# -- LangGraph ----------------------------------------------------------------------------
+def _langgraph_chain(nodes: int, saver: Any) -> Any:
+    from typing import TypedDict
+
+    from langgraph.graph import StateGraph
+
+    class S(TypedDict, total=False):
+        n: int
+
+    g = StateGraph(S)
+    names = [f"n{i:02d}" for i in range(nodes)]
+    for name in names:
+        g.add_node(name, lambda s: {})
+    g.set_entry_point(names[0])
+    for a, b in zip(names, names[1:], strict=False):
+        g.add_edge(a, b)
+    g.set_finish_point(names[-1])
+    return g.compile(checkpointer=saver)
+
+
+def langgraph_chain(runs: int, nodes: int) -> list[float]:
+    from langgraph.checkpoint.sqlite import SqliteSaver
+
+    times = []
+    for i in range(runs):
+        with tempfile.TemporaryDirectory() as tmp:
+            conn = sqlite3.connect(Path(tmp) / "lg.db", check_same_thread=False)
+            graph = _langgraph_chain(nodes, SqliteSaver(conn))
+            t0 = time.perf_counter()
+            graph.invoke({"n": 0}, {"configurable": {"thread_id": f"t{i}"}}, durability="sync")
+            times.append((time.perf_counter() - t0) / nodes)
+            conn.close()
+    return times
+
+
+def langgraph_growth(total: int, marks: list[int]) -> dict[int, int]:
+    import operator
+    from typing import TypedDict
+
+    from langgraph.checkpoint.sqlite import SqliteSaver
+    from langgraph.graph import END as LG_END
+    from langgraph.graph import StateGraph
+
+    class S(TypedDict):
+        messages: Annotated[list[str], operator.add]
+
+    g = StateGraph(S)
+    g.add_node("speak", lambda s: {"messages": [MESSAGE]})
+    g.set_entry_point("speak")
+    g.add_conditional_edges("speak", lambda s: "speak" if len(s["messages"]) < total else LG_END)
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        conn = sqlite3.connect(Path(tmp) / "lg.db", check_same_thread=False)
+        graph = g.compile(checkpointer=SqliteSaver(conn))
+        graph.invoke(
+            {"messages": []},
+            {"configurable": {"thread_id": "grow"}, "recursion_limit": total * 2 + 10},
+            durability="sync",
+        )
+        rows = conn.execute(
+            "select checkpoint_id, length(checkpoint) + length(metadata) from checkpoints "
+            "order by checkpoint_id"
+        ).fetchall()
+        writes = dict(
+            conn.execute(
+                "select checkpoint_id, sum(length(value)) from writes group by checkpoint_id"
+            ).fetchall()
+        )
+        # Checkpoint 0 is the input; one more per node step after it.
+        sizes = [size + (writes.get(cid) or 0) for cid, size in rows]
+        conn.close()
+    for m in marks:
+        out[m] = sum(sizes[: m + 2])
+    return out
+
+
+# -- report -------------------------------------------------------------------------------
+def summarise(times: list[float]) -> dict[str, float]:
+    ms = sorted(t * 1000 for t in times)
+    return {
+        "p50_ms": statistics.median(ms),
+        "p90_ms": ms[int(0.9 * (len(ms) - 1))],
+        "mean_ms": statistics.fmean(ms),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
+    parser.add_argument("--runs", type=int, default=30, help="runs of the 20-node workflow")
+    parser.add_argument("--no-ray", action="store_true", help="skip the Ray actor variants")
+    args = parser.parse_args()
+    nodes = 20
+    results: dict[str, Any] = {"nodes": nodes, "runs": args.runs, "overhead": {}}
+
+    with console.status("LangGraph + SqliteSaver (sync durability)"):
+        results["overhead"]["langgraph_sqlite_sync"] = summarise(langgraph_chain(args.runs, nodes))
+    with console.status("Keel engine in-process, local dir, fsync"):
+        results["overhead"]["keel_engine_local_fsync"] = summarise(keel_engine(args.runs, nodes))
+    if not args.no_ray:
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        with console.status("Keel orchestrator actor on Ray, inline nodes"):
+            results["overhead"]["keel_ray_actor_inline_nodes"] = summarise(
+                keel_ray(args.runs, nodes, "bench.orchestration:chain20_inline")
+            )
+        with console.status("Keel orchestrator actor on Ray, nodes as Ray tasks"):
+            results["overhead"]["keel_ray_actor_task_nodes"] = summarise(
+                keel_ray(args.runs, nodes, "bench.orchestration:chain20_tasks")
+            )
+
+    base = results["overhead"]["langgraph_sqlite_sync"]["p50_ms"]
+    table = Table(title=f"Per-node overhead, {nodes}-node no-op workflow, {args.runs} runs")
+    for col in ("system", "p50 ms/node", "p90 ms/node", "ratio to LangGraph (p50)"):
+        table.add_column(col)
+    for name, row in results["overhead"].items():
+        table.add_row(
+            name, f"{row['p50_ms']:.3f}", f"{row['p90_ms']:.3f}", f"{row['p50_ms'] / base:.2f}x"
+        )
+    console.print(table)
+
+    marks = [25, 50, 100, 200]
+    with console.status("checkpoint growth to 200 nodes"):
+        keel_bytes = keel_growth(200, marks)
+        lg_bytes = langgraph_growth(200, marks)
+    results["growth"] = {"marks": marks, "keel": keel_bytes, "langgraph": lg_bytes}
+    growth = Table(title="Checkpoint bytes stored, 256-byte message appended per node")
+    for col in ("nodes", "Keel total", "Keel bytes/node", "LangGraph total", "LangGraph bytes/node"):
+        growth.add_column(col)
+    for m in marks:
+        growth.add_row(
+            str(m),
+            f"{keel_bytes[m]:,}",
+            f"{keel_bytes[m] / m:,.0f}",
+            f"{lg_bytes[m]:,}",
+            f"{lg_bytes[m] / m:,.0f}",
+        )
+    console.print(growth)
+
+    out = Path(__file__).parent / ".out"
+    out.mkdir(exist_ok=True)
+    (out / "orchestration.json").write_text(json.dumps(results, indent=2))
+    console.print(f"wrote {out / 'orchestration.json'}")
+
+
+if __name__ == "__main__":
+    main()
