@@ -17,14 +17,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
+import operator
 import os
 import sqlite3
 import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypedDict
 
 from pydantic import BaseModel
 from rich.console import Console
@@ -141,20 +143,23 @@ def keel_growth(total: int, marks: list[int]) -> dict[int, int]:
 
 
 # -- LangGraph ----------------------------------------------------------------------------
-def _langgraph_chain(nodes: int, saver: Any) -> Any:
-    from typing import TypedDict
+class LGChainState(TypedDict, total=False):
+    n: int
 
+
+class LGGrowState(TypedDict):
+    messages: Annotated[list[str], operator.add]
+
+
+def _langgraph_chain(nodes: int, saver: Any) -> Any:
     from langgraph.graph import StateGraph
 
-    class S(TypedDict, total=False):
-        n: int
-
-    g = StateGraph(S)
+    g = StateGraph(LGChainState)
     names = [f"n{i:02d}" for i in range(nodes)]
     for name in names:
         g.add_node(name, lambda s: {})
     g.set_entry_point(names[0])
-    for a, b in zip(names, names[1:], strict=False):
+    for a, b in itertools.pairwise(names):
         g.add_edge(a, b)
     g.set_finish_point(names[-1])
     return g.compile(checkpointer=saver)
@@ -176,17 +181,11 @@ def langgraph_chain(runs: int, nodes: int) -> list[float]:
 
 
 def langgraph_growth(total: int, marks: list[int]) -> dict[int, int]:
-    import operator
-    from typing import TypedDict
-
     from langgraph.checkpoint.sqlite import SqliteSaver
     from langgraph.graph import END as LG_END
     from langgraph.graph import StateGraph
 
-    class S(TypedDict):
-        messages: Annotated[list[str], operator.add]
-
-    g = StateGraph(S)
+    g = StateGraph(LGGrowState)
     g.add_node("speak", lambda s: {"messages": [MESSAGE]})
     g.set_entry_point("speak")
     g.add_conditional_edges("speak", lambda s: "speak" if len(s["messages"]) < total else LG_END)
@@ -235,24 +234,26 @@ def main() -> None:
     results: dict[str, Any] = {"nodes": nodes, "runs": args.runs, "overhead": {}}
 
     with console.status("LangGraph + SqliteSaver (sync durability)"):
-        results["overhead"]["langgraph_sqlite_sync"] = summarise(langgraph_chain(args.runs, nodes))
+        results["overhead"]["LangGraph, SqliteSaver, sync"] = summarise(
+            langgraph_chain(args.runs, nodes)
+        )
     with console.status("Keel engine in-process, local dir, fsync"):
-        results["overhead"]["keel_engine_local_fsync"] = summarise(keel_engine(args.runs, nodes))
+        results["overhead"]["Keel engine, in-process"] = summarise(keel_engine(args.runs, nodes))
     if not args.no_ray:
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         with console.status("Keel orchestrator actor on Ray, inline nodes"):
-            results["overhead"]["keel_ray_actor_inline_nodes"] = summarise(
+            results["overhead"]["Keel actor, inline nodes"] = summarise(
                 keel_ray(args.runs, nodes, "bench.orchestration:chain20_inline")
             )
         with console.status("Keel orchestrator actor on Ray, nodes as Ray tasks"):
-            results["overhead"]["keel_ray_actor_task_nodes"] = summarise(
+            results["overhead"]["Keel actor, Ray-task nodes"] = summarise(
                 keel_ray(args.runs, nodes, "bench.orchestration:chain20_tasks")
             )
 
-    base = results["overhead"]["langgraph_sqlite_sync"]["p50_ms"]
+    base = results["overhead"]["LangGraph, SqliteSaver, sync"]["p50_ms"]
     table = Table(title=f"Per-node overhead, {nodes}-node no-op workflow, {args.runs} runs")
-    for col in ("system", "p50 ms/node", "p90 ms/node", "ratio to LangGraph (p50)"):
-        table.add_column(col)
+    for col in ("system", "p50 ms/node", "p90 ms/node", "p50 / LangGraph"):
+        table.add_column(col, no_wrap=True)
     for name, row in results["overhead"].items():
         table.add_row(
             name, f"{row['p50_ms']:.3f}", f"{row['p90_ms']:.3f}", f"{row['p50_ms'] / base:.2f}x"
@@ -265,7 +266,13 @@ def main() -> None:
         lg_bytes = langgraph_growth(200, marks)
     results["growth"] = {"marks": marks, "keel": keel_bytes, "langgraph": lg_bytes}
     growth = Table(title="Checkpoint bytes stored, 256-byte message appended per node")
-    for col in ("nodes", "Keel total", "Keel bytes/node", "LangGraph total", "LangGraph bytes/node"):
+    for col in (
+        "nodes",
+        "Keel total",
+        "Keel bytes/node",
+        "LangGraph total",
+        "LangGraph bytes/node",
+    ):
         growth.add_column(col)
     for m in marks:
         growth.add_row(
