@@ -110,6 +110,7 @@ class _Run:
     warnings: list[str] = field(default_factory=list)
     task: asyncio.Task[None] | None = None
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
     def active(self) -> bool:
@@ -155,7 +156,18 @@ class RunEngine:
         raise AssertionError("unreachable")
 
     async def _commit(self, run: _Run, events: Sequence[Event]) -> None:
-        """Number, fold (to validate), write as one checkpoint, then publish."""
+        """Number, fold (to validate), write as one checkpoint, then publish.
+
+        Shielded and serialised per run: a cancelled driver never leaves a write in flight
+        that a later commit could race for the same checkpoint number.
+        """
+        await asyncio.shield(self._commit_serial(run, events))
+
+    async def _commit_serial(self, run: _Run, events: Sequence[Event]) -> None:
+        async with run.lock:
+            await self._commit_now(run, events)
+
+    async def _commit_now(self, run: _Run, events: Sequence[Event]) -> None:
         state = run.state
         numbered: list[Event] = []
         for i, ev in enumerate(events):

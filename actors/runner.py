@@ -37,12 +37,19 @@ def _verify_task(tool: Tool, args: dict[str, Any], key: str) -> Verification:
     return tool.verify(args, key)
 
 
-async def _await(ref: Any, what: str, timeout_s: float | None) -> Any:
+async def _await(ref: Any, what: str, timeout_s: float | None, *, abortable: bool = True) -> Any:
+    """Await a task's result; a cancelled caller stops the task unless it is an effect,
+    which is left to finish (its outcome is settled by ``verify`` later)."""
+
     async def get() -> Any:
         return await ref
 
     try:
         return await asyncio.wait_for(get(), timeout_s)
+    except asyncio.CancelledError:
+        if abortable:
+            ray.cancel(ref)
+        raise
     except TimeoutError:
         ray.cancel(ref, force=True)
         raise NodeError(
@@ -77,7 +84,7 @@ class RayNodeRunner:
         ref = _apply_task.options(num_cpus=self.node_num_cpus, name=f"keel:{tool.name}").remote(
             tool, args, key
         )
-        result: JsonValue = await _await(ref, f"tool {tool.name}", timeout_s)
+        result: JsonValue = await _await(ref, f"tool {tool.name}", timeout_s, abortable=False)
         return result
 
     async def verify_effect(self, tool: Tool, args: dict[str, Any], key: str) -> Verification:

@@ -129,9 +129,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     keel = Keel(load_config(args.config))
     _apply_storage(keel, args)
-    outbox = Path(keel.config.storage_url()).parent / "demo-outbox"
-    if "://" in keel.config.storage.url:
-        outbox = Path(".keel-demo-outbox").resolve()
+    # The demo's "external system": a directory beside the store (never inside it).
+    url = keel.config.storage_url()
+    outbox = Path(".keel-outbox").resolve() if "://" in url else Path(f"{url}-outbox")
     out.print("[bold]Keel demo[/bold]: a durable ticket-triage workflow on the embedded stack")
     out.print(f"  storage: {keel.config.storage_url()}   outbox: {outbox}")
     try:

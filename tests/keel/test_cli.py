@@ -74,7 +74,7 @@ def test_demo_then_runs_and_show(tmp_path: Path) -> None:
     types = [e["type"] for e in shown["events"]]
     assert types.count("effect_intent") == types.count("effect_result") == 2
     # Two deliveries in the outbox, one per effect.
-    assert len(list((tmp_path / "demo-outbox").glob("*.json"))) == 2
+    assert len(list((tmp_path / "store-outbox").glob("*.json"))) == 2
 
     # A torn checkpoint: `show` warns naming the object and shows the last good state.
     ckpts = sorted((storage / "runs" / run_id / "checkpoints").iterdir())
