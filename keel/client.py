@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import JsonValue
 
-from actors.engine import RunView, load_events
+from actors.engine import RunView, load_events, new_run_id
 from actors.messages import CancelRun, OrchestratorSettings, ResumeRun, StartRun, WatchRun
 from actors.state import Event, RunState, RunStatus, replay
 from keel.config import KeelConfig, load_config
@@ -129,10 +129,17 @@ class Keel:
         ask the orchestrator to create the run."""
         ref = resolve_ref(workflow, self.config.workflows)
         clean = load_workflow(ref).check_inputs(inputs or {})
-        if run_id is not None:
-            check_run_id(run_id)
+        chosen = run_id is not None
+        run_id = check_run_id(run_id) if run_id is not None else new_run_id()
         msg = StartRun(workflow=ref, goal=goal, inputs=clean, principal=principal, run_id=run_id)
-        state: RunState = self._call("start_run", msg)
+        try:
+            state: RunState = self._call("start_run", msg)
+        except RunStateError:
+            if chosen:
+                raise
+            # The id is ours alone: the orchestrator restarted after creating the run and
+            # our retry found it. Creation is idempotent by id.
+            return self.show(run_id).state
         return state
 
     def watch(
@@ -167,10 +174,22 @@ class Keel:
         view = self.show(run_id)  # fails fast, with no Ray, for an unknown run id
         if view.state.status.terminal:
             raise RunStateError(f"run {run_id} already {view.state.status}", field="run_id")
-        state: RunState = self._call(
-            "resume", ResumeRun(run_id=run_id, by=by, reason=reason, effect=effect)
-        )
+        try:
+            state: RunState = self._call(
+                "resume", ResumeRun(run_id=run_id, by=by, reason=reason, effect=effect)
+            )
+        except RunStateError:
+            # The orchestrator's own recovery may have finished the run in the meantime.
+            latest = self.show(run_id).state
+            if latest.status.terminal and effect is None:
+                return latest
+            raise
         return state
+
+    def info(self) -> dict[str, Any]:
+        """The orchestrator's pid, whether Ray restarted it, and what it recovered."""
+        result: dict[str, Any] = self._call("info")
+        return result
 
     def cancel(self, run_id: str, *, by: str = "local", reason: str = "") -> RunState:
         self.show(run_id)

@@ -44,13 +44,12 @@ def test_five_node_run_completes_with_one_effect_each(keel: Keel, tmp_path: Path
 def test_orchestrator_crash_never_repeats_an_effect(
     keel: Keel, tmp_path: Path, point: str, node: str
 ) -> None:
-    orch = keel.orchestrator()
-    before = ray.get(orch.info.remote())
-    ray.get(orch.arm_fault.remote(point, node))
+    before = keel.info()
+    ray.get(keel.orchestrator().arm_fault.remote(point, node))
     st = keel.start(FIVE, "crash me", {"dir": str(tmp_path), "slow_s": 0.3})
     final = keel.watch(st.run_id, timeout_s=120)
 
-    after = ray.get(orch.info.remote())
+    after = keel.info()
     assert after["pid"] != before["pid"] and after["restarted"], "the fault did not fire"
     assert final.status == RunStatus.SUCCEEDED, final.reason
     assert counter(tmp_path / "charge.json") == 1

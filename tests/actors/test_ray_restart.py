@@ -44,11 +44,15 @@ def descendants(root: int) -> list[int]:
 
 
 def keel_cmd(backend: Backend, *args: str) -> list[str]:
-    return [sys.executable, "-m", "keel.cli", "--storage", backend.url, *args]
+    return [sys.executable, "-m", "keel.cli", *args]
 
 
 def cli_env(backend: Backend) -> dict[str, str]:
-    env = {**os.environ, "KEEL_STORAGE_OPTIONS": json.dumps(backend.options)}
+    env = {
+        **os.environ,
+        "KEEL_STORAGE": backend.url,
+        "KEEL_STORAGE_OPTIONS": json.dumps(backend.options),
+    }
     env.pop("RAY_ADDRESS", None)
     return env
 
