@@ -38,8 +38,98 @@ class OrchestratorConfig(_Section):
     node_num_cpus: float = Field(default=1.0, ge=0.0)
 
 
+class TierConfig(_Section):
+    """One model tier. Tiers are listed cheapest first; a request goes to the first tier
+    whose ``max_score`` covers its complexity score."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")
+    model: str = Field(description="a litellm model string, e.g. openai/gpt-4o-mini")
+    max_score: float = Field(ge=0.0, le=1.0)
+    api_base: str | None = None
+    api_key_env: str | None = Field(default=None, description="env var holding the key")
+    input_cost_per_token: float = Field(default=0.0, ge=0.0)
+    output_cost_per_token: float = Field(default=0.0, ge=0.0)
+    timeout_s: float = Field(default=60.0, gt=0.0)
+
+
+class ComplexityWeights(_Section):
+    """How a request's features add up to a complexity score in [0, 1]."""
+
+    kind: dict[str, float] = Field(
+        default_factory=lambda: {
+            "classify": 0.10,
+            "summarize": 0.15,
+            "extract": 0.20,
+            "chat": 0.35,
+            "plan": 0.70,
+        }
+    )
+    tokens_per_point: float = Field(default=8000.0, gt=0.0, description="prompt tokens per +1.0")
+    max_tokens_points: float = Field(default=0.30, ge=0.0)
+    per_tool: float = Field(default=0.04, ge=0.0)
+    max_tool_points: float = Field(default=0.20, ge=0.0)
+    per_failure: float = Field(default=0.20, ge=0.0)
+
+
+def _default_tiers() -> list[TierConfig]:
+    return [
+        TierConfig(
+            name="small",
+            model="openai/smollm2-135m-instruct",
+            api_base="http://127.0.0.1:8765/v1",
+            max_score=0.45,
+        ),
+        TierConfig(name="large", model="keel-rules/planner", max_score=1.0),
+    ]
+
+
+class RouterConfig(_Section):
+    tiers: list[TierConfig] = Field(default_factory=_default_tiers, min_length=1)
+    models: dict[str, str] = Field(
+        default_factory=dict, description="one-line overrides: tier name -> litellm model"
+    )
+    weights: ComplexityWeights = Field(default_factory=ComplexityWeights)
+    num_retries: int = Field(default=1, ge=0, le=10)
+    allowed_fails: int = Field(default=0, ge=0)
+    cooldown_s: float = Field(default=30.0, ge=0.0)
+    http_port: int = Field(default=8000, ge=1, le=65535)
+    local_model_port: int = Field(default=8765, ge=1, le=65535)
+
+    def resolved_tiers(self) -> list[TierConfig]:
+        """Tiers with the one-line model overrides applied, checked for sense."""
+        names = [t.name for t in self.tiers]
+        if len(set(names)) != len(names):
+            raise ConfigError("tier names must be unique", field="router.tiers")
+        for name in self.models:
+            if name not in names:
+                raise ConfigError(f"no tier named {name!r}", field=f"router.models.{name}")
+        scores = [t.max_score for t in self.tiers]
+        if scores != sorted(scores) or scores[-1] < 1.0:
+            raise ConfigError(
+                "tiers go cheapest first with rising max_score, the last at 1.0",
+                field="router.tiers",
+            )
+        out = []
+        for t in self.tiers:
+            if t.name in self.models:
+                t = t.model_copy(update={"model": self.models[t.name], "api_base": None})
+            out.append(t)
+        return out
+
+
+class WorkersConfig(_Section):
+    """Replicas of each worker role; calls are spread over them."""
+
+    planner: int = Field(default=1, ge=1, le=256)
+    retriever: int = Field(default=1, ge=1, le=256)
+    executor: int = Field(default=1, ge=1, le=256)
+    validator: int = Field(default=1, ge=1, le=256)
+
+
 class KeelConfig(_Section):
     storage: StorageConfig = Field(default_factory=StorageConfig)
+    router: RouterConfig = Field(default_factory=RouterConfig)
+    workers: WorkersConfig = Field(default_factory=WorkersConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     orchestrator: OrchestratorConfig = Field(default_factory=OrchestratorConfig)
     workflows: dict[str, str] = Field(

@@ -1,1 +1,10 @@
-"""Ray Serve applications: the HTTP API for runs and the model router (see issues 3 and 6)."""
+"""Ray Serve applications: the model router (litellm behind it) and, later, the runs API.
+
+litellm would fetch its price list from the internet on import; Keel runs offline and
+uses the copy litellm ships, so that is switched off before litellm is first imported.
+"""
+
+import os
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+os.environ.setdefault("LITELLM_TELEMETRY", "False")

@@ -1,0 +1,101 @@
+"""Every model call goes through here: route by complexity, then call through litellm.
+
+litellm's Router does the retries, the fallbacks to the next tier, the cooldown of a tier
+that keeps failing, and the cost; this module only decides where a request starts and
+records what happened.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from litellm.router import Router
+
+from keel.config import RouterConfig, TierConfig
+from keel.errors import RouterError
+from router import rules
+from router.complexity import choose
+from router.messages import ModelCall, RouteDecision, RouteRequest
+
+
+def model_list(tiers: list[TierConfig]) -> list[dict[str, Any]]:
+    out = []
+    for t in tiers:
+        params: dict[str, Any] = {"model": t.model, "timeout": t.timeout_s}
+        if t.api_base:
+            params["api_base"] = t.api_base
+            params["api_key"] = "keel-local"  # OpenAI-compatible local servers need one
+        if t.api_key_env:
+            params["api_key"] = f"os.environ/{t.api_key_env}"
+        if t.input_cost_per_token or t.output_cost_per_token:
+            params["input_cost_per_token"] = t.input_cost_per_token
+            params["output_cost_per_token"] = t.output_cost_per_token
+        out.append({"model_name": t.name, "litellm_params": params, "model_info": {"id": t.name}})
+    return out
+
+
+class ModelGateway:
+    """Routes and calls; one per router replica."""
+
+    def __init__(self, config: RouterConfig) -> None:
+        rules.register()
+        self.config = config
+        self.tiers = config.resolved_tiers()
+        self.by_name = {t.name: t for t in self.tiers}
+        self.router = Router(
+            model_list=model_list(self.tiers),
+            fallbacks=[
+                {t.name: [u.name for u in self.tiers[i + 1 :]]}
+                for i, t in enumerate(self.tiers[:-1])
+            ],
+            num_retries=config.num_retries,
+            allowed_fails=config.allowed_fails,
+            cooldown_time=config.cooldown_s,
+        )
+
+    def route(self, req: RouteRequest) -> RouteDecision:
+        return choose(req, self.tiers, self.config.weights)
+
+    async def complete(self, req: RouteRequest, *, escalated_from: str | None = None) -> ModelCall:
+        decision = self.route(req)
+        extra: dict[str, Any] = {}
+        for name in ("response_format", "max_tokens", "temperature"):
+            value = getattr(req, name)
+            if value is not None:
+                extra[name] = value
+        started = time.perf_counter()
+        try:
+            resp = await self.router.acompletion(
+                model=decision.tier,
+                messages=[m.model_dump(exclude_none=True) for m in req.messages],
+                **extra,
+            )
+        except Exception as exc:
+            raise RouterError(
+                f"no tier could answer (routed to {decision.tier}): {exc}",
+                retryable=True,
+                tier=decision.tier,
+            ) from exc
+        latency = time.perf_counter() - started
+        hidden: dict[str, Any] = getattr(resp, "_hidden_params", {}) or {}
+        served = str(hidden.get("model_id") or decision.tier)
+        headers = hidden.get("additional_headers") or {}
+        usage = getattr(resp, "usage", None)
+        reason = decision.reason
+        if served != decision.tier:
+            reason += f"; {decision.tier} failed or cooling down, served by {served}"
+        return ModelCall(
+            tier=served,
+            model=self.by_name[served].model if served in self.by_name else str(resp.model),
+            routed_tier=decision.tier,
+            reason=reason,
+            score=decision.score,
+            content=str(resp.choices[0].message.content or ""),
+            prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
+            completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+            cost=float(hidden.get("response_cost") or 0.0),
+            latency_s=latency,
+            fallbacks=int(headers.get("x-litellm-attempted-fallbacks") or 0),
+            escalated_from=escalated_from,
+        )

@@ -1,0 +1,123 @@
+"""The ``large`` tier of the embedded default: a deterministic, rule-based planner.
+
+This is rules, not a model. It is registered with litellm as the custom provider
+``keel-rules`` so it is called, retried, timed and costed exactly like a real model, and a
+real provider replaces it with one line of ``keel.yaml``. It reads the structured prompt
+that Keel's workers send (a JSON object with the goal, observations, and either the tools
+on offer or the labels to choose from) and answers JSON:
+
+- with ``tools``: ``{"tool": NAME, "args": {...}, "rationale": TEXT}``, the tool whose name
+  and description best match the goal and the latest observation, its arguments filled from
+  ``hints`` or the schema's defaults;
+- with ``labels``: ``{"label": LABEL}``, by keyword overlap;
+- otherwise a short extractive summary.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from litellm.llms.custom_llm import CustomLLM
+from litellm.types.utils import Choices, Message, ModelResponse, Usage
+
+PROVIDER = "keel-rules"
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def _words(text: str) -> set[str]:
+    return {w for w in _WORD.findall(text.lower()) if len(w) > 2}
+
+
+def _prompt_doc(messages: list[dict[str, Any]]) -> dict[str, Any]:
+    for message in reversed(messages):
+        content = str(message.get("content") or "")
+        try:
+            doc = json.loads(content)
+        except ValueError:
+            continue
+        if isinstance(doc, dict):
+            return doc
+    return {"goal": " ".join(str(m.get("content") or "") for m in messages)}
+
+
+def _args_for(tool: dict[str, Any], hints: dict[str, Any]) -> dict[str, Any]:
+    schema = tool.get("parameters") or {}
+    props: dict[str, Any] = schema.get("properties") or {}
+    args = {}
+    for name, spec in props.items():
+        if name in hints:
+            args[name] = hints[name]
+        elif isinstance(spec, dict) and "default" in spec:
+            args[name] = spec["default"]
+        elif name in (schema.get("required") or []):
+            args[name] = "" if spec.get("type") == "string" else None
+    return args
+
+
+def answer(doc: dict[str, Any]) -> dict[str, Any] | str:
+    """The rules themselves, separate from litellm so they can be tested directly."""
+    context = " ".join(
+        [str(doc.get("goal", "")), *(str(o) for o in (doc.get("observations") or [])[-1:])]
+    )
+    seen = _words(context)
+    if doc.get("tools"):
+        tools: list[dict[str, Any]] = list(doc["tools"])
+        tried = {str(t) for t in doc.get("tried") or []}
+
+        def fit(tool: dict[str, Any]) -> tuple[int, int]:
+            overlap = len(seen & _words(f"{tool.get('name', '')} {tool.get('description', '')}"))
+            return (0 if tool.get("name") in tried else 1, overlap)
+
+        best = max(tools, key=fit)
+        return {
+            "tool": best.get("name"),
+            "args": _args_for(best, dict(doc.get("hints") or {})),
+            "rationale": f"best keyword match for: {context[:120]}",
+        }
+    if doc.get("labels"):
+        labels = [str(label) for label in doc["labels"]]
+        return {"label": max(labels, key=lambda lb: len(seen & _words(lb.replace("_", " "))))}
+    sentences = re.split(r"(?<=[.!?])\s+", context.strip())
+    return " ".join(sentences[:2])[:400]
+
+
+class RulesLLM(CustomLLM):
+    """litellm's view of the rules: a provider whose "model" is ``planner``."""
+
+    def completion(self, *args: Any, **kwargs: Any) -> ModelResponse:
+        messages: list[dict[str, Any]] = list(kwargs.get("messages") or [])
+        out = answer(_prompt_doc(messages))
+        text = out if isinstance(out, str) else json.dumps(out)
+        prompt = sum(len(str(m.get("content") or "")) for m in messages) // 4
+        completion = max(1, len(text) // 4)
+        return ModelResponse(
+            model=f"{PROVIDER}/{kwargs.get('model', 'planner')}",
+            choices=[
+                Choices(
+                    index=0,
+                    message=Message(role="assistant", content=text),
+                    finish_reason="stop",
+                )
+            ],
+            usage=Usage(
+                prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
+            ),
+        )
+
+    async def acompletion(self, *args: Any, **kwargs: Any) -> ModelResponse:
+        return self.completion(*args, **kwargs)
+
+
+def register() -> None:
+    """Make ``keel-rules/...`` models callable through litellm (idempotent)."""
+    import litellm
+
+    current = list(litellm.custom_provider_map or [])
+    if not any(p.get("provider") == PROVIDER for p in current):
+        current.append({"provider": PROVIDER, "custom_handler": RulesLLM()})
+        litellm.custom_provider_map = current
+        from litellm.utils import custom_llm_setup
+
+        custom_llm_setup()  # type: ignore[no-untyped-call]

@@ -1,0 +1,129 @@
+"""The model router as a Ray Serve application on 127.0.0.1.
+
+HTTP: ``POST /v1/chat/completions`` (OpenAI-compatible, so any OpenAI client can use it;
+``model: "auto"`` routes by complexity, a tier name sets the floor) and ``POST /v1/route``
+(explains the choice without calling a model). Workers call it through a Serve handle.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from fastapi import FastAPI, HTTPException
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+
+from keel.config import RouterConfig
+from keel.errors import KeelError
+from router.gateway import ModelGateway
+from router.messages import ChatMessage, ModelCall, RouteDecision, RouteRequest, StepKind
+
+APP_NAME = "keel-router"
+api = FastAPI(title="Keel model router", version="1")
+
+
+class KeelHints(BaseModel):
+    """Optional routing features an OpenAI client may add under ``keel``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: StepKind = "chat"
+    tools: int = Field(default=0, ge=0, le=1000)
+    failures: int = Field(default=0, ge=0, le=1000)
+
+
+class ChatCompletionBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = "auto"
+    messages: list[ChatMessage] = Field(min_length=1, max_length=1000)
+    response_format: dict[str, Any] | None = None
+    max_tokens: int | None = Field(default=None, ge=1, le=32_000)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    tools: list[dict[str, Any]] | None = None
+    keel: KeelHints = Field(default_factory=KeelHints)
+
+    def to_route(self) -> RouteRequest:
+        return RouteRequest(
+            messages=self.messages,
+            kind=self.keel.kind,
+            tools=max(self.keel.tools, len(self.tools or [])),
+            failures=self.keel.failures,
+            min_tier=None if self.model == "auto" else self.model,
+            response_format=self.response_format,
+            max_tokens=self.max_tokens,
+            temperature=self.temperature,
+        )
+
+
+def completion_body(call: ModelCall) -> dict[str, Any]:
+    """An OpenAI ``chat.completion`` object, plus what Keel recorded under ``keel``."""
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex[:16]}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": call.model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": call.content},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {
+            "prompt_tokens": call.prompt_tokens,
+            "completion_tokens": call.completion_tokens,
+            "total_tokens": call.prompt_tokens + call.completion_tokens,
+        },
+        "keel": call.model_dump(exclude={"content"}),
+    }
+
+
+def _http_error(exc: KeelError) -> HTTPException:
+    status = 400 if exc.field else 502
+    return HTTPException(status, detail=exc.to_dict())
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=64)
+@serve.ingress(api)
+class ModelRouter:
+    """One router replica: a ``ModelGateway`` behind HTTP and a Serve handle."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.gateway = ModelGateway(RouterConfig.model_validate(config))
+
+    @api.post("/v1/chat/completions")
+    async def chat(self, body: ChatCompletionBody) -> dict[str, Any]:
+        try:
+            call = await self.gateway.complete(body.to_route())
+        except KeelError as exc:
+            raise _http_error(exc) from None
+        return completion_body(call)
+
+    @api.post("/v1/route")
+    async def explain(self, body: ChatCompletionBody) -> RouteDecision:
+        try:
+            return self.gateway.route(body.to_route())
+        except KeelError as exc:
+            raise _http_error(exc) from None
+
+    async def complete(self, req: RouteRequest, escalated_from: str | None = None) -> ModelCall:
+        """For workers, through a Serve handle."""
+        return await self.gateway.complete(req, escalated_from=escalated_from)
+
+
+def deploy(config: RouterConfig) -> Any:
+    """Start Serve's HTTP proxy on 127.0.0.1 and run the router; return its handle."""
+    serve.start(http_options={"host": "127.0.0.1", "port": config.http_port})
+    return serve.run(
+        ModelRouter.bind(config.model_dump(mode="json")),  # type: ignore[attr-defined]
+        name=APP_NAME,
+        route_prefix="/",
+        blocking=False,
+    )
+
+
+def router_handle() -> Any:
+    return serve.get_app_handle(APP_NAME)

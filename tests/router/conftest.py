@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from keel.config import RouterConfig, TierConfig
+from tests.conftest import free_port
+
+PRICES = {"small": (1e-6, 2e-6), "large": (1e-5, 3e-5)}
+
+
+class Scripted:
+    """Handle on the scripted OpenAI-compatible server process."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+
+    def script(self, model: str, **plan: object) -> None:
+        httpx.post(f"{self.base}/_script", json={"model": model, **plan}).raise_for_status()
+
+    def calls(self) -> dict[str, int]:
+        data: dict[str, int] = httpx.get(f"{self.base}/_calls").json()
+        return data
+
+    def reset(self) -> None:
+        httpx.post(f"{self.base}/_reset").raise_for_status()
+
+
+@pytest.fixture(scope="session")
+def scripted_server() -> Iterator[Scripted]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "router.scripted", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            httpx.get(f"{base}/_calls", timeout=1).raise_for_status()
+            break
+        except httpx.HTTPError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError("scripted server did not start") from None
+            time.sleep(0.1)
+    yield Scripted(base)
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture
+def scripted(scripted_server: Scripted) -> Scripted:
+    scripted_server.reset()
+    return scripted_server
+
+
+def two_tier_config(base: str, *, cooldown_s: float = 30.0, timeout_s: float = 5.0) -> RouterConfig:
+    """Both tiers on the scripted server, with prices, so cost can be checked."""
+    return RouterConfig(
+        tiers=[
+            TierConfig(
+                name=name,
+                model=f"openai/{name}-model",
+                api_base=f"{base}/v1",
+                max_score=limit,
+                input_cost_per_token=PRICES[name][0],
+                output_cost_per_token=PRICES[name][1],
+                timeout_s=timeout_s,
+            )
+            for name, limit in (("small", 0.45), ("large", 1.0))
+        ],
+        num_retries=0,
+        allowed_fails=0,
+        cooldown_s=cooldown_s,
+    )
