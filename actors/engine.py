@@ -26,6 +26,7 @@ from actors.state import (
     EffectResult,
     ErrorInfo,
     Event,
+    ModelCalled,
     NodeCompleted,
     NodeFailed,
     RunCreated,
@@ -37,7 +38,7 @@ from actors.state import (
     fold,
     parse_event,
 )
-from actors.workflow import Node, NodeContext, Workflow
+from actors.workflow import Node, NodeContext, NodeOutput, Workflow
 from keel.errors import (
     KeelError,
     NodeError,
@@ -129,7 +130,9 @@ class RunEngine:
         max_concurrent_runs: int = 256,
         crash: Callable[[str], None] | None = None,
         storage_retries: int = 5,
+        context_env: dict[str, JsonValue] | None = None,
     ) -> None:
+        self.context_env = dict(context_env or {})
         self.store = store
         self.runner = runner
         self.resolve = resolve
@@ -438,12 +441,19 @@ class RunEngine:
             attempt=st.attempt,
             goal=st.goal,
             inputs=st.inputs,
+            env=self.context_env,
         )
         started = time.monotonic()
         try:
             if node.tool is None:
-                updates = as_updates(await self._run_node(node, wf, st, ctx))
-                await self._complete(run, node, ctx, updates, [], started)
+                out = await self._run_node(node, wf, st, ctx)
+                before: list[Event] = []
+                worker = "task" if not node.inline else "orchestrator"
+                if isinstance(out, NodeOutput):
+                    worker = out.worker or worker
+                    before = [model_event(c, node.name, ctx.step, worker) for c in out.calls]
+                    out = out.updates
+                await self._complete(run, node, ctx, as_updates(out), before, started, worker)
             else:
                 await self._effect_step(run, node, node.tool, ctx, started)
         except StorageError:
@@ -561,6 +571,7 @@ class RunEngine:
         updates: dict[str, JsonValue],
         before: list[Event],
         started: float,
+        worker: str = "task",
     ) -> None:
         wf = run.workflow
         fields = wf.state_model.model_fields
@@ -585,16 +596,20 @@ class RunEngine:
         except Exception as exc:
             if not before:
                 raise
-            # The effect happened: record it, and never retry the node (that would
-            # apply the effect a second time under a new key).
-            await self._commit(run, before)
+            await self._commit(run, before)  # calls made and effects applied are facts
+            if not any(isinstance(ev, EffectResult) for ev in before):
+                raise
+            # The effect happened: never retry the node (that would apply the effect a
+            # second time under a new key).
             raise WorkflowError(
                 f"node {node.name!r} failed after its effect was applied: {exc}",
                 retryable=False,
             ) from exc
         events: list[Event] = [
             *before,
-            probe.model_copy(update={"next": nxt, "duration_s": time.monotonic() - started}),
+            probe.model_copy(
+                update={"next": nxt, "duration_s": time.monotonic() - started, "worker": worker}
+            ),
         ]
         if nxt is None:
             events.append(RunFinished(status=RunStatus.SUCCEEDED))
@@ -652,6 +667,13 @@ def as_updates(out: Any) -> dict[str, JsonValue]:
         )
     result: dict[str, JsonValue] = to_jsonable_python(dict(out))
     return result
+
+
+def model_event(call: Any, node: str, step: int, worker: str) -> ModelCalled:
+    """A worker's ``ModelCall`` as a ledger event (the answer kept for replay, capped)."""
+    data = call.model_dump() if isinstance(call, BaseModel) else dict(call)
+    response = str(data.pop("content", ""))[:20_000]
+    return ModelCalled(node=node, step=step, worker=worker, response=response, **data)
 
 
 def summary(state: RunState) -> dict[str, Any]:

@@ -47,4 +47,5 @@ class OrchestratorSettings(_Msg):
     max_concurrent_runs: int = Field(default=256, ge=1)
     node_num_cpus: float = Field(default=1.0, ge=0.0)
     sweep_interval_s: float = Field(default=5.0, gt=0.0)
+    workers: dict[str, int] = Field(default_factory=dict, description="replicas per role")
     workflows: dict[str, str] = Field(default_factory=dict)

@@ -55,16 +55,22 @@ class Orchestrator:
         store = open_store(
             settings.storage_url, dict(settings.storage_options), fsync=settings.fsync
         )
+        env: dict[str, Any] = {
+            "workers": dict(settings.workers),
+            "storage_url": settings.storage_url,
+            "storage_options": dict(settings.storage_options),
+        }
 
         def resolve(ref: str) -> Any:
             return load_workflow(ref)
 
         self.engine = RunEngine(
             RunStore(store),
-            RayNodeRunner(settings.node_num_cpus),
+            RayNodeRunner(settings.node_num_cpus, env),
             resolve,
             max_concurrent_runs=settings.max_concurrent_runs,
             crash=_crash,
+            context_env=env,
         )
         self.recovered: list[str] | None = None
         self._recovery: asyncio.Task[list[str]] | None = None

@@ -10,13 +10,16 @@ from pydantic import BaseModel, JsonValue
 from pydantic_core import to_jsonable_python
 from ray.exceptions import RayTaskError, TaskCancelledError, WorkerCrashedError
 
-from actors.workflow import Node, NodeContext
+from actors.worker_messages import ExecuteRequest, ExecuteResponse
+from actors.workflow import Node, NodeContext, NodeOutput
 from keel.errors import ErrorCode, NodeError
 from sandbox.tool import Tool, Verification
 
 
 def _invoke(fn: Any, state: BaseModel, ctx: NodeContext) -> Any:
     out = fn(state, ctx)
+    if isinstance(out, NodeOutput):
+        return out
     if isinstance(out, BaseModel):
         return out.model_dump(mode="json", exclude_unset=True)
     return out
@@ -25,16 +28,6 @@ def _invoke(fn: Any, state: BaseModel, ctx: NodeContext) -> Any:
 @ray.remote(max_retries=0)
 def _node_task(fn: Any, state: BaseModel, ctx: NodeContext) -> Any:
     return _invoke(fn, state, ctx)
-
-
-@ray.remote(max_retries=0)
-def _apply_task(tool: Tool, args: dict[str, Any], key: str) -> Any:
-    return to_jsonable_python(tool.apply(args, key))
-
-
-@ray.remote(max_retries=0)
-def _verify_task(tool: Tool, args: dict[str, Any], key: str) -> Verification:
-    return tool.verify(args, key)
 
 
 async def _await(ref: Any, what: str, timeout_s: float | None, *, abortable: bool = True) -> Any:
@@ -63,10 +56,12 @@ async def _await(ref: Any, what: str, timeout_s: float | None, *, abortable: boo
 
 
 class RayNodeRunner:
-    """Plain nodes and tools on Ray tasks; ``inline`` nodes on the orchestrator's threads."""
+    """Plain nodes on Ray tasks (``inline`` ones on the orchestrator's threads); tools on
+    the executor pool, the only workers that run tools."""
 
-    def __init__(self, node_num_cpus: float = 1.0) -> None:
+    def __init__(self, node_num_cpus: float = 1.0, env: dict[str, Any] | None = None) -> None:
         self.node_num_cpus = node_num_cpus
+        self.env = env or {}
 
     async def run_node(self, node: Node, state: BaseModel, ctx: NodeContext) -> Any:
         if node.inline:
@@ -78,19 +73,35 @@ class RayNodeRunner:
         )
         return await _await(ref, f"node {node.name}", node.timeout_s)
 
+    async def _execute(self, msg: ExecuteRequest, timeout_s: float | None) -> ExecuteResponse:
+        from actors.workers import pool
+
+        try:
+            resp: ExecuteResponse = await asyncio.wait_for(
+                pool("executor", self.env).call("execute", msg), timeout_s
+            )
+        except TimeoutError:
+            raise NodeError(
+                f"tool {getattr(msg.tool, 'name', '?')} timed out after {timeout_s}s",
+                code=ErrorCode.NODE_TIMEOUT,
+                retryable=True,
+            ) from None
+        except RayTaskError as exc:
+            cause = exc.cause
+            raise (cause if isinstance(cause, Exception) else exc) from None
+        return resp
+
     async def apply_effect(
         self, tool: Tool, args: dict[str, Any], key: str, timeout_s: float | None
     ) -> JsonValue:
-        ref = _apply_task.options(num_cpus=self.node_num_cpus, name=f"keel:{tool.name}").remote(
-            tool, args, key
-        )
-        result: JsonValue = await _await(ref, f"tool {tool.name}", timeout_s, abortable=False)
-        return result
+        resp = await self._execute(ExecuteRequest(tool=tool, args=args, key=key), timeout_s)
+        return resp.result
 
     async def verify_effect(self, tool: Tool, args: dict[str, Any], key: str) -> Verification:
-        ref = _verify_task.options(num_cpus=self.node_num_cpus).remote(tool, args, key)
-        verdict: Verification = await _await(ref, f"verify {tool.name}", 60.0)
-        return verdict
+        resp = await self._execute(
+            ExecuteRequest(tool=tool, args=args, key=key, verify_only=True), 60.0
+        )
+        return Verification.model_validate(resp.verification)
 
 
 class InlineNodeRunner:

@@ -115,6 +115,28 @@ class EffectReconciled(_Event):
     detail: str = ""
 
 
+class ModelCalled(_Event):
+    """One model call, with what the router decided and what it cost. ``response`` is
+    the recorded answer, so the run can be replayed without calling the model."""
+
+    type: Literal["model_called"] = "model_called"
+    node: str
+    step: int
+    worker: str
+    tier: str
+    routed_tier: str
+    model: str
+    reason: str
+    score: float
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float
+    latency_s: float
+    fallbacks: int = 0
+    escalated_from: str | None = None
+    response: str = ""
+
+
 class RunPaused(_Event):
     type: Literal["run_paused"] = "run_paused"
     status: Literal[RunStatus.AWAITING_APPROVAL, RunStatus.NEEDS_HUMAN]
@@ -141,6 +163,7 @@ Event = Annotated[
     | EffectIntent
     | EffectResult
     | EffectReconciled
+    | ModelCalled
     | RunPaused
     | RunResumed
     | RunFinished,
@@ -168,6 +191,17 @@ class EffectRecord(BaseModel):
     reconciled: bool = False
 
 
+class Usage(BaseModel):
+    """Model use so far in a run: the sums of its ``model_called`` events."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model_calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float = 0.0
+
+
 class RunState(BaseModel):
     """What is true about one run. Changed only by ``fold``."""
 
@@ -186,6 +220,7 @@ class RunState(BaseModel):
     attempt: int = 1
     data: dict[str, JsonValue] = Field(default_factory=dict)
     effects: dict[str, EffectRecord] = Field(default_factory=dict)
+    usage: Usage = Field(default_factory=Usage)
     last_seq: int = 0
     reason: str = ""
     error: ErrorInfo | None = None
@@ -283,6 +318,17 @@ def _effect_reconciled(state: RunState, ev: EffectReconciled, _: Channels) -> Ru
     return state.model_copy(update={"effects": {**state.effects, ev.key: gone}})
 
 
+def _model_called(state: RunState, ev: ModelCalled, _: Channels) -> RunState:
+    u = state.usage
+    usage = Usage(
+        model_calls=u.model_calls + 1,
+        prompt_tokens=u.prompt_tokens + ev.prompt_tokens,
+        completion_tokens=u.completion_tokens + ev.completion_tokens,
+        cost=u.cost + ev.cost,
+    )
+    return state.model_copy(update={"usage": usage})
+
+
 def _paused(state: RunState, ev: RunPaused, _: Channels) -> RunState:
     return state.model_copy(update={"status": ev.status, "reason": ev.reason})
 
@@ -309,6 +355,7 @@ REDUCERS: dict[str, Callable[[Any, Any, Channels], RunState]] = {
     "effect_intent": _effect_intent,
     "effect_result": _effect_result,
     "effect_reconciled": _effect_reconciled,
+    "model_called": _model_called,
     "run_paused": _paused,
     "run_resumed": _resumed,
     "run_finished": _finished,

@@ -68,6 +68,20 @@ class NodeContext(BaseModel):
     attempt: int
     goal: str
     inputs: dict[str, JsonValue]
+    env: dict[str, JsonValue] = Field(
+        default_factory=dict, description="deployment settings (worker pools, storage)"
+    )
+
+
+class NodeOutput(BaseModel):
+    """What a node that used workers returns: state updates, plus the model calls its
+    workers made (recorded in the ledger) and which worker did the work."""
+
+    model_config = ConfigDict(frozen=True)
+
+    updates: dict[str, Any] = Field(default_factory=dict)
+    calls: list[Any] = Field(default_factory=list, description="router.messages.ModelCall")
+    worker: str = ""
 
 
 class NoState(BaseModel):

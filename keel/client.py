@@ -57,6 +57,7 @@ class Keel:
             max_concurrent_runs=self.config.orchestrator.max_concurrent_runs,
             node_num_cpus=self.config.orchestrator.node_num_cpus,
             workflows=self.config.workflows,
+            workers=self.config.workers.model_dump(),
         )
 
     def connect(self) -> None:

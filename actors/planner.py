@@ -1,0 +1,140 @@
+"""The planner: the only worker that asks models for anything, always through the router.
+
+It proposes actions as typed JSON (a tool name and arguments) and does the small model
+steps (classify, summarise). A ``small`` answer that fails its schema is asked again one
+tier up, and both calls are returned so the ledger shows the escalation.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import jsonschema
+import ray
+from pydantic import ValidationError
+
+from actors.worker_messages import (
+    ClassifyRequest,
+    ClassifyResponse,
+    FieldError,
+    PlanRequest,
+    PlanResponse,
+    Proposal,
+)
+from router.messages import ChatMessage, ModelCall, RouteRequest
+
+ROLE = "planner"
+
+PLAN_SYSTEM = (
+    "You are the planner of an operations agent. Choose exactly one tool from `tools` that "
+    "moves the system toward `goal`, given `observations`. Reply with JSON only: "
+    '{"tool": NAME, "args": {...}, "rationale": TEXT}.'
+)
+CLASSIFY_SYSTEM = 'Classify the text into one of `labels`. Reply with JSON only: {"label": LABEL}.'
+
+
+def parse_proposal(text: str) -> tuple[Proposal | None, list[FieldError]]:
+    try:
+        raw = json.loads(text)
+    except ValueError as exc:
+        return None, [FieldError(field="proposal", reason=f"not JSON: {exc}")]
+    if not isinstance(raw, dict):
+        return None, [FieldError(field="proposal", reason="not a JSON object")]
+    try:
+        return Proposal.model_validate(raw), []
+    except ValidationError as exc:
+        return None, [
+            FieldError(field=".".join(str(p) for p in e["loc"]) or "proposal", reason=e["msg"])
+            for e in exc.errors()
+        ]
+
+
+@ray.remote
+class PlannerWorker:
+    """Ray actor. ``plan`` and ``classify`` each take and return one typed message."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._router: Any = None
+
+    def _handle(self) -> Any:
+        if self._router is None:
+            from router.service import router_handle
+
+            self._router = router_handle()
+        return self._router
+
+    async def _complete(self, req: RouteRequest, escalated_from: str | None = None) -> ModelCall:
+        call: ModelCall = await self._handle().complete.remote(req, escalated_from)
+        return call
+
+    async def plan(self, msg: PlanRequest) -> PlanResponse:
+        doc = {
+            "goal": msg.goal,
+            "observations": msg.observations,
+            "tools": [t.model_dump() for t in msg.tools],
+            "hints": msg.hints,
+            "tried": msg.tried,
+        }
+        req = RouteRequest(
+            messages=[
+                ChatMessage(role="system", content=PLAN_SYSTEM),
+                ChatMessage(role="user", content=json.dumps(doc)),
+            ],
+            kind="plan",
+            tools=len(msg.tools),
+            failures=msg.failures,
+            response_format={"type": "json_object"},
+        )
+        call = await self._complete(req)
+        proposal, errors = parse_proposal(call.content)
+        return PlanResponse(proposal=proposal, errors=errors, calls=[call], worker=self.name)
+
+    async def classify(self, msg: ClassifyRequest) -> ClassifyResponse:
+        schema = {
+            "type": "object",
+            "properties": {"label": {"type": "string", "enum": msg.labels}},
+            "required": ["label"],
+        }
+        req = RouteRequest(
+            messages=[
+                ChatMessage(role="system", content=CLASSIFY_SYSTEM),
+                ChatMessage(
+                    role="user", content=json.dumps({"goal": msg.text, "labels": msg.labels})
+                ),
+            ],
+            kind="classify",
+            failures=msg.failures,
+            response_format={"type": "json_object", "schema": schema},
+            max_tokens=48,
+            temperature=0.0,
+        )
+        calls = [await self._complete(req)]
+        label = _label(calls[-1].content, schema)
+        if label is None:
+            above = await self._handle().next_tier.remote(calls[-1].tier)
+            if above is not None:
+                calls.append(
+                    await self._complete(
+                        req.model_copy(update={"min_tier": above}), escalated_from=calls[-1].tier
+                    )
+                )
+                label = _label(calls[-1].content, schema)
+        if label is None:
+            from keel.errors import RouterError
+
+            raise RouterError(
+                f"no tier produced a valid label (last answer {calls[-1].content[:80]!r})",
+                retryable=True,
+            )
+        return ClassifyResponse(label=label, calls=calls, worker=self.name)
+
+
+def _label(text: str, schema: dict[str, Any]) -> str | None:
+    try:
+        data = json.loads(text)
+        jsonschema.validate(data, schema)
+    except (ValueError, jsonschema.ValidationError):
+        return None
+    return str(data["label"])

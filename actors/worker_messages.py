@@ -1,0 +1,111 @@
+"""One typed request and response per worker call (pydantic in, pydantic out)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
+
+from router.messages import ModelCall
+from storage.memory import MemoryKind
+
+
+class _Msg(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ToolSpec(_Msg):
+    """What a planner may know about a tool: name, purpose, argument schema."""
+
+    name: str
+    description: str = ""
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object"})
+    effect: Literal["read", "write"] = "read"
+
+
+class Proposal(_Msg):
+    """A model's proposed action: typed JSON, not yet trusted."""
+
+    tool: str
+    args: dict[str, JsonValue] = Field(default_factory=dict)
+    rationale: str = ""
+
+
+class FieldError(_Msg):
+    field: str
+    reason: str
+
+
+class PlanRequest(_Msg):
+    goal: str = Field(max_length=20_000)
+    observations: list[str] = Field(default_factory=list, max_length=200)
+    tools: list[ToolSpec] = Field(min_length=1)
+    hints: dict[str, JsonValue] = Field(default_factory=dict)
+    tried: list[str] = Field(default_factory=list)
+    failures: int = Field(default=0, ge=0)
+
+
+class PlanResponse(_Msg):
+    proposal: Proposal | None
+    errors: list[FieldError] = Field(default_factory=list)
+    calls: list[ModelCall]
+    worker: str
+
+
+class ClassifyRequest(_Msg):
+    text: str = Field(max_length=100_000)
+    labels: list[str] = Field(min_length=2, max_length=100)
+    failures: int = Field(default=0, ge=0)
+
+
+class ClassifyResponse(_Msg):
+    label: str
+    calls: list[ModelCall]
+    worker: str
+
+
+class RetrieveRequest(_Msg):
+    query: str = Field(max_length=20_000)
+    k: int = Field(default=3, ge=1, le=50)
+    kind: MemoryKind | None = None
+
+
+class RetrievedItem(_Msg):
+    id: str
+    kind: MemoryKind
+    title: str
+    text: str
+    score: float
+
+
+class RetrieveResponse(_Msg):
+    items: list[RetrievedItem]
+    method: Literal["bm25"]
+    worker: str
+
+
+class ValidateRequest(_Msg):
+    proposal: dict[str, JsonValue]
+    tools: list[ToolSpec] = Field(min_length=1)
+
+
+class ValidateResponse(_Msg):
+    ok: bool
+    proposal: Proposal | None = None
+    errors: list[FieldError] = Field(default_factory=list)
+    worker: str
+
+
+class ExecuteRequest(_Msg):
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+    tool: Any
+    args: dict[str, JsonValue]
+    key: str
+    verify_only: bool = False
+
+
+class ExecuteResponse(_Msg):
+    result: JsonValue = None
+    verification: dict[str, JsonValue] | None = None
+    worker: str

@@ -1,0 +1,46 @@
+"""Where a node finds its workers: one pool per role, sized by configuration.
+
+The sizes and the storage the retriever reads travel in ``NodeContext.env``, so a node
+running as a Ray task anywhere in the cluster reaches the same named replicas.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from actors.pool import WorkerPool
+
+ROLES = ("planner", "retriever", "executor", "validator")
+_POOLS: dict[tuple[str, int], WorkerPool] = {}
+
+
+def pool(role: str, env: Mapping[str, Any]) -> WorkerPool:
+    """The pool of ``role`` (created on first use in this process)."""
+    if role not in ROLES:
+        from keel.errors import InputError
+
+        raise InputError(f"unknown worker role {role!r}; one of {ROLES}", field="role")
+    size = int((env.get("workers") or {}).get(role, 1))
+    key = (role, size)
+    if key not in _POOLS:
+        _POOLS[key] = WorkerPool(role, *_spec(role, env), size=size)
+    return _POOLS[key]
+
+
+def _spec(role: str, env: Mapping[str, Any]) -> tuple[Any, tuple[Any, ...]]:
+    if role == "planner":
+        from actors.planner import PlannerWorker
+
+        return PlannerWorker, ()
+    if role == "retriever":
+        from actors.retriever import RetrieverWorker
+
+        return RetrieverWorker, (env["storage_url"], dict(env.get("storage_options") or {}))
+    if role == "executor":
+        from actors.executor import ExecutorWorker
+
+        return ExecutorWorker, ()
+    from actors.validator import ValidatorWorker
+
+    return ValidatorWorker, ()
