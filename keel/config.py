@@ -74,10 +74,7 @@ class ComplexityWeights(_Section):
 def _default_tiers() -> list[TierConfig]:
     return [
         TierConfig(
-            name="small",
-            model="openai/smollm2-135m-instruct",
-            api_base="http://127.0.0.1:8765/v1",
-            max_score=0.45,
+            name="small", model="openai/smollm2-135m-instruct", api_base="local", max_score=0.45
         ),
         TierConfig(name="large", model="keel-rules/planner", max_score=1.0),
     ]
@@ -93,7 +90,9 @@ class RouterConfig(_Section):
     allowed_fails: int = Field(default=0, ge=0)
     cooldown_s: float = Field(default=30.0, ge=0.0)
     http_port: int = Field(default=8000, ge=1, le=65535)
-    local_model_port: int = Field(default=8765, ge=1, le=65535)
+
+    def uses_local_model(self) -> bool:
+        return any(t.api_base == "local" for t in self.resolved_tiers())
 
     def resolved_tiers(self) -> list[TierConfig]:
         """Tiers with the one-line model overrides applied, checked for sense."""
@@ -115,6 +114,12 @@ class RouterConfig(_Section):
                 t = t.model_copy(update={"model": self.models[t.name], "api_base": None})
             out.append(t)
         return out
+
+    def endpoint(self, tier: TierConfig) -> str | None:
+        """Where a tier is reached; ``local`` is the embedded model on Serve's proxy."""
+        if tier.api_base == "local":
+            return f"http://127.0.0.1:{self.http_port}/local/v1"
+        return tier.api_base
 
 
 class WorkersConfig(_Section):

@@ -19,12 +19,13 @@ from router.complexity import choose
 from router.messages import ModelCall, RouteDecision, RouteRequest
 
 
-def model_list(tiers: list[TierConfig]) -> list[dict[str, Any]]:
+def model_list(config: RouterConfig, tiers: list[TierConfig]) -> list[dict[str, Any]]:
     out = []
     for t in tiers:
         params: dict[str, Any] = {"model": t.model, "timeout": t.timeout_s}
-        if t.api_base:
-            params["api_base"] = t.api_base
+        endpoint = config.endpoint(t)
+        if endpoint:
+            params["api_base"] = endpoint
             params["api_key"] = "keel-local"  # OpenAI-compatible local servers need one
         if t.api_key_env:
             params["api_key"] = f"os.environ/{t.api_key_env}"
@@ -44,7 +45,7 @@ class ModelGateway:
         self.tiers = config.resolved_tiers()
         self.by_name = {t.name: t for t in self.tiers}
         self.router = Router(
-            model_list=model_list(self.tiers),
+            model_list=model_list(config, self.tiers),
             fallbacks=[
                 {t.name: [u.name for u in self.tiers[i + 1 :]]}
                 for i, t in enumerate(self.tiers[:-1])
@@ -53,6 +54,12 @@ class ModelGateway:
             allowed_fails=config.allowed_fails,
             cooldown_time=config.cooldown_s,
         )
+
+    def next_tier(self, tier: str) -> str | None:
+        """The tier above ``tier``, where a failed answer escalates to."""
+        names = [t.name for t in self.tiers]
+        i = names.index(tier) if tier in names else len(names)
+        return names[i + 1] if i + 1 < len(names) else None
 
     def route(self, req: RouteRequest) -> RouteDecision:
         return choose(req, self.tiers, self.config.weights)

@@ -113,10 +113,18 @@ class ModelRouter:
         """For workers, through a Serve handle."""
         return await self.gateway.complete(req, escalated_from=escalated_from)
 
+    async def next_tier(self, tier: str) -> str | None:
+        return self.gateway.next_tier(tier)
+
 
 def deploy(config: RouterConfig) -> Any:
-    """Start Serve's HTTP proxy on 127.0.0.1 and run the router; return its handle."""
+    """Start Serve's HTTP proxy on 127.0.0.1, the local model if a tier uses it, and the
+    router; return the router's handle."""
     serve.start(http_options={"host": "127.0.0.1", "port": config.http_port})
+    if config.uses_local_model():
+        from router.local_model import deploy_local_model
+
+        deploy_local_model()
     return serve.run(
         ModelRouter.bind(config.model_dump(mode="json")),  # type: ignore[attr-defined]
         name=APP_NAME,

