@@ -48,4 +48,5 @@ class OrchestratorSettings(_Msg):
     node_num_cpus: float = Field(default=1.0, ge=0.0)
     sweep_interval_s: float = Field(default=5.0, gt=0.0)
     workers: dict[str, int] = Field(default_factory=dict, description="replicas per role")
+    router: dict[str, JsonValue] = Field(default_factory=dict, description="RouterConfig")
     workflows: dict[str, str] = Field(default_factory=dict)

@@ -59,6 +59,7 @@ class Orchestrator:
             "workers": dict(settings.workers),
             "storage_url": settings.storage_url,
             "storage_options": dict(settings.storage_options),
+            "router": dict(settings.router),
         }
 
         def resolve(ref: str) -> Any:

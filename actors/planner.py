@@ -54,15 +54,18 @@ def parse_proposal(text: str) -> tuple[Proposal | None, list[FieldError]]:
 class PlannerWorker:
     """Ray actor. ``plan`` and ``classify`` each take and return one typed message."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, router_config: dict[str, Any] | None = None) -> None:
         self.name = name
+        self.router_config = router_config
         self._router: Any = None
 
     def _handle(self) -> Any:
+        """The router's Serve handle; deploys the router if this cluster has none (after
+        a whole-cluster restart, say), so a resumed run finds its models again."""
         if self._router is None:
-            from router.service import router_handle
+            from router.service import ensure_router
 
-            self._router = router_handle()
+            self._router = ensure_router(self.router_config)
         return self._router
 
     async def _complete(self, req: RouteRequest, escalated_from: str | None = None) -> ModelCall:

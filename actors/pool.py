@@ -19,25 +19,27 @@ NAMESPACE = "keel"
 LOST = (ActorDiedError, ActorUnavailableError)
 
 
-def worker_name(role: str, index: int) -> str:
-    return f"keel-{role}-{index}"
+def worker_name(role: str, index: int, scope: str = "") -> str:
+    return f"keel-{role}-{scope}-{index}" if scope else f"keel-{role}-{index}"
 
 
 class WorkerPool:
     """Handles on one role's replicas, created on first use."""
 
-    def __init__(self, role: str, cls: Any, init: tuple[Any, ...] = (), *, size: int = 1) -> None:
+    def __init__(
+        self, role: str, cls: Any, init: tuple[Any, ...] = (), *, size: int = 1, scope: str = ""
+    ) -> None:
         self.role = role
         self.handles = [
             cls.options(
-                name=worker_name(role, i),
+                name=worker_name(role, i, scope),
                 namespace=NAMESPACE,
                 get_if_exists=True,
                 lifetime="detached",
                 max_restarts=-1,
                 max_task_retries=0,
                 num_cpus=0,
-            ).remote(worker_name(role, i), *init)
+            ).remote(worker_name(role, i, scope), *init)
             for i in range(size)
         ]
         self._next = itertools.cycle(range(size))

@@ -1,7 +1,7 @@
 """The retriever: ranks memory (runbooks, summaries of past runs) for a query.
 
-Memory helps reasoning and never enters run state. Ranking is BM25 over the items' title,
-tags and text.
+Memory helps reasoning and never enters run state. Ranking is BM25+ over the items' title,
+tags and text; items sharing no word with the query are left out.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import re
 from typing import Any
 
 import ray
-from rank_bm25 import BM25Okapi
+from rank_bm25 import BM25Plus
 
 from actors.worker_messages import RetrievedItem, RetrieveRequest, RetrieveResponse
 from storage import open_store
@@ -29,8 +29,14 @@ def rank(items: list[MemoryItem], query: str, k: int) -> list[RetrievedItem]:
     if not items:
         return []
     corpus = [tokens(f"{m.title} {' '.join(m.tags)} {m.text}") for m in items]
-    scores = BM25Okapi(corpus).get_scores(tokens(query))
-    order = sorted(range(len(items)), key=lambda i: (-scores[i], items[i].id))
+    query_tokens = tokens(query)
+    # BM25+ keeps idf positive in small corpora (Okapi's is 0 for a term in half the docs).
+    scores = BM25Plus(corpus).get_scores(query_tokens)
+    wanted = set(query_tokens)
+    order = sorted(
+        (i for i in range(len(items)) if wanted & set(corpus[i])),
+        key=lambda i: (-scores[i], items[i].id),
+    )
     return [
         RetrievedItem(
             id=items[i].id,
@@ -40,7 +46,6 @@ def rank(items: list[MemoryItem], query: str, k: int) -> list[RetrievedItem]:
             score=float(scores[i]),
         )
         for i in order[:k]
-        if scores[i] > 0
     ]
 
 

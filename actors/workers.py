@@ -6,13 +6,14 @@ running as a Ray task anywhere in the cluster reaches the same named replicas.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from typing import Any
 
 from actors.pool import WorkerPool
 
 ROLES = ("planner", "retriever", "executor", "validator")
-_POOLS: dict[tuple[str, int], WorkerPool] = {}
+_POOLS: dict[tuple[str, int, str], WorkerPool] = {}
 
 
 def pool(role: str, env: Mapping[str, Any]) -> WorkerPool:
@@ -22,9 +23,13 @@ def pool(role: str, env: Mapping[str, Any]) -> WorkerPool:
 
         raise InputError(f"unknown worker role {role!r}; one of {ROLES}", field="role")
     size = int((env.get("workers") or {}).get(role, 1))
-    key = (role, size)
+    # Retrievers read one storage location's memory: one pool per location.
+    scope = ""
+    if role == "retriever":
+        scope = hashlib.sha256(str(env["storage_url"]).encode()).hexdigest()[:8]
+    key = (role, size, scope)
     if key not in _POOLS:
-        _POOLS[key] = WorkerPool(role, *_spec(role, env), size=size)
+        _POOLS[key] = WorkerPool(role, *_spec(role, env), size=size, scope=scope)
     return _POOLS[key]
 
 
@@ -32,7 +37,7 @@ def _spec(role: str, env: Mapping[str, Any]) -> tuple[Any, tuple[Any, ...]]:
     if role == "planner":
         from actors.planner import PlannerWorker
 
-        return PlannerWorker, ()
+        return PlannerWorker, (env.get("router"),)
     if role == "retriever":
         from actors.retriever import RetrieverWorker
 

@@ -122,8 +122,10 @@ class Workflow:
         state: type[BaseModel] = NoState,
         inputs: type[BaseModel] | None = None,
         description: str = "",
+        uses_models: bool = False,
     ) -> None:
         self.name = name
+        self.uses_models = uses_models
         self.state_model = state
         self.inputs_model = inputs
         self.description = description

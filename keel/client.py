@@ -58,6 +58,7 @@ class Keel:
             node_num_cpus=self.config.orchestrator.node_num_cpus,
             workflows=self.config.workflows,
             workers=self.config.workers.model_dump(),
+            router=self.config.router.model_dump(mode="json"),
         )
 
     def connect(self) -> None:
@@ -101,6 +102,13 @@ class Keel:
         self.connect()
         return get_orchestrator(self.settings(), self.config.orchestrator.name)
 
+    def ensure_router(self) -> Any:
+        """Deploy the model router (and the local model) on Serve if it is not running."""
+        self.connect()
+        from router.service import ensure_router
+
+        return ensure_router(self.config.router.model_dump(mode="json"))
+
     def _call(self, method: str, *args: Any, patience_s: float = 120.0) -> Any:
         """Call the orchestrator, riding out its restarts."""
         import ray
@@ -129,10 +137,13 @@ class Keel:
         """Validate everything locally first (nothing is written for bad input), then
         ask the orchestrator to create the run."""
         ref = resolve_ref(workflow, self.config.workflows)
-        clean = load_workflow(ref).check_inputs(inputs or {})
+        wf = load_workflow(ref)
+        clean = wf.check_inputs(inputs or {})
         chosen = run_id is not None
         run_id = check_run_id(run_id) if run_id is not None else new_run_id()
         msg = StartRun(workflow=ref, goal=goal, inputs=clean, principal=principal, run_id=run_id)
+        if wf.uses_models:
+            self.ensure_router()
         try:
             state: RunState = self._call("start_run", msg)
         except RunStateError:

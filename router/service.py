@@ -133,5 +133,11 @@ def deploy(config: RouterConfig) -> Any:
     )
 
 
-def router_handle() -> Any:
-    return serve.get_app_handle(APP_NAME)
+def ensure_router(config: dict[str, Any] | None = None) -> Any:
+    """The running router's handle, deploying it (from ``config``) if it is not running."""
+    from ray.serve.exceptions import RayServeException
+
+    try:
+        return serve.get_app_handle(APP_NAME)
+    except RayServeException:
+        return deploy(RouterConfig.model_validate(config or {}))

@@ -24,15 +24,10 @@ import pytest
 
 from storage import open_store
 from storage.base import CheckpointStore
+from tests.fakes import free_port, scripted, scripted_server  # noqa: F401  (fixtures)
 
 S3_KEY = "keel-test"
 S3_SECRET = "keel-test-secret"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="session")

@@ -174,3 +174,121 @@ def wrong_field(state: FlakyState, ctx: NodeContext) -> dict[str, Any]:
 
 
 bad.edge("wrong_field", END)
+
+
+# -- a workflow that uses every worker -------------------------------------------------
+TOOLS = [
+    {
+        "name": "read_logs",
+        "description": "read the recent logs of a service",
+        "parameters": {
+            "type": "object",
+            "properties": {"service": {"type": "string"}, "lines": {"type": "integer"}},
+            "required": ["service"],
+            "additionalProperties": False,
+        },
+    },
+    {
+        "name": "restore_config",
+        "description": "restore the last good config of a service after a bad config change",
+        "effect": "write",
+        "parameters": {
+            "type": "object",
+            "properties": {"service": {"type": "string", "minLength": 1}},
+            "required": ["service"],
+            "additionalProperties": False,
+        },
+    },
+]
+LABELS = ["bad_config", "disk_full", "crash_loop"]
+
+
+class TriageState(BaseModel):
+    label: str = ""
+    runbooks: list[str] = []
+    proposal: dict[str, Any] | None = None
+    valid: bool = False
+
+
+triage = Workflow("triage", state=TriageState, uses_models=True)
+
+
+@triage.node(retry=RetryPolicy(attempts=2))
+def classify(state: TriageState, ctx: NodeContext) -> Any:
+    from actors.worker_messages import ClassifyRequest
+    from actors.workers import pool
+    from actors.workflow import NodeOutput
+
+    resp = pool("planner", ctx.env).call_sync(
+        "classify", ClassifyRequest(text=ctx.goal, labels=LABELS)
+    )
+    return NodeOutput(updates={"label": resp.label}, calls=resp.calls, worker=resp.worker)
+
+
+triage.edge("classify", "recall")
+
+
+@triage.node()
+def recall(state: TriageState, ctx: NodeContext) -> Any:
+    from actors.worker_messages import RetrieveRequest
+    from actors.workers import pool
+    from actors.workflow import NodeOutput
+
+    resp = pool("retriever", ctx.env).call_sync(
+        "retrieve", RetrieveRequest(query=f"{ctx.goal} {state.label}", k=2, kind="document")
+    )
+    return NodeOutput(updates={"runbooks": [i.id for i in resp.items]}, worker=resp.worker)
+
+
+triage.edge("recall", "plan")
+
+
+@triage.node(retry=RetryPolicy(attempts=2))
+def plan(state: TriageState, ctx: NodeContext) -> Any:
+    from actors.worker_messages import PlanRequest, ToolSpec
+    from actors.workers import pool
+    from actors.workflow import NodeOutput
+
+    gate = ctx.inputs.get("gate")
+    while gate and not Path(str(gate)).exists():
+        time.sleep(0.05)
+    resp = pool("planner", ctx.env).call_sync(
+        "plan",
+        PlanRequest(
+            goal=ctx.goal,
+            observations=[f"classified as {state.label}", *state.runbooks],
+            tools=[ToolSpec.model_validate(t) for t in TOOLS],
+            hints={"service": "checkout"},
+            tried=["read_logs"],
+        ),
+    )
+    proposal = resp.proposal.model_dump() if resp.proposal else None
+    return NodeOutput(updates={"proposal": proposal}, calls=resp.calls, worker=resp.worker)
+
+
+triage.edge("plan", "check")
+
+
+@triage.node()
+def check(state: TriageState, ctx: NodeContext) -> Any:
+    from actors.worker_messages import ToolSpec, ValidateRequest
+    from actors.workers import pool
+    from actors.workflow import NodeOutput
+
+    resp = pool("validator", ctx.env).call_sync(
+        "validate",
+        ValidateRequest(
+            proposal=state.proposal or {}, tools=[ToolSpec.model_validate(t) for t in TOOLS]
+        ),
+    )
+    return NodeOutput(updates={"valid": resp.ok}, worker=resp.worker)
+
+
+triage.edge("check", END)
+
+
+class TriageInputs(BaseModel):
+    gate: str | None = None
+
+
+triage.inputs_model = TriageInputs

@@ -9,7 +9,7 @@ import pytest
 from router.gateway import ModelGateway
 from router.messages import ChatMessage, RouteRequest
 from router.rules import answer
-from tests.router.conftest import PRICES, Scripted, two_tier_config
+from tests.fakes import PRICES, Scripted, two_tier_config
 
 
 def ask(kind: str = "classify", text: str = "is this an incident?", **kw: object) -> RouteRequest:

@@ -1,3 +1,5 @@
+"""Fakes at the one boundary Keel does not own (paid model APIs), over real HTTP."""
+
 from __future__ import annotations
 
 import subprocess
@@ -9,7 +11,6 @@ import httpx
 import pytest
 
 from keel.config import RouterConfig, TierConfig
-from tests.conftest import free_port
 
 PRICES = {"small": (1e-6, 2e-6), "large": (1e-5, 3e-5)}
 
@@ -31,8 +32,17 @@ class Scripted:
         httpx.post(f"{self.base}/_reset").raise_for_status()
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 @pytest.fixture(scope="session")
 def scripted_server() -> Iterator[Scripted]:
+    """The scripted OpenAI-compatible provider, a real process on 127.0.0.1."""
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "router.scripted", "--port", str(port)],

@@ -1,0 +1,157 @@
+"""Workers as Ray actors, coordinated by the orchestrator, every model call through the
+router on Serve (real HTTP on 127.0.0.1) and real litellm."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import ray
+
+from actors.state import ModelCalled, NodeCompleted, RunStatus
+from actors.validator import check
+from actors.worker_messages import ToolSpec
+from keel.client import Keel
+from keel.config import KeelConfig, OrchestratorConfig, StorageConfig
+from storage.memory import MemoryItem, MemoryStore
+from tests.actors.conftest import stop_orchestrator
+from tests.actors.workflows import TOOLS
+from tests.conftest import Backend, free_port
+from tests.fakes import Scripted, two_tier_config
+
+TRIAGE = "tests.actors.workflows:triage"
+
+
+@pytest.fixture
+def scripted_keel(
+    ray_session: None, scripted: Scripted, tmp_path: Path
+) -> Iterator[tuple[Keel, Scripted]]:
+    """A client whose router tiers both live on the scripted provider."""
+    router = two_tier_config(scripted.base).model_copy(update={"http_port": free_port()})
+    keel = Keel(
+        KeelConfig(
+            storage=StorageConfig(url=str(tmp_path / "store"), fsync=False),
+            orchestrator=OrchestratorConfig(name=f"orch-{tmp_path.name}", node_num_cpus=0.25),
+            router=router,
+        )
+    )
+    memory = MemoryStore(Backend("local", str(tmp_path / "store")).open())
+    memory.put(
+        MemoryItem(
+            id="rb-config",
+            kind="document",
+            title="Bad config rollback",
+            text="When a bad config change breaks a service, restore the last good config.",
+        )
+    )
+    memory.put(MemoryItem(id="rb-disk", kind="document", title="Disk full", text="Free space."))
+    yield keel, scripted
+    stop_orchestrator(keel)
+    from ray import serve
+
+    serve.delete("keel-router")
+
+
+def test_run_records_worker_and_tier_of_every_call(scripted_keel: tuple[Keel, Scripted]) -> None:
+    keel, scripted = scripted_keel
+    scripted.script("small-model", reply='{"label": "bad_config"}', usage=[30, 6])
+    scripted.script(
+        "large-model",
+        reply='{"tool": "restore_config", "args": {"service": "checkout"}}',
+        usage=[200, 20],
+    )
+    st = keel.start(TRIAGE, "checkout broke after a bad config change")
+    final = keel.watch(st.run_id, timeout_s=120)
+    assert final.status == RunStatus.SUCCEEDED, final.error
+    assert final.data["label"] == "bad_config"
+    assert final.data["runbooks"][0] == "rb-config"
+    assert final.data["proposal"]["tool"] == "restore_config" and final.data["valid"] is True
+
+    events = keel.show(st.run_id).events
+    calls = [e for e in events if isinstance(e, ModelCalled)]
+    assert [(c.node, c.tier) for c in calls] == [("classify", "small"), ("plan", "large")]
+    assert all(c.worker.startswith("keel-planner-") for c in calls)
+    workers = {e.node: e.worker for e in events if isinstance(e, NodeCompleted)}
+    assert workers["recall"].startswith("keel-retriever-")
+    assert workers["check"].startswith("keel-validator-")
+    # Tokens and cost per call add up to the run's totals.
+    assert final.usage.model_calls == 2
+    assert final.usage.prompt_tokens == 230 and final.usage.completion_tokens == 26
+    assert final.usage.cost == pytest.approx(sum(c.cost for c in calls))
+    assert final.usage.cost == pytest.approx(30 * 1e-6 + 6 * 2e-6 + 200 * 1e-5 + 20 * 3e-5)
+
+
+def test_invalid_small_answer_escalates_and_ledger_says_so(
+    scripted_keel: tuple[Keel, Scripted],
+) -> None:
+    keel, scripted = scripted_keel
+    scripted.script("small-model", reply="I think it is a config problem")
+    scripted.script("large-model", reply='{"label": "bad_config"}')
+    st = keel.start(TRIAGE, "checkout broke after a bad config change")
+    final = keel.watch(st.run_id, timeout_s=120)
+    assert final.status == RunStatus.SUCCEEDED, final.error
+    calls = [e for e in keel.show(st.run_id).events if isinstance(e, ModelCalled)]
+    classify = [c for c in calls if c.node == "classify"]
+    assert [(c.tier, c.escalated_from) for c in classify] == [("small", None), ("large", "small")]
+    assert final.data["label"] == "bad_config"
+
+
+def test_killed_worker_is_replaced_and_run_completes(
+    scripted_keel: tuple[Keel, Scripted], tmp_path: Path
+) -> None:
+    keel, scripted = scripted_keel
+    scripted.script("small-model", reply='{"label": "bad_config"}')
+    scripted.script(
+        "large-model",
+        reply='{"tool": "restore_config", "args": {"service": "checkout"}}',
+        delay_s=1.5,
+    )
+    gate = tmp_path / "gate"
+    st = keel.start(TRIAGE, "bad config on checkout", {"gate": str(gate)})
+    planner = ray.get_actor("keel-planner-0", namespace="keel")
+    deadline = time.monotonic() + 60
+    while keel.show(st.run_id).state.next_node != "plan":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    gate.touch()
+    time.sleep(0.8)  # the planner is now waiting on the slow provider
+    ray.kill(planner, no_restart=False)
+    final = keel.watch(st.run_id, timeout_s=120)
+    assert final.status == RunStatus.SUCCEEDED, final.error
+    assert final.data["proposal"]["tool"] == "restore_config"
+    assert scripted.calls()["large-model"] >= 2  # the interrupted call was made again
+
+
+@pytest.mark.parametrize(
+    ("proposal", "field"),
+    [
+        ({"tool": "drop_database", "args": {}}, "tool"),
+        ({"tool": "restore_config", "args": {}}, "args"),
+        ({"tool": "restore_config", "args": {"service": 7}}, "args.service"),
+        ({"tool": "restore_config", "args": {"service": ""}}, "args.service"),
+        ({"tool": "restore_config", "args": {"service": "a", "force": True}}, "args"),
+        ({"tool": "read_logs", "args": {"service": "a"}, "sudo": True}, "sudo"),
+        ({"tool": "read_logs", "args": "service=a"}, "args"),
+    ],
+)
+def test_validator_names_the_field(proposal: dict[str, object], field: str) -> None:
+    ok, errors = check(proposal, [ToolSpec.model_validate(t) for t in TOOLS])  # type: ignore[arg-type]
+    assert ok is None
+    assert field in [e.field for e in errors]
+
+
+def test_retrieval_ranks_the_matching_runbook_first() -> None:
+    from actors.retriever import rank
+
+    items = [
+        MemoryItem(id="a", kind="document", title="Disk full", text="free space on the volume"),
+        MemoryItem(
+            id="b", kind="document", title="Bad config", text="restore the last good config"
+        ),
+        MemoryItem(id="c", kind="document", title="TLS", text="renew the certificate"),
+    ]
+    got = rank(items, "service broken by a bad config change", 3)
+    assert [i.id for i in got] == ["b"]
+    assert [i.id for i in rank(items, "disk volume config", 2)] == ["a", "b"]
