@@ -109,7 +109,10 @@ class PlannerWorker:
             ],
             kind="classify",
             failures=msg.failures,
-            response_format={"type": "json_object", "schema": schema},
+            response_format={
+                "type": "json_schema",
+                "json_schema": {"name": "classification", "schema": schema, "strict": True},
+            },
             max_tokens=48,
             temperature=0.0,
         )

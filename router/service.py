@@ -5,8 +5,6 @@ HTTP: ``POST /v1/chat/completions`` (OpenAI-compatible, so any OpenAI client can
 (explains the choice without calling a model). Workers call it through a Serve handle.
 """
 
-from __future__ import annotations
-
 import time
 import uuid
 from typing import Any

@@ -24,7 +24,7 @@ import pytest
 
 from storage import open_store
 from storage.base import CheckpointStore
-from tests.fakes import free_port, scripted, scripted_server  # noqa: F401  (fixtures)
+from tests.fakes import free_port, scripted, scripted_server, serve_port  # noqa: F401
 
 S3_KEY = "keel-test"
 S3_SECRET = "keel-test-secret"

@@ -94,3 +94,15 @@ def two_tier_config(base: str, *, cooldown_s: float = 30.0, timeout_s: float = 5
         allowed_fails=0,
         cooldown_s=cooldown_s,
     )
+
+
+@pytest.fixture(scope="session")
+def serve_port(ray_session: None) -> Iterator[int]:
+    """Serve's HTTP proxy for the session, on a free loopback port (Serve keeps the
+    options of its first start, so every router config in the session uses this port)."""
+    from ray import serve
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    yield port
+    serve.shutdown()

@@ -18,7 +18,7 @@ from keel.config import KeelConfig, OrchestratorConfig, StorageConfig
 from storage.memory import MemoryItem, MemoryStore
 from tests.actors.conftest import stop_orchestrator
 from tests.actors.workflows import TOOLS
-from tests.conftest import Backend, free_port
+from tests.conftest import Backend
 from tests.fakes import Scripted, two_tier_config
 
 TRIAGE = "tests.actors.workflows:triage"
@@ -26,10 +26,10 @@ TRIAGE = "tests.actors.workflows:triage"
 
 @pytest.fixture
 def scripted_keel(
-    ray_session: None, scripted: Scripted, tmp_path: Path
+    serve_port: int, scripted: Scripted, tmp_path: Path
 ) -> Iterator[tuple[Keel, Scripted]]:
     """A client whose router tiers both live on the scripted provider."""
-    router = two_tier_config(scripted.base).model_copy(update={"http_port": free_port()})
+    router = two_tier_config(scripted.base).model_copy(update={"http_port": serve_port})
     keel = Keel(
         KeelConfig(
             storage=StorageConfig(url=str(tmp_path / "store"), fsync=False),
