@@ -80,7 +80,7 @@ class RetrievedItem(_Msg):
 
 class RetrieveResponse(_Msg):
     items: list[RetrievedItem]
-    method: Literal["bm25"]
+    method: Literal["embedding", "bm25"]
     worker: str
 
 

@@ -24,6 +24,10 @@ from tests.fakes import Scripted, two_tier_config
 TRIAGE = "tests.actors.workflows:triage"
 
 
+def events_of(keel: Keel, run_id: str) -> list[object]:
+    return list(keel.show(run_id).events)
+
+
 @pytest.fixture
 def scripted_keel(
     serve_port: int, scripted: Scripted, tmp_path: Path
@@ -67,6 +71,10 @@ def test_run_records_worker_and_tier_of_every_call(scripted_keel: tuple[Keel, Sc
     assert final.status == RunStatus.SUCCEEDED, final.error
     assert final.data["label"] == "bad_config"
     assert final.data["runbooks"][0] == "rb-config"
+    recall = next(
+        e for e in events_of(keel, st.run_id) if isinstance(e, NodeCompleted) and e.node == "recall"
+    )
+    assert recall.worker.startswith("keel-retriever-")
     assert final.data["proposal"]["tool"] == "restore_config" and final.data["valid"] is True
 
     events = keel.show(st.run_id).events
@@ -142,16 +150,27 @@ def test_validator_names_the_field(proposal: dict[str, object], field: str) -> N
     assert field in [e.field for e in errors]
 
 
-def test_retrieval_ranks_the_matching_runbook_first() -> None:
+ITEMS = [
+    MemoryItem(id="a", kind="document", title="Disk full", text="free space on the volume"),
+    MemoryItem(id="b", kind="document", title="Bad config", text="restore the last good config"),
+    MemoryItem(id="c", kind="document", title="TLS", text="renew the certificate"),
+]
+
+
+def test_bm25_ranks_the_matching_runbook_first() -> None:
     from actors.retriever import rank
 
-    items = [
-        MemoryItem(id="a", kind="document", title="Disk full", text="free space on the volume"),
-        MemoryItem(
-            id="b", kind="document", title="Bad config", text="restore the last good config"
-        ),
-        MemoryItem(id="c", kind="document", title="TLS", text="renew the certificate"),
-    ]
-    got = rank(items, "service broken by a bad config change", 3)
+    got = rank(ITEMS, "service broken by a bad config change", 3)
     assert [i.id for i in got] == ["b"]
-    assert [i.id for i in rank(items, "disk volume config", 2)] == ["a", "b"]
+    assert [i.id for i in rank(ITEMS, "disk volume config", 2)] == ["a", "b"]
+
+
+def test_embeddings_rank_by_meaning_not_words() -> None:
+    from actors.retriever import load_embedder
+
+    embedder = load_embedder()
+    assert embedder is not None, "the embedding model ships with the project's dependencies"
+    # No word in common with "Disk full / free space on the volume":
+    got = embedder.rank(ITEMS, "the storage device has no room left", 3)
+    assert got[0].id == "a" and got[0].score > 0.25
+    assert embedder.rank(ITEMS, "service broken by a bad config change", 1)[0].id == "b"
