@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import random
 from typing import Any
 
 import ray
@@ -42,7 +43,10 @@ class WorkerPool:
             ).remote(worker_name(role, i, scope), *init)
             for i in range(size)
         ]
-        self._next = itertools.cycle(range(size))
+        # Each process (nodes run in many) starts its round-robin at a random replica, so
+        # calls from many nodes spread over the whole pool.
+        start = random.randrange(size)
+        self._next = itertools.cycle([*range(start, size), *range(start)])
 
     async def call(self, method: str, msg: Any, *, attempts: int | None = None) -> Any:
         """Call ``method(msg)`` on the next replica, moving on from dead ones."""

@@ -174,3 +174,17 @@ def test_embeddings_rank_by_meaning_not_words() -> None:
     got = embedder.rank(ITEMS, "the storage device has no room left", 3)
     assert got[0].id == "a" and got[0].score > 0.25
     assert embedder.rank(ITEMS, "service broken by a bad config change", 1)[0].id == "b"
+
+
+def test_calls_spread_over_a_pool(ray_session: None) -> None:
+    from actors.pool import WorkerPool
+    from actors.validator import ValidatorWorker
+    from actors.worker_messages import ValidateRequest
+
+    pool = WorkerPool("validator-spread", ValidatorWorker, size=3)
+    tools = [ToolSpec.model_validate(t) for t in TOOLS]
+    msg = ValidateRequest(proposal={"tool": "read_logs", "args": {"service": "a"}}, tools=tools)
+    served = {pool.call_sync("validate", msg).worker for _ in range(6)}
+    assert served == {f"keel-validator-spread-{i}" for i in range(3)}
+    for handle in pool.handles:
+        ray.kill(handle, no_restart=True)
