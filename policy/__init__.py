@@ -1,1 +1,9 @@
-"""Casbin model and policies: role confinement, approvals and budgets (see issue 4)."""
+"""Casbin model and policies: role confinement, approvals and budgets.
+
+The model (``model.conf``) and the rules (``policy.csv``) are files a security reviewer can
+read; ``PolicyEngine`` applies them and reloads them when they change.
+"""
+
+from policy.engine import Decision, PolicyEngine
+
+__all__ = ["Decision", "PolicyEngine"]

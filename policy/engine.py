@@ -1,0 +1,103 @@
+"""Policy decisions from the Casbin model and policy files, reloaded when they change.
+
+Every decision names the rule that matched and the policy version (a digest of both
+files), so the ledger can say exactly why an action was allowed, refused or held for a
+person.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from pathlib import Path
+from typing import Literal
+
+import casbin
+from pydantic import BaseModel, ConfigDict
+
+from keel.errors import ConfigError
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_MODEL = HERE / "model.conf"
+DEFAULT_POLICY = HERE / "policy.csv"
+
+Effect = Literal["allow", "deny", "approve"]
+
+
+class Decision(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    subject: str
+    object: str
+    action: str
+    effect: Effect
+    rule: list[str]
+    policy_version: str
+
+    @property
+    def allowed(self) -> bool:
+        return self.effect == "allow"
+
+
+class PolicyEngine:
+    """A Casbin enforcer over two files; ``decide`` rereads them if they changed."""
+
+    def __init__(self, model: str | Path | None = None, policy: str | Path | None = None) -> None:
+        self.model_path = Path(model) if model else DEFAULT_MODEL
+        self.policy_path = Path(policy) if policy else DEFAULT_POLICY
+        self._lock = threading.Lock()
+        self._stamp: tuple[float, int, float, int] | None = None
+        self.version = ""
+        self._enforcer: casbin.Enforcer | None = None
+        self.reload()
+
+    def _file_stamp(self) -> tuple[float, int, float, int]:
+        try:
+            m, p = self.model_path.stat(), self.policy_path.stat()
+        except OSError as exc:
+            raise ConfigError(f"cannot read policy files: {exc}", field="policy") from None
+        return (m.st_mtime, m.st_size, p.st_mtime, p.st_size)
+
+    def reload(self) -> bool:
+        """Load the files if they changed since the last load; True if they were loaded."""
+        with self._lock:
+            stamp = self._file_stamp()
+            if stamp == self._stamp and self._enforcer is not None:
+                return False
+            digest = hashlib.sha256(
+                self.model_path.read_bytes() + b"\0" + self.policy_path.read_bytes()
+            ).hexdigest()[:12]
+            try:
+                enforcer = casbin.Enforcer(str(self.model_path), str(self.policy_path))
+            except Exception as exc:
+                raise ConfigError(f"policy files do not load: {exc}", field="policy") from None
+            self._enforcer, self._stamp, self.version = enforcer, stamp, digest
+            return True
+
+    def decide(self, subject: str, obj: str, action: str) -> Decision:
+        self.reload()
+        with self._lock:
+            enforcer = self._enforcer
+            assert enforcer is not None
+            allowed, rule = enforcer.enforce_ex(subject, obj, action)
+            effect: Effect = "allow" if allowed else "deny"
+            if allowed:
+                held, held_rule = enforcer.enforce_ex(
+                    enforcer.new_enforce_context("2"), subject, obj, action
+                )
+                if held:
+                    effect, rule = "approve", ["p2", *held_rule]
+                else:
+                    rule = ["p", *rule]
+            elif rule:
+                rule = ["p", *rule]
+            else:
+                rule = ["default", "deny"]  # no rule matched
+            return Decision(
+                subject=subject,
+                object=obj,
+                action=action,
+                effect=effect,
+                rule=[str(r) for r in rule],
+                policy_version=self.version,
+            )
