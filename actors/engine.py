@@ -9,17 +9,21 @@ with an intent but no result asks the tool's ``verify()`` instead of running it 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, cast
 
 from pydantic import BaseModel, ConfigDict, JsonValue
 from pydantic_core import to_jsonable_python
 
 from actors.state import (
+    ApprovalDecided,
+    BudgetExceeded,
     EffectIntent,
     EffectReconciled,
     EffectRecord,
@@ -29,6 +33,8 @@ from actors.state import (
     ModelCalled,
     NodeCompleted,
     NodeFailed,
+    PolicyDecided,
+    ProposalRejected,
     RunCreated,
     RunFinished,
     RunPaused,
@@ -38,16 +44,20 @@ from actors.state import (
     fold,
     parse_event,
 )
+from actors.validator import validate_args
 from actors.workflow import Node, NodeContext, NodeOutput, Workflow
+from keel.config import BudgetConfig
 from keel.errors import (
     KeelError,
     NodeError,
+    PolicyError,
     RunNotFoundError,
     RunStateError,
     StorageError,
     WorkflowError,
 )
-from sandbox.tool import Tool, Verification
+from policy.engine import Decision, PolicyEngine
+from sandbox.tool import Tool, Verification, tool_action, tool_schema
 from storage.runs import RunStore, check_run_id
 
 log = logging.getLogger("keel.engine")
@@ -61,7 +71,14 @@ class NodeRunner(Protocol):
     async def run_node(self, node: Node, state: BaseModel, ctx: NodeContext) -> Any: ...
 
     async def apply_effect(
-        self, tool: Tool, args: dict[str, Any], key: str, timeout_s: float | None
+        self,
+        tool: Tool,
+        args: dict[str, Any],
+        key: str,
+        timeout_s: float | None,
+        *,
+        role: str = "",
+        approved_by: str | None = None,
     ) -> JsonValue: ...
 
     async def verify_effect(self, tool: Tool, args: dict[str, Any], key: str) -> Verification: ...
@@ -131,8 +148,12 @@ class RunEngine:
         crash: Callable[[str], None] | None = None,
         storage_retries: int = 5,
         context_env: dict[str, JsonValue] | None = None,
+        policy: PolicyEngine | None = None,
+        budgets: BudgetConfig | None = None,
     ) -> None:
         self.context_env = dict(context_env or {})
+        self.policy = policy or PolicyEngine()
+        self.budgets = budgets or BudgetConfig()
         self.store = store
         self.runner = runner
         self.resolve = resolve
@@ -417,6 +438,21 @@ class RunEngine:
 
     async def _step(self, run: _Run) -> None:
         st, wf = run.state, run.workflow
+        crossed = budget_crossed(self.budgets, st, wf)
+        if crossed is not None:
+            budget, limit, value = crossed
+            await self._commit(
+                run,
+                [
+                    BudgetExceeded(budget=budget, limit=limit, value=value),
+                    RunPaused(
+                        status=RunStatus.NEEDS_HUMAN,
+                        reason=f"budget {budget} exceeded: {value:g} against a limit of "
+                        f"{limit:g} (over by {value - limit:g}); handed back to a person",
+                    ),
+                ],
+            )
+            return
         if st.fingerprint != wf.fingerprint():
             await self._commit(
                 run,
@@ -477,29 +513,150 @@ class RunEngine:
         if pending is not None:
             await self._reconcile(run, node, tool, ctx, pending, started)
             return
-        args = await self._run_node(node, run.workflow, run.state, ctx)
-        if not isinstance(args, dict):
-            raise WorkflowError(
-                f"effect node {node.name!r} must return the tool's arguments as a dict",
-                field="args",
-            )
+        args = to_jsonable_python(await self._run_node(node, run.workflow, run.state, ctx))
+        errors = [e.model_dump() for e in validate_args(tool_schema(tool), args)]
+        checks: list[Event] = []
+        approved_by: str | None = None
+        if not errors:
+            decision = self.policy.decide(node.role, f"tool:{tool.name}", tool_action(tool))
+            checks.append(policy_event(decision, node.name, ctx.step))
+            if decision.effect == "deny":
+                rule = ", ".join(decision.rule)
+                errors = [{"field": "tool", "reason": f"denied by policy rule [{rule}]"}]
+            elif decision.effect == "approve":
+                approved_by = self._approved_by(run.state, node, ctx, args)
+                if approved_by is None:
+                    await self._ask_approval(run, node, tool, ctx, args, decision, checks)
+                    return
+        if errors:
+            await self._reject(run, node, ctx, errors, checks, started)
+            return
         key = effect_key(ctx.run_id, ctx.step, node.name, ctx.attempt)
-        args = to_jsonable_python(args)
-        await self._commit(
-            run,
-            [
-                EffectIntent(
-                    node=node.name,
-                    step=ctx.step,
-                    attempt=ctx.attempt,
-                    key=key,
-                    tool=tool.name,
-                    args=args,
-                )
-            ],
+        intent = EffectIntent(
+            node=node.name, step=ctx.step, attempt=ctx.attempt, key=key, tool=tool.name, args=args
         )
+        await self._commit(run, [*checks, intent])
         self._fault("after_intent", node.name)
-        await self._apply(run, node, tool, ctx, key, args, started)
+        await self._apply(run, node, tool, ctx, key, args, started, approved_by)
+
+    @staticmethod
+    def _approved_by(
+        state: RunState, node: Node, ctx: NodeContext, args: dict[str, Any]
+    ) -> str | None:
+        """Who approved exactly these arguments for this step, if anyone did."""
+        ap = state.approval or {}
+        if (
+            ap.get("approved") is True
+            and ap.get("step") == ctx.step
+            and ap.get("node") == node.name
+            and ap.get("args_digest") == args_digest(args)
+        ):
+            return str(ap.get("principal"))
+        return None
+
+    async def _ask_approval(
+        self,
+        run: _Run,
+        node: Node,
+        tool: Tool,
+        ctx: NodeContext,
+        args: dict[str, Any],
+        decision: Decision,
+        checks: list[Event],
+    ) -> None:
+        request: dict[str, JsonValue] = {
+            "node": node.name,
+            "step": ctx.step,
+            "tool": tool.name,
+            "args": args,
+            "args_digest": args_digest(args),
+            "rule": list(decision.rule),
+            "approved": None,
+        }
+        reason = (
+            f"{tool.name} {json.dumps(args, sort_keys=True)[:200]} needs a person's approval "
+            f"(rule [{', '.join(decision.rule)}]): keel approve {ctx.run_id}"
+        )
+        pause = RunPaused(status=RunStatus.AWAITING_APPROVAL, reason=reason, approval=request)
+        await self._commit(run, [*checks, pause])
+
+    async def _reject(
+        self,
+        run: _Run,
+        node: Node,
+        ctx: NodeContext,
+        errors: list[dict[str, str]],
+        checks: list[Event],
+        started: float,
+    ) -> None:
+        """A proposal failed validation or policy: record it, then back to the planner,
+        or to a person once there have been too many."""
+        rejected = ProposalRejected(node=node.name, step=ctx.step, errors=errors)
+        summary_ = "; ".join(f"{e['field']}: {e['reason']}" for e in errors)[:500]
+        if run.state.rejections + 1 > self.budgets.max_rejections:
+            reason = (
+                f"{run.state.rejections + 1} proposals rejected (limit "
+                f"{self.budgets.max_rejections}); last: {summary_}"
+            )
+            pause = RunPaused(status=RunStatus.NEEDS_HUMAN, reason=reason)
+            await self._commit(run, [*checks, rejected, pause])
+        elif node.on_reject is not None:
+            updates: dict[str, JsonValue] = {}
+            if node.rejections_field:
+                updates[node.rejections_field] = cast(JsonValue, errors)
+            back = NodeCompleted(
+                node=node.name,
+                step=ctx.step,
+                attempt=ctx.attempt,
+                updates=updates,
+                next=node.on_reject,
+                duration_s=time.monotonic() - started,
+                worker="validator",
+            )
+            await self._commit(run, [*checks, rejected, back])
+        else:
+            info = ErrorInfo(
+                type="PolicyError", code="policy", message=f"proposal rejected: {summary_}"
+            )
+            finished = RunFinished(status=RunStatus.FAILED, error=info, reason=info.message)
+            await self._commit(run, [*checks, rejected, finished])
+
+    async def decide_approval(
+        self, run_id: str, principal: str, approved: bool, reason: str = ""
+    ) -> RunState:
+        """A person's answer to an action held for approval; policy decides whether this
+        principal may give it (a refusal is recorded too)."""
+        run = await self.load(run_id)
+        st = run.state
+        ap = st.approval or {}
+        if st.status != RunStatus.AWAITING_APPROVAL or ap.get("approved") is not None:
+            raise RunStateError(f"run {run_id} is not awaiting approval", field="run_id")
+        decision = self.policy.decide(principal, f"run:{st.workflow}", "approve")
+        node, step = str(ap["node"]), int(cast(int, ap["step"]))
+        check = policy_event(decision, node, step)
+        if decision.effect != "allow":
+            await self._commit(run, [check])
+            raise PolicyError(
+                f"{principal} may not approve runs of {st.workflow} "
+                f"(rule [{', '.join(decision.rule)}])",
+                field="principal",
+            )
+        answer = ApprovalDecided(
+            node=node,
+            step=step,
+            approved=approved,
+            principal=principal,
+            reason=reason,
+            args_digest=str(ap["args_digest"]),
+        )
+        if approved:
+            await self._commit(run, [check, answer, RunResumed(by=principal, reason=reason)])
+            self._spawn(run)
+        else:
+            why = f"{ap.get('tool')} rejected by {principal}" + (f": {reason}" if reason else "")
+            done = RunFinished(status=RunStatus.FAILED, reason=why)
+            await self._commit(run, [check, answer, done])
+        return run.state
 
     async def _apply(
         self,
@@ -510,10 +667,13 @@ class RunEngine:
         key: str,
         args: dict[str, Any],
         started: float,
+        approved_by: str | None = None,
     ) -> None:
         t0 = time.monotonic()
         try:
-            result = await self.runner.apply_effect(tool, args, key, node.timeout_s)
+            result = await self.runner.apply_effect(
+                tool, args, key, node.timeout_s, role=node.role, approved_by=approved_by
+            )
         except Exception as exc:
             info = error_info(exc)
             await self._commit(
@@ -667,6 +827,45 @@ def as_updates(out: Any) -> dict[str, JsonValue]:
         )
     result: dict[str, JsonValue] = to_jsonable_python(dict(out))
     return result
+
+
+def args_digest(args: dict[str, Any]) -> str:
+    """What an approval is bound to: these exact arguments."""
+    return hashlib.sha256(json.dumps(args, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def policy_event(decision: Decision, node: str, step: int) -> PolicyDecided:
+    return PolicyDecided(
+        node=node,
+        step=step,
+        subject=decision.subject,
+        object=decision.object,
+        action=decision.action,
+        effect=decision.effect,
+        rule=list(decision.rule),
+        policy_version=decision.policy_version,
+    )
+
+
+def budget_crossed(b: BudgetConfig, st: RunState, wf: Workflow) -> tuple[str, float, float] | None:
+    """The first budget this run has crossed (or would cross with its next step)."""
+    node = wf.nodes.get(st.next_node or "")
+    tool_calls = sum(1 for e in st.effects.values() if e.status in ("done", "failed"))
+    checks: list[tuple[str, float | None, float]] = [
+        ("max_steps", b.max_steps, st.step + 1),
+        (
+            "max_tool_calls",
+            b.max_tool_calls,
+            tool_calls + (1 if node is not None and node.tool is not None else 0),
+        ),
+        ("max_model_calls", b.max_model_calls, st.usage.model_calls),
+        ("max_cost", b.max_cost, st.usage.cost),
+        ("max_wall_s", b.max_wall_s, round(time.time() - st.created_at, 3)),
+    ]
+    for name, limit, value in checks:
+        if limit is not None and value > limit:
+            return name, float(limit), float(value)
+    return None
 
 
 def model_event(call: Any, node: str, step: int, worker: str) -> ModelCalled:

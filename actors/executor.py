@@ -1,4 +1,9 @@
-"""The executor: the only worker that runs tools (apply, and verify on resume)."""
+"""The executor: the only worker that runs tools (apply, and verify on resume).
+
+It trusts nobody: before applying a tool it checks the arguments against the tool's schema
+and asks policy itself whether the calling role may, and whether a person approved it, so
+an unvalidated or unauthorised call is refused here even if it got past the orchestrator.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +12,44 @@ import asyncio
 import ray
 from pydantic_core import to_jsonable_python
 
+from actors.validator import validate_args
 from actors.worker_messages import ExecuteRequest, ExecuteResponse
+from keel.errors import InputError, PolicyError
+from policy.engine import PolicyEngine
+from sandbox.tool import tool_action, tool_schema
 
 ROLE = "executor"
 
 
 @ray.remote
 class ExecutorWorker:
-    def __init__(self, name: str) -> None:
+    def __init__(
+        self, name: str, policy_model: str | None = None, policy_file: str | None = None
+    ) -> None:
         self.name = name
+        self.policy = PolicyEngine(policy_model, policy_file)
+
+    def _admit(self, msg: ExecuteRequest) -> None:
+        errors = validate_args(tool_schema(msg.tool), msg.args)
+        if errors:
+            first = errors[0]
+            raise InputError(
+                f"refused unvalidated arguments: {first.reason}",
+                field=first.field,
+                errors=[e.model_dump() for e in errors],
+            )
+        decision = self.policy.decide(msg.role, f"tool:{msg.tool.name}", tool_action(msg.tool))
+        if decision.effect == "deny" or (decision.effect == "approve" and not msg.approved_by):
+            raise PolicyError(
+                f"{msg.role or 'no role'} may not {decision.action} {decision.object} "
+                f"({decision.effect}, rule [{', '.join(decision.rule)}])",
+                field="role",
+            )
 
     async def execute(self, msg: ExecuteRequest) -> ExecuteResponse:
         args = dict(msg.args)
+        if not msg.verify_only:
+            self._admit(msg)
         if msg.verify_only:
             verdict = await asyncio.to_thread(msg.tool.verify, args, msg.key)
             return ExecuteResponse(verification=verdict.model_dump(mode="json"), worker=self.name)

@@ -49,4 +49,14 @@ class OrchestratorSettings(_Msg):
     sweep_interval_s: float = Field(default=5.0, gt=0.0)
     workers: dict[str, int] = Field(default_factory=dict, description="replicas per role")
     router: dict[str, JsonValue] = Field(default_factory=dict, description="RouterConfig")
+    budgets: dict[str, JsonValue] = Field(default_factory=dict, description="BudgetConfig")
+    policy_model: str | None = None
+    policy_file: str | None = None
     workflows: dict[str, str] = Field(default_factory=dict)
+
+
+class ApproveRun(_Msg):
+    run_id: str
+    principal: str = Field(min_length=1, max_length=200)
+    approved: bool
+    reason: str = Field(default="", max_length=2_000)

@@ -17,9 +17,18 @@ from typing import Any
 import ray
 
 from actors.engine import FaultPoint, RunEngine, RunView
-from actors.messages import CancelRun, OrchestratorSettings, ResumeRun, StartRun, WatchRun
+from actors.messages import (
+    ApproveRun,
+    CancelRun,
+    OrchestratorSettings,
+    ResumeRun,
+    StartRun,
+    WatchRun,
+)
 from actors.runner import RayNodeRunner
 from actors.state import RunState
+from keel.config import BudgetConfig
+from policy.engine import PolicyEngine
 from storage import open_store
 from storage.runs import RunStore
 
@@ -60,6 +69,8 @@ class Orchestrator:
             "storage_url": settings.storage_url,
             "storage_options": dict(settings.storage_options),
             "router": dict(settings.router),
+            "policy_model": settings.policy_model,
+            "policy_file": settings.policy_file,
         }
 
         def resolve(ref: str) -> Any:
@@ -72,6 +83,8 @@ class Orchestrator:
             max_concurrent_runs=settings.max_concurrent_runs,
             crash=_crash,
             context_env=env,
+            policy=PolicyEngine(settings.policy_model, settings.policy_file),
+            budgets=BudgetConfig.model_validate(settings.budgets),
         )
         self.recovered: list[str] | None = None
         self._recovery: asyncio.Task[list[str]] | None = None
@@ -126,6 +139,12 @@ class Orchestrator:
     async def resume(self, msg: ResumeRun) -> RunState:
         self._start_recovery()
         return await self.engine.resume(msg.run_id, by=msg.by, reason=msg.reason, effect=msg.effect)
+
+    async def approve(self, msg: ApproveRun) -> RunState:
+        self._start_recovery()
+        return await self.engine.decide_approval(
+            msg.run_id, msg.principal, msg.approved, msg.reason
+        )
 
     async def cancel(self, msg: CancelRun) -> RunState:
         self._start_recovery()

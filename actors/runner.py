@@ -92,9 +92,17 @@ class RayNodeRunner:
         return resp
 
     async def apply_effect(
-        self, tool: Tool, args: dict[str, Any], key: str, timeout_s: float | None
+        self,
+        tool: Tool,
+        args: dict[str, Any],
+        key: str,
+        timeout_s: float | None,
+        *,
+        role: str = "",
+        approved_by: str | None = None,
     ) -> JsonValue:
-        resp = await self._execute(ExecuteRequest(tool=tool, args=args, key=key), timeout_s)
+        msg = ExecuteRequest(tool=tool, args=args, key=key, role=role, approved_by=approved_by)
+        resp = await self._execute(msg, timeout_s)
         return resp.result
 
     async def verify_effect(self, tool: Tool, args: dict[str, Any], key: str) -> Verification:
@@ -113,7 +121,14 @@ class InlineNodeRunner:
         )
 
     async def apply_effect(
-        self, tool: Tool, args: dict[str, Any], key: str, timeout_s: float | None
+        self,
+        tool: Tool,
+        args: dict[str, Any],
+        key: str,
+        timeout_s: float | None,
+        *,
+        role: str = "",
+        approved_by: str | None = None,
     ) -> JsonValue:
         result: JsonValue = to_jsonable_python(
             await asyncio.wait_for(asyncio.to_thread(tool.apply, args, key), timeout_s)

@@ -137,10 +137,51 @@ class ModelCalled(_Event):
     response: str = ""
 
 
+class PolicyDecided(_Event):
+    """A policy decision on an action, with the rule that decided and the policy version."""
+
+    type: Literal["policy_decided"] = "policy_decided"
+    node: str
+    step: int
+    subject: str
+    object: str
+    action: str
+    effect: Literal["allow", "deny", "approve"]
+    rule: list[str]
+    policy_version: str
+
+
+class ProposalRejected(_Event):
+    """A proposed action that failed validation or policy; each error names its field."""
+
+    type: Literal["proposal_rejected"] = "proposal_rejected"
+    node: str
+    step: int
+    errors: list[dict[str, str]]
+
+
+class ApprovalDecided(_Event):
+    type: Literal["approval_decided"] = "approval_decided"
+    node: str
+    step: int
+    approved: bool
+    principal: str
+    reason: str = ""
+    args_digest: str
+
+
+class BudgetExceeded(_Event):
+    type: Literal["budget_exceeded"] = "budget_exceeded"
+    budget: str
+    limit: float
+    value: float
+
+
 class RunPaused(_Event):
     type: Literal["run_paused"] = "run_paused"
     status: Literal[RunStatus.AWAITING_APPROVAL, RunStatus.NEEDS_HUMAN]
     reason: str
+    approval: dict[str, JsonValue] | None = None
 
 
 class RunResumed(_Event):
@@ -164,6 +205,10 @@ Event = Annotated[
     | EffectResult
     | EffectReconciled
     | ModelCalled
+    | PolicyDecided
+    | ProposalRejected
+    | ApprovalDecided
+    | BudgetExceeded
     | RunPaused
     | RunResumed
     | RunFinished,
@@ -221,6 +266,10 @@ class RunState(BaseModel):
     data: dict[str, JsonValue] = Field(default_factory=dict)
     effects: dict[str, EffectRecord] = Field(default_factory=dict)
     usage: Usage = Field(default_factory=Usage)
+    rejections: int = 0
+    approval: dict[str, JsonValue] | None = Field(
+        default=None, description="the approval asked for or granted at the current step"
+    )
     last_seq: int = 0
     reason: str = ""
     error: ErrorInfo | None = None
@@ -281,7 +330,13 @@ def _node_completed(state: RunState, ev: NodeCompleted, channels: Channels) -> R
     for name, value in ev.updates.items():
         data[name] = channels.get(name, replace)(data.get(name), value)
     return state.model_copy(
-        update={"data": data, "next_node": ev.next, "step": state.step + 1, "attempt": 1}
+        update={
+            "data": data,
+            "next_node": ev.next,
+            "step": state.step + 1,
+            "attempt": 1,
+            "approval": None,
+        }
     )
 
 
@@ -329,8 +384,34 @@ def _model_called(state: RunState, ev: ModelCalled, _: Channels) -> RunState:
     return state.model_copy(update={"usage": usage})
 
 
+def _policy_decided(state: RunState, ev: PolicyDecided, _: Channels) -> RunState:
+    return state
+
+
+def _proposal_rejected(state: RunState, ev: ProposalRejected, _: Channels) -> RunState:
+    return state.model_copy(update={"rejections": state.rejections + 1})
+
+
+def _approval_decided(state: RunState, ev: ApprovalDecided, _: Channels) -> RunState:
+    approval: dict[str, JsonValue] = {
+        "node": ev.node,
+        "step": ev.step,
+        "approved": ev.approved,
+        "principal": ev.principal,
+        "args_digest": ev.args_digest,
+    }
+    return state.model_copy(update={"approval": approval})
+
+
+def _budget_exceeded(state: RunState, ev: BudgetExceeded, _: Channels) -> RunState:
+    return state
+
+
 def _paused(state: RunState, ev: RunPaused, _: Channels) -> RunState:
-    return state.model_copy(update={"status": ev.status, "reason": ev.reason})
+    update: dict[str, Any] = {"status": ev.status, "reason": ev.reason}
+    if ev.approval is not None:
+        update["approval"] = ev.approval
+    return state.model_copy(update=update)
 
 
 def _resumed(state: RunState, ev: RunResumed, _: Channels) -> RunState:
@@ -356,6 +437,10 @@ REDUCERS: dict[str, Callable[[Any, Any, Channels], RunState]] = {
     "effect_result": _effect_result,
     "effect_reconciled": _effect_reconciled,
     "model_called": _model_called,
+    "policy_decided": _policy_decided,
+    "proposal_rejected": _proposal_rejected,
+    "approval_decided": _approval_decided,
+    "budget_exceeded": _budget_exceeded,
     "run_paused": _paused,
     "run_resumed": _resumed,
     "run_finished": _finished,

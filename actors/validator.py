@@ -12,6 +12,21 @@ from actors.worker_messages import FieldError, Proposal, ToolSpec, ValidateReque
 ROLE = "validator"
 
 
+def validate_args(schema: dict[str, Any] | None, args: Any) -> list[FieldError]:
+    """Every way ``args`` breaks ``schema``, each naming its field (``args.x.y``)."""
+    if not isinstance(args, dict):
+        return [FieldError(field="args", reason="must be an object")]
+    if schema is None:
+        return []
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = []
+    for err in sorted(validator.iter_errors(args), key=lambda e: [str(p) for p in e.path]):
+        path = ".".join(str(p) for p in err.path)
+        reason = err.message if len(err.message) <= 300 else err.message[:297] + "..."
+        errors.append(FieldError(field=f"args.{path}" if path else "args", reason=reason))
+    return errors
+
+
 def check(raw: dict[str, Any], tools: list[ToolSpec]) -> tuple[Proposal | None, list[FieldError]]:
     """Every problem with a proposal, each naming its field. Pure: used by tests too."""
     errors = [
@@ -26,14 +41,7 @@ def check(raw: dict[str, Any], tools: list[ToolSpec]) -> tuple[Proposal | None, 
             FieldError(field="tool", reason=f"unknown tool {tool!r}; one of {sorted(names)}")
         )
         return None, errors
-    args = raw.get("args", {})
-    if not isinstance(args, dict):
-        errors.append(FieldError(field="args", reason="must be an object"))
-        return None, errors
-    validator = jsonschema.Draft202012Validator(names[tool].parameters)
-    for err in sorted(validator.iter_errors(args), key=lambda e: list(e.path)):
-        path = ".".join(str(p) for p in err.path)
-        errors.append(FieldError(field=f"args.{path}" if path else "args", reason=err.message))
+    errors.extend(validate_args(names[tool].parameters, raw.get("args", {})))
     if errors:
         return None, errors
     return Proposal.model_validate(raw), []

@@ -102,6 +102,8 @@ class ExecuteRequest(_Msg):
     tool: Any
     args: dict[str, JsonValue]
     key: str
+    role: str = ""
+    approved_by: str | None = None
     verify_only: bool = False
 
 

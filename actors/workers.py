@@ -45,7 +45,7 @@ def _spec(role: str, env: Mapping[str, Any]) -> tuple[Any, tuple[Any, ...]]:
     if role == "executor":
         from actors.executor import ExecutorWorker
 
-        return ExecutorWorker, ()
+        return ExecutorWorker, (env.get("policy_model"), env.get("policy_file"))
     from actors.validator import ValidatorWorker
 
     return ValidatorWorker, ()

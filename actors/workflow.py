@@ -99,6 +99,9 @@ class Node:
     inline: bool = False
     tool: Tool | None = None
     result_field: str | None = None
+    role: str = ""
+    on_reject: str | None = None
+    rejections_field: str | None = None
 
     @property
     def kind(self) -> str:
@@ -138,11 +141,14 @@ class Workflow:
     def add_node(self, node: Node) -> Node:
         if node.name in self.nodes or node.name == END:
             raise WorkflowError(f"duplicate or reserved node name {node.name!r}", field="node")
-        if node.result_field is not None and node.result_field not in self.state_model.model_fields:
-            raise WorkflowError(
-                f"node {node.name!r}: result_field {node.result_field!r} is not a state field",
-                field="result_field",
-            )
+        for attr in ("result_field", "rejections_field"):
+            value = getattr(node, attr)
+            if value is not None and value not in self.state_model.model_fields:
+                raise WorkflowError(
+                    f"node {node.name!r}: {attr} {value!r} is not a state field", field=attr
+                )
+        if node.tool is not None and not node.role:
+            raise WorkflowError(f"effect node {node.name!r} needs a role", field="role")
         self.nodes[node.name] = node
         if self._start is None:
             self._start = node.name
@@ -178,12 +184,21 @@ class Workflow:
         tool: Tool,
         name: str | None = None,
         *,
+        role: str,
         result_field: str | None = None,
+        on_reject: str | None = None,
+        rejections_field: str | None = None,
         retry: RetryPolicy | None = None,
         timeout_s: float | None = None,
     ) -> Callable[[NodeFn], NodeFn]:
-        """Declare a side-effecting node: ``fn`` returns the tool's arguments; the
-        orchestrator records an intent, applies the tool once, and records the result."""
+        """Declare a side-effecting node: ``fn`` returns the tool's arguments (a proposal).
+
+        The orchestrator validates them against the tool's schema, asks policy whether
+        ``role`` may use the tool (allow, deny, or hold for a person's approval), records an
+        intent, applies the tool once on the executor, and records the result. A rejected
+        proposal goes to ``on_reject`` (typically the planner) with its errors written to
+        ``rejections_field``; without ``on_reject`` it fails the run.
+        """
 
         def deco(fn: NodeFn) -> NodeFn:
             self.add_node(
@@ -195,6 +210,9 @@ class Workflow:
                     True,
                     tool,
                     result_field,
+                    role,
+                    on_reject,
+                    rejections_field,
                 )
             )
             return fn
@@ -229,6 +247,12 @@ class Workflow:
         known = set(self.nodes)
         if self.start not in known:
             raise WorkflowError(f"start node {self.start!r} is not a node", field="start")
+        for node in self.nodes.values():
+            if node.on_reject is not None and node.on_reject not in known:
+                raise WorkflowError(
+                    f"node {node.name!r}: on_reject {node.on_reject!r} is not a node",
+                    field="on_reject",
+                )
         for source, edge in self.edges.items():
             if source not in known:
                 raise WorkflowError(f"edge from unknown node {source!r}", field="edges")

@@ -10,12 +10,20 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import JsonValue
 
 from actors.engine import RunView, load_events, new_run_id
-from actors.messages import CancelRun, OrchestratorSettings, ResumeRun, StartRun, WatchRun
+from actors.messages import (
+    ApproveRun,
+    CancelRun,
+    OrchestratorSettings,
+    ResumeRun,
+    StartRun,
+    WatchRun,
+)
 from actors.state import Event, RunState, RunStatus, replay
 from keel.config import KeelConfig, load_config
 from keel.errors import InputError, KeelError, RunStateError
@@ -29,6 +37,10 @@ log = logging.getLogger("keel.client")
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 OnEvents = Callable[[list[Event], RunState], None]
+
+
+def _abs(path: str | None) -> str | None:
+    return str(Path(path).expanduser().resolve()) if path else None
 
 
 class Keel:
@@ -59,6 +71,9 @@ class Keel:
             workflows=self.config.workflows,
             workers=self.config.workers.model_dump(),
             router=self.config.router.model_dump(mode="json"),
+            budgets=self.config.budgets.model_dump(mode="json"),
+            policy_model=_abs(self.config.policy.model),
+            policy_file=_abs(self.config.policy.policy),
         )
 
     def connect(self) -> None:
@@ -202,6 +217,18 @@ class Keel:
         """The orchestrator's pid, whether Ray restarted it, and what it recovered."""
         result: dict[str, Any] = self._call("info")
         return result
+
+    def approve(
+        self, run_id: str, *, principal: str = "local", approved: bool = True, reason: str = ""
+    ) -> RunState:
+        """Approve (or reject) the action a run is waiting on, as ``principal``; policy
+        decides whether that principal may."""
+        self.show(run_id)
+        state: RunState = self._call(
+            "approve",
+            ApproveRun(run_id=run_id, principal=principal, approved=approved, reason=reason),
+        )
+        return state
 
     def cancel(self, run_id: str, *, by: str = "local", reason: str = "") -> RunState:
         self.show(run_id)

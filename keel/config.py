@@ -131,10 +131,30 @@ class WorkersConfig(_Section):
     validator: int = Field(default=1, ge=1, le=256)
 
 
+class BudgetConfig(_Section):
+    """Per-run limits. Crossing one pauses the run for a person, saying which and by how
+    much. Steps and tool calls are checked before they happen; model calls, cost and wall
+    time as soon as they have been crossed."""
+
+    max_cost: float | None = Field(default=None, ge=0.0, description="model cost, in USD")
+    max_model_calls: int | None = Field(default=None, ge=0)
+    max_tool_calls: int | None = Field(default=None, ge=0)
+    max_steps: int | None = Field(default=1000, ge=1)
+    max_wall_s: float | None = Field(default=None, gt=0.0)
+    max_rejections: int = Field(default=3, ge=0, description="rejected proposals before a person")
+
+
+class PolicyConfig(_Section):
+    model: str | None = Field(default=None, description="Casbin model file (default: shipped)")
+    policy: str | None = Field(default=None, description="policy CSV (default: shipped)")
+
+
 class KeelConfig(_Section):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     router: RouterConfig = Field(default_factory=RouterConfig)
     workers: WorkersConfig = Field(default_factory=WorkersConfig)
+    budgets: BudgetConfig = Field(default_factory=BudgetConfig)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     orchestrator: OrchestratorConfig = Field(default_factory=OrchestratorConfig)
     workflows: dict[str, str] = Field(

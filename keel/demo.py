@@ -67,7 +67,7 @@ workflow.route(
 )
 
 
-@workflow.effect(OutboxTool("pager"), result_field="deliveries")
+@workflow.effect(OutboxTool("pager"), role="mitigate", result_field="deliveries")
 def page_oncall(state: TicketState, ctx: NodeContext) -> dict[str, Any]:
     return {"outbox": ctx.inputs["outbox"], "to": "on-call", "body": f"SEV: {state.summary}"}
 
@@ -75,7 +75,7 @@ def page_oncall(state: TicketState, ctx: NodeContext) -> dict[str, Any]:
 workflow.edge("page_oncall", "file_note")
 
 
-@workflow.effect(OutboxTool("notes"), result_field="deliveries")
+@workflow.effect(OutboxTool("notes"), role="mitigate", result_field="deliveries")
 def file_note(state: TicketState, ctx: NodeContext) -> dict[str, Any]:
     body = f"[{state.category}/{state.severity}] {state.summary}"
     return {"outbox": ctx.inputs["outbox"], "to": str(ctx.inputs["reporter"]), "body": body}

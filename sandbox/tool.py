@@ -35,3 +35,21 @@ class Tool(Protocol):
     def verify(self, args: dict[str, Any], key: str) -> Verification:
         """Report whether the effect for ``key`` happened, without performing it."""
         ...
+
+
+ToolAction = Literal["read", "write"]
+
+
+def tool_action(tool: Any) -> ToolAction:
+    """What a tool does to the world, for policy: ``read`` or ``write`` (the default)."""
+    action = getattr(tool, "action", "write")
+    return "read" if action == "read" else "write"
+
+
+def tool_schema(tool: Any) -> dict[str, Any] | None:
+    """The JSON Schema of a tool's arguments, from its pydantic ``args_model``."""
+    model = getattr(tool, "args_model", None)
+    if model is not None:
+        schema: dict[str, Any] = model.model_json_schema()
+        return schema
+    return None

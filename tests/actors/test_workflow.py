@@ -63,7 +63,7 @@ def test_unsound_graphs_are_refused(build: Any, field: str, match: str) -> None:
 def test_effect_result_field_must_exist() -> None:
     wf = Workflow("e", state=S)
     with pytest.raises(WorkflowError) as info:
-        wf.effect(OutboxTool(), result_field="nope")(noop)
+        wf.effect(OutboxTool(), role="mitigate", result_field="nope")(noop)
     assert info.value.field == "result_field"
 
 

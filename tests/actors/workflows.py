@@ -89,7 +89,7 @@ def a(state: FiveState, ctx: NodeContext) -> dict[str, Any]:
 five.edge("a", "charge")
 
 
-@five.effect(CounterTool("charge"), result_field="charged")
+@five.effect(CounterTool("charge"), role="mitigate", result_field="charged")
 def charge(state: FiveState, ctx: NodeContext) -> dict[str, Any]:
     return {"path": f"{ctx.inputs['dir']}/charge.json"}
 
@@ -110,7 +110,7 @@ def c(state: FiveState, ctx: NodeContext) -> dict[str, Any]:
 five.edge("c", "ship")
 
 
-@five.effect(CounterTool("ship"), result_field="shipped")
+@five.effect(CounterTool("ship"), role="mitigate", result_field="shipped")
 def ship(state: FiveState, ctx: NodeContext) -> dict[str, Any]:
     return {"path": f"{ctx.inputs['dir']}/ship.json"}
 
