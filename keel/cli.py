@@ -67,6 +67,22 @@ def describe(ev: Event) -> tuple[str, str]:
             return "", f"verify: effect {ev.key} {'applied' if ev.applied else 'not applied'}"
         case "run_paused":
             return "", f"paused ({ev.status}): {ev.reason}"
+        case "policy_decided":
+            rule = ", ".join(ev.rule)
+            return ev.node, f"policy {ev.effect}: {ev.subject} {ev.action} {ev.object} [{rule}]"
+        case "proposal_rejected":
+            errs = "; ".join(f"{e['field']}: {e['reason']}" for e in ev.errors)
+            return ev.node, f"proposal rejected: {errs}"
+        case "approval_decided":
+            verdict = "approved" if ev.approved else "rejected"
+            return ev.node, f"{verdict} by {ev.principal} {ev.reason}".rstrip()
+        case "budget_exceeded":
+            return "", f"budget {ev.budget} exceeded: {ev.value:g} > {ev.limit:g}"
+        case "model_called":
+            return ev.node, (
+                f"model {ev.model} via {ev.tier} ({ev.worker}): {ev.prompt_tokens}+"
+                f"{ev.completion_tokens} tokens, ${ev.cost:.6f}, {ev.latency_s:.2f}s"
+            )
         case "run_resumed":
             return "", f"resumed by {ev.by} {ev.reason}".rstrip()
         case "run_finished":
@@ -214,6 +230,27 @@ def cmd_resume(args: argparse.Namespace) -> int:
         keel.close()
 
 
+def cmd_approve(args: argparse.Namespace) -> int:
+    from keel.client import Keel
+
+    approved = args.command == "approve"
+    if not approved and not args.reason.strip():
+        raise InputError("a rejection needs a reason", field="--reason")
+    keel = Keel(load_config(args.config))
+    _apply_storage(keel, args)
+    keel.show(args.run_id)
+    try:
+        state = keel.approve(
+            args.run_id, principal=args.principal, approved=approved, reason=args.reason
+        )
+        out.print(f"{'approved' if approved else 'rejected'} by {args.principal}")
+        if not approved or args.detach:
+            return _finish(state) if not approved else EXIT_OK
+        return _finish(_follow(keel, state))
+    finally:
+        keel.close()
+
+
 def cmd_cancel(args: argparse.Namespace) -> int:
     from keel.client import Keel
 
@@ -271,6 +308,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     resume.add_argument("--detach", action="store_true")
     resume.set_defaults(fn=cmd_resume)
+
+    for verb, text in (("approve", "approve"), ("reject", "reject")):
+        ap = sub.add_parser(verb, help=f"{text} the action a run is waiting on")
+        ap.add_argument("run_id")
+        ap.add_argument("--as", dest="principal", default="local", help="who decides")
+        ap.add_argument("--reason", default="", help="why (required to reject)")
+        ap.add_argument("--detach", action="store_true")
+        ap.set_defaults(fn=cmd_approve)
 
     cancel = sub.add_parser("cancel", help="cancel an unfinished run")
     cancel.add_argument("run_id")

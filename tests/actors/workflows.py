@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, JsonValue
+from pydantic import BaseModel, Field, JsonValue
 
 from actors.state import add, append
 from actors.workflow import END, NodeContext, RetryPolicy, Workflow
@@ -183,7 +183,10 @@ TOOLS = [
         "description": "read the recent logs of a service",
         "parameters": {
             "type": "object",
-            "properties": {"service": {"type": "string"}, "lines": {"type": "integer"}},
+            "properties": {
+                "service": {"type": "string", "maxLength": 64},
+                "lines": {"type": "integer", "minimum": 1, "maximum": 10000},
+            },
             "required": ["service"],
             "additionalProperties": False,
         },
@@ -194,7 +197,7 @@ TOOLS = [
         "effect": "write",
         "parameters": {
             "type": "object",
-            "properties": {"service": {"type": "string", "minLength": 1}},
+            "properties": {"service": {"type": "string", "minLength": 1, "maxLength": 64}},
             "required": ["service"],
             "additionalProperties": False,
         },
@@ -292,3 +295,71 @@ class TriageInputs(BaseModel):
 
 
 triage.inputs_model = TriageInputs
+
+
+# -- policy and validation ---------------------------------------------------------------
+class TargetArgs(BaseModel):
+    """Arguments of the guarded tools: where the counter lives, which service."""
+
+    model_config = {"extra": "forbid"}
+
+    path: str
+    service: str = Field(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9-]*$")
+
+
+class RestartService(CounterTool):
+    args_model = TargetArgs
+    action = "write"
+
+    def __init__(self) -> None:
+        super().__init__("restart_service")
+
+
+class RestoreConfig(CounterTool):
+    args_model = TargetArgs
+    action = "write"
+
+    def __init__(self) -> None:
+        super().__init__("restore_config")
+
+
+class GuardInputs(BaseModel):
+    dir: str
+    proposal: dict[str, Any] = {}
+    fixed: dict[str, Any] | None = None
+
+
+class GuardState(BaseModel):
+    proposal: dict[str, Any] = {}
+    errors: list[dict[str, str]] = []
+    result: JsonValue = None
+
+
+def _propose(state: GuardState, ctx: NodeContext) -> dict[str, Any]:
+    """A stand-in planner: the scripted proposal first, the fixed one after a rejection."""
+    raw = ctx.inputs.get("fixed") if state.errors and ctx.inputs.get("fixed") else None
+    proposal = dict(raw or ctx.inputs.get("proposal") or {})  # type: ignore[arg-type]
+    if "path" in proposal:
+        proposal["path"] = f"{ctx.inputs['dir']}/{proposal['path']}"
+    return {"proposal": proposal}
+
+
+def _act(state: GuardState, ctx: NodeContext) -> dict[str, Any]:
+    return dict(state.proposal)
+
+
+def guarded(name: str, tool: Any, role: str) -> Workflow:
+    wf = Workflow(name, state=GuardState, inputs=GuardInputs)
+    wf.node("propose", inline=True)(_propose)
+    wf.effect(
+        tool, "act", role=role, result_field="result", on_reject="propose",
+        rejections_field="errors",
+    )(_act)  # fmt: skip
+    wf.edge("propose", "act")
+    wf.edge("act", END)
+    return wf
+
+
+diagnose_writes = guarded("diagnose_writes", RestoreConfig(), "diagnose")
+restart = guarded("restart", RestartService(), "mitigate")
+restore = guarded("restore", RestoreConfig(), "mitigate")

@@ -1,0 +1,274 @@
+"""Policy and validation in real runs: real Ray, the real Casbin enforcer with the shipped
+files, tools that count what really happened."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import ray
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from actors.state import (
+    ApprovalDecided,
+    BudgetExceeded,
+    PolicyDecided,
+    ProposalRejected,
+    RunStatus,
+)
+from actors.validator import check
+from actors.worker_messages import ExecuteRequest, ToolSpec
+from keel.client import Keel
+from keel.config import BudgetConfig, KeelConfig, OrchestratorConfig, StorageConfig
+from keel.errors import InputError, PolicyError
+from tests.actors.conftest import stop_orchestrator
+from tests.actors.workflows import TOOLS, RestartService, counter
+
+GOOD = {"path": "count.json", "service": "checkout"}
+
+
+def make(tmp_path: Path, **budgets: Any) -> Keel:
+    return Keel(
+        KeelConfig(
+            storage=StorageConfig(url=str(tmp_path / "store"), fsync=False),
+            orchestrator=OrchestratorConfig(name=f"orch-{tmp_path.name}", node_num_cpus=0.25),
+            budgets=BudgetConfig(**budgets),
+        )
+    )
+
+
+@pytest.fixture
+def keel(ray_session: None, tmp_path: Path) -> Iterator[Keel]:
+    client = make(tmp_path, max_rejections=2)
+    yield client
+    stop_orchestrator(client)
+
+
+def wf(name: str) -> str:
+    return f"tests.actors.workflows:{name}"
+
+
+def test_write_in_diagnosis_role_is_denied_and_never_runs(keel: Keel, tmp_path: Path) -> None:
+    st = keel.start(wf("diagnose_writes"), "fix it", {"dir": str(tmp_path), "proposal": GOOD})
+    final = keel.watch(st.run_id, timeout_s=60)
+    events = keel.show(st.run_id).events
+    decisions = [e for e in events if isinstance(e, PolicyDecided)]
+    assert decisions and all(d.effect == "deny" for d in decisions)
+    assert decisions[0].subject == "diagnose" and decisions[0].object == "tool:restore_config"
+    assert decisions[0].rule == ["default", "deny"] and decisions[0].policy_version
+    assert any(isinstance(e, ProposalRejected) for e in events)
+    assert final.status == RunStatus.NEEDS_HUMAN and "rejected" in final.reason
+    assert counter(tmp_path / "count.json") == 0, "the tool must never have run"
+
+
+def test_malformed_proposal_goes_back_to_the_planner(keel: Keel, tmp_path: Path) -> None:
+    bad = {"path": "count.json", "service": "Checkout Service!", "force": True}
+    st = keel.start(wf("restore"), "fix", {"dir": str(tmp_path), "proposal": bad, "fixed": GOOD})
+    final = keel.watch(st.run_id, timeout_s=60)
+    assert final.status == RunStatus.SUCCEEDED, final.reason
+    events = keel.show(st.run_id).events
+    rejected = [e for e in events if isinstance(e, ProposalRejected)]
+    assert len(rejected) == 1
+    fields = {e["field"] for e in rejected[0].errors}
+    assert fields == {"args", "args.service"}  # the extra field, and the bad service name
+    assert counter(tmp_path / "count.json") == 1
+
+
+def test_restart_waits_for_approval_across_an_orchestrator_restart(
+    keel: Keel, tmp_path: Path
+) -> None:
+    st = keel.start(wf("restart"), "restart it", {"dir": str(tmp_path), "proposal": GOOD})
+    waiting = keel.watch(st.run_id, timeout_s=60)
+    assert waiting.status == RunStatus.AWAITING_APPROVAL
+    assert "keel approve" in waiting.reason
+
+    # The pause is durable: the orchestrator dies and comes back still waiting.
+    before = keel.info()["pid"]
+    ray.kill(keel.orchestrator(), no_restart=False)
+    deadline = time.monotonic() + 60
+    while keel.info()["pid"] == before:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert keel.show(st.run_id).state.status == RunStatus.AWAITING_APPROVAL
+
+    with pytest.raises(PolicyError) as refused:
+        keel.approve(st.run_id, principal="bob", reason="looks fine to me")
+    assert refused.value.field == "principal"
+    assert keel.show(st.run_id).state.status == RunStatus.AWAITING_APPROVAL
+    assert counter(tmp_path / "count.json") == 0
+
+    keel.approve(st.run_id, principal="alice", reason="approved in the incident channel")
+    final = keel.watch(st.run_id, timeout_s=60)
+    assert final.status == RunStatus.SUCCEEDED
+    assert counter(tmp_path / "count.json") == 1
+    events = keel.show(st.run_id).events
+    approvals = [e for e in events if isinstance(e, ApprovalDecided)]
+    assert [(a.principal, a.approved) for a in approvals] == [("alice", True)]
+    refusals = [e for e in events if isinstance(e, PolicyDecided) and e.subject == "bob"]
+    assert refusals and refusals[0].effect == "deny"
+
+
+def test_rejected_restart_never_runs(keel: Keel, tmp_path: Path) -> None:
+    st = keel.start(wf("restart"), "restart it", {"dir": str(tmp_path), "proposal": GOOD})
+    assert keel.watch(st.run_id, timeout_s=60).status == RunStatus.AWAITING_APPROVAL
+    final = keel.approve(st.run_id, principal="alice", approved=False, reason="not at peak")
+    assert final.status == RunStatus.FAILED and "rejected by alice: not at peak" in final.reason
+    assert counter(tmp_path / "count.json") == 0
+
+
+def test_executor_refuses_what_did_not_pass(keel: Keel, tmp_path: Path) -> None:
+    """Defence in depth: called directly, the executor validates and checks policy itself."""
+    from actors.workers import pool
+
+    executor = pool("executor", {})
+    path = str(tmp_path / "direct.json")
+    cases: list[tuple[dict[str, Any], str, str | None, type[Exception], str]] = [
+        ({"path": path}, "mitigate", "alice", InputError, "args"),
+        ({"path": path, "service": "x" * 100}, "mitigate", "alice", InputError, "args.service"),
+        ({"path": path, "service": "checkout"}, "diagnose", None, PolicyError, "role"),
+        ({"path": path, "service": "checkout"}, "mitigate", None, PolicyError, "role"),
+    ]
+    for args, role, approved_by, error, field in cases:
+        msg = ExecuteRequest(
+            tool=RestartService(), args=args, key=f"k-{role}", role=role, approved_by=approved_by
+        )
+        with pytest.raises(error) as info:
+            executor.call_sync("execute", msg)
+        assert info.value.field == field  # type: ignore[attr-defined]
+    assert counter(path) == 0
+
+
+# Hypothesis: malformed proposals never validate, and every error names a field.
+TOOL_SPECS = [ToolSpec.model_validate(t) for t in TOOLS]
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+malformed = st.one_of(
+    # wrong tool names
+    st.fixed_dictionaries({"tool": st.text(max_size=30), "args": st.just({"service": "a"})}),
+    # wrong types for fields
+    st.fixed_dictionaries(
+        {"tool": st.just("read_logs"), "args": st.fixed_dictionaries({"service": json_values})}
+    ).filter(lambda p: not isinstance(p["args"]["service"], str)),
+    # missing required fields
+    st.fixed_dictionaries({"tool": st.just("restore_config"), "args": st.just({})}),
+    # extra fields, at the top or in args
+    st.fixed_dictionaries(
+        {"tool": st.just("read_logs"), "args": st.just({"service": "a"}), "extra": json_values}
+    ),
+    st.fixed_dictionaries(
+        {
+            "tool": st.just("restore_config"),
+            "args": st.fixed_dictionaries({"service": st.just("a"), "sudo": json_values}),
+        }
+    ),
+    # huge strings
+    st.fixed_dictionaries(
+        {
+            "tool": st.just("restore_config"),
+            "args": st.fixed_dictionaries(
+                {"service": st.integers(65, 200_000).map(lambda n: "x" * n)}
+            ),
+        }
+    ),
+    # args that are not an object
+    st.fixed_dictionaries({"tool": st.just("read_logs"), "args": json_values}).filter(
+        lambda p: not isinstance(p["args"], dict)
+    ),
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(malformed)
+def test_malformed_proposals_never_validate(proposal: dict[str, Any]) -> None:
+    if proposal.get("tool") in ("read_logs", "restore_config") and proposal == {
+        "tool": proposal["tool"],
+        "args": {"service": "a"},
+    }:
+        return  # a well-formed one slipped in through the tool-name strategy
+    ok, errors = check(proposal, TOOL_SPECS)
+    assert ok is None and errors
+    for err in errors:
+        assert err.field and err.reason
+        assert err.field in ("tool", "args", "extra") or err.field.startswith("args.")
+        assert len(err.reason) <= 300
+
+
+BUDGETS = [
+    ("max_steps", {"max_steps": 2}, "five", "a"),
+    ("max_tool_calls", {"max_tool_calls": 1}, "five", "ship"),
+    ("max_wall_s", {"max_wall_s": 0.5}, "five", None),
+]
+
+
+@pytest.mark.parametrize(("budget", "limits", "workflow", "stopped_before"), BUDGETS)
+def test_each_budget_stops_the_run(
+    ray_session: None,
+    tmp_path: Path,
+    budget: str,
+    limits: dict[str, Any],
+    workflow: str,
+    stopped_before: str | None,
+) -> None:
+    keel = make(tmp_path, **limits)
+    try:
+        st = keel.start(wf(workflow), "", {"dir": str(tmp_path), "slow_s": 0.6})
+        final = keel.watch(st.run_id, timeout_s=60)
+        events = keel.show(st.run_id).events
+    finally:
+        stop_orchestrator(keel)
+    assert final.status == RunStatus.NEEDS_HUMAN
+    crossed = [e for e in events if isinstance(e, BudgetExceeded)]
+    assert [c.budget for c in crossed] == [budget]
+    assert crossed[0].value > crossed[0].limit
+    assert f"budget {budget} exceeded" in final.reason and "over by" in final.reason
+    if budget == "max_tool_calls":
+        assert counter(tmp_path / "ship.json") == 0 and counter(tmp_path / "charge.json") == 1
+    if stopped_before == "a":
+        assert final.step == 2
+
+
+@pytest.mark.parametrize(
+    ("limits", "budget"),
+    [({"max_model_calls": 1}, "max_model_calls"), ({"max_cost": 1e-5}, "max_cost")],
+)
+def test_model_budgets_stop_the_run(
+    serve_port: int, scripted: Any, tmp_path: Path, limits: dict[str, Any], budget: str
+) -> None:
+    from ray import serve
+
+    from tests.fakes import two_tier_config
+
+    scripted.script("small-model", reply='{"label": "bad_config"}', usage=[30, 6])
+    scripted.script(
+        "large-model",
+        reply='{"tool": "restore_config", "args": {"service": "checkout"}}',
+        usage=[200, 20],
+    )
+    keel = Keel(
+        KeelConfig(
+            storage=StorageConfig(url=str(tmp_path / "store"), fsync=False),
+            orchestrator=OrchestratorConfig(name=f"orch-{tmp_path.name}", node_num_cpus=0.25),
+            router=two_tier_config(scripted.base).model_copy(update={"http_port": serve_port}),
+            budgets=BudgetConfig(**limits),
+        )
+    )
+    try:
+        st = keel.start(wf("triage"), "bad config on checkout")
+        final = keel.watch(st.run_id, timeout_s=120)
+        events = keel.show(st.run_id).events
+    finally:
+        stop_orchestrator(keel)
+        serve.delete("keel-router")
+    assert final.status == RunStatus.NEEDS_HUMAN, final.reason
+    crossed = [e for e in events if isinstance(e, BudgetExceeded)]
+    assert [c.budget for c in crossed] == [budget] and crossed[0].value > crossed[0].limit
+    assert final.next_node != "classify"  # stopped after the call that crossed it
