@@ -223,6 +223,12 @@ class RunEngine:
         """Create a run, commit checkpoint 0, start driving it, and return its state."""
         wf = self.resolve(workflow_ref)
         clean_inputs = wf.check_inputs(inputs)
+        allowed = self.policy.decide(principal, f"run:{wf.name}", "start")
+        if allowed.effect != "allow":
+            raise PolicyError(
+                f"{principal} may not start {wf.name} runs (rule [{', '.join(allowed.rule)}])",
+                field="principal",
+            )
         run_id = check_run_id(run_id) if run_id else new_run_id()
         if run_id in self.runs or await self._io(self.store.exists, run_id):
             raise RunStateError(f"run {run_id} already exists", field="run_id")

@@ -131,7 +131,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     keel = Keel(load_config(args.config))
     _apply_storage(keel, args)
     try:
-        state = keel.start(args.workflow, args.goal, inputs, run_id=args.run_id)
+        state = keel.start(
+            args.workflow, args.goal, inputs, run_id=args.run_id, principal=args.principal
+        )
         out.print(f"started run [bold]{state.run_id}[/bold] ({state.workflow})")
         if args.detach:
             return EXIT_OK
@@ -285,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--input", action="append", default=[], metavar="KEY=VALUE")
     run.add_argument("--run-id", help="choose the run id (default: generated)")
     run.add_argument("--detach", action="store_true", help="return once the run is created")
+    run.add_argument("--as", dest="principal", default="local", help="who starts it (policy)")
     run.set_defaults(fn=cmd_run)
 
     runs = sub.add_parser("runs", help="list runs")

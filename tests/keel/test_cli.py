@@ -39,6 +39,9 @@ BAD_INPUT = [
     (["runs", "--status", "sleeping"], "status"),
     (["--config", "/nonexistent/keel.yaml", "runs"], "config"),
     (["frobnicate"], "invalid choice"),
+    (["reject", "no-such-run"], "--reason"),
+    (["reject", "no-such-run", "--reason", "no"], "run_id"),
+    (["approve", "no-such-run"], "run_id"),
 ]
 
 

@@ -272,3 +272,12 @@ def test_model_budgets_stop_the_run(
     crossed = [e for e in events if isinstance(e, BudgetExceeded)]
     assert [c.budget for c in crossed] == [budget] and crossed[0].value > crossed[0].limit
     assert final.next_node != "classify"  # stopped after the call that crossed it
+
+
+def test_only_permitted_principals_start_runs(keel: Keel, tmp_path: Path) -> None:
+    with pytest.raises(PolicyError) as info:
+        keel.start(wf("restore"), "x", {"dir": str(tmp_path)}, principal="bob")
+    assert info.value.field == "principal"
+    assert keel.runs() == []
+    st = keel.start(wf("restore"), "x", {"dir": str(tmp_path), "proposal": GOOD}, principal="alice")
+    assert st.principal == "alice"
