@@ -15,6 +15,13 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 
 $(STAMP): $(BIN)/python pyproject.toml constraints.txt
+	@if ! command -v bwrap >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get install -y -q bubblewrap >/dev/null 2>&1 || \
+	    (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q bubblewrap >/dev/null 2>&1) || true; \
+	  fi; \
+	  command -v bwrap >/dev/null || echo "warning: bubblewrap missing: tools that write will be refused"; \
+	fi
 	$(PIP) install -c constraints.txt -e '.[dev]' 2>$(VENV)/pip.log || (cat $(VENV)/pip.log; exit 1)
 	$(BIN)/python -c "import ray, pydantic, fsspec, s3fs, moto, pytest" 
 	touch $(STAMP)
