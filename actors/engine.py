@@ -472,7 +472,10 @@ class RunEngine:
             )
             return
         name = st.next_node
-        node = wf.nodes.get(name or "")
+        if name is None:  # handed to a person after the last node; they resumed it
+            await self._commit(run, [RunFinished(status=RunStatus.SUCCEEDED, reason="resumed")])
+            return
+        node = wf.nodes.get(name)
         if node is None:
             raise WorkflowError(f"run {st.run_id}: no node {name!r}", field="next_node")
         ctx = NodeContext(
@@ -487,17 +490,21 @@ class RunEngine:
         )
         started = time.monotonic()
         try:
-            if node.tool is None:
+            if not node.is_effect:
                 out = await self._run_node(node, wf, st, ctx)
                 before: list[Event] = []
                 worker = "task" if not node.inline else "orchestrator"
+                handoff = None
                 if isinstance(out, NodeOutput):
                     worker = out.worker or worker
                     before = [model_event(c, node.name, ctx.step, worker) for c in out.calls]
+                    handoff = out.handoff
                     out = out.updates
-                await self._complete(run, node, ctx, as_updates(out), before, started, worker)
+                await self._complete(
+                    run, node, ctx, as_updates(out), before, started, worker, handoff
+                )
             else:
-                await self._effect_step(run, node, node.tool, ctx, started)
+                await self._effect_step(run, node, ctx, started)
         except StorageError:
             raise
         except Exception as exc:
@@ -512,14 +519,19 @@ class RunEngine:
             self._fault("during_node", node.name)
         return await call
 
-    async def _effect_step(
-        self, run: _Run, node: Node, tool: Tool, ctx: NodeContext, started: float
-    ) -> None:
+    async def _effect_step(self, run: _Run, node: Node, ctx: NodeContext, started: float) -> None:
         pending = run.state.pending_effect()
         if pending is not None:
+            tool = node.tool_named(pending.tool)
+            if tool is None:
+                raise WorkflowError(f"node {node.name!r} has no tool {pending.tool!r}")
             await self._reconcile(run, node, tool, ctx, pending, started)
             return
-        args = to_jsonable_python(await self._run_node(node, run.workflow, run.state, ctx))
+        out = to_jsonable_python(await self._run_node(node, run.workflow, run.state, ctx))
+        tool, args, errors = resolve_proposal(node, out)
+        if tool is None:
+            await self._reject(run, node, ctx, errors, [], started)
+            return
         errors = [e.model_dump() for e in validate_args(tool_schema(tool), args)]
         checks: list[Event] = []
         approved_by: str | None = None
@@ -738,6 +750,7 @@ class RunEngine:
         before: list[Event],
         started: float,
         worker: str = "task",
+        handoff: str | None = None,
     ) -> None:
         wf = run.workflow
         fields = wf.state_model.model_fields
@@ -777,7 +790,9 @@ class RunEngine:
                 update={"next": nxt, "duration_s": time.monotonic() - started, "worker": worker}
             ),
         ]
-        if nxt is None:
+        if handoff:
+            events.append(RunPaused(status=RunStatus.NEEDS_HUMAN, reason=handoff))
+        elif nxt is None:
             events.append(RunFinished(status=RunStatus.SUCCEEDED))
         await self._commit(run, events)
         self._fault("after_commit", node.name)
@@ -835,6 +850,23 @@ def as_updates(out: Any) -> dict[str, JsonValue]:
     return result
 
 
+def resolve_proposal(
+    node: Node, out: Any
+) -> tuple[Tool | None, dict[str, Any], list[dict[str, str]]]:
+    """The tool and arguments an effect node proposes. A node with one tool returns the
+    arguments; a node offering several returns ``{"tool": NAME, "args": {...}}``."""
+    if node.tool is not None:
+        return node.tool, out if isinstance(out, dict) else {"_": out}, []
+    if not isinstance(out, dict) or not isinstance(out.get("tool"), str):
+        return None, {}, [{"field": "tool", "reason": "the proposal names no tool"}]
+    tool = node.tool_named(out["tool"])
+    if tool is None:
+        offered = sorted(node.tools or {})
+        return None, {}, [{"field": "tool", "reason": f"unknown tool {out['tool']!r}; {offered}"}]
+    args = out.get("args", {})
+    return tool, args if isinstance(args, dict) else {"_": args}, []
+
+
 def args_digest(args: dict[str, Any]) -> str:
     """What an approval is bound to: these exact arguments."""
     return hashlib.sha256(json.dumps(args, sort_keys=True).encode()).hexdigest()[:16]
@@ -862,7 +894,7 @@ def budget_crossed(b: BudgetConfig, st: RunState, wf: Workflow) -> tuple[str, fl
         (
             "max_tool_calls",
             b.max_tool_calls,
-            tool_calls + (1 if node is not None and node.tool is not None else 0),
+            tool_calls + (1 if node is not None and node.is_effect else 0),
         ),
         ("max_model_calls", b.max_model_calls, st.usage.model_calls),
         ("max_cost", b.max_cost, st.usage.cost),

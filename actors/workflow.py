@@ -82,6 +82,9 @@ class NodeOutput(BaseModel):
     updates: dict[str, Any] = Field(default_factory=dict)
     calls: list[Any] = Field(default_factory=list, description="router.messages.ModelCall")
     worker: str = ""
+    handoff: str | None = Field(
+        default=None, description="pause the run for a person after this node, saying why"
+    )
 
 
 class NoState(BaseModel):
@@ -102,10 +105,20 @@ class Node:
     role: str = ""
     on_reject: str | None = None
     rejections_field: str | None = None
+    tools: dict[str, Tool] | None = None
+
+    @property
+    def is_effect(self) -> bool:
+        return self.tool is not None or bool(self.tools)
+
+    def tool_named(self, name: str) -> Tool | None:
+        if self.tool is not None:
+            return self.tool if self.tool.name == name else None
+        return (self.tools or {}).get(name)
 
     @property
     def kind(self) -> str:
-        return "effect" if self.tool is not None else "inline" if self.inline else "task"
+        return "effect" if self.is_effect else "inline" if self.inline else "task"
 
 
 @dataclass(frozen=True)
@@ -147,7 +160,7 @@ class Workflow:
                 raise WorkflowError(
                     f"node {node.name!r}: {attr} {value!r} is not a state field", field=attr
                 )
-        if node.tool is not None and not node.role:
+        if node.is_effect and not node.role:
             raise WorkflowError(f"effect node {node.name!r} needs a role", field="role")
         self.nodes[node.name] = node
         if self._start is None:
@@ -181,7 +194,7 @@ class Workflow:
 
     def effect(
         self,
-        tool: Tool,
+        tool: Tool | list[Tool],
         name: str | None = None,
         *,
         role: str,
@@ -191,7 +204,8 @@ class Workflow:
         retry: RetryPolicy | None = None,
         timeout_s: float | None = None,
     ) -> Callable[[NodeFn], NodeFn]:
-        """Declare a side-effecting node: ``fn`` returns the tool's arguments (a proposal).
+        """Declare a side-effecting node: ``fn`` returns the tool's arguments (a proposal);
+        given a list of tools, it returns ``{"tool": NAME, "args": {...}}`` choosing one.
 
         The orchestrator validates them against the tool's schema, asks policy whether
         ``role`` may use the tool (allow, deny, or hold for a person's approval), records an
@@ -199,6 +213,9 @@ class Workflow:
         proposal goes to ``on_reject`` (typically the planner) with its errors written to
         ``rejections_field``; without ``on_reject`` it fails the run.
         """
+
+        single = tool if not isinstance(tool, list) else None
+        several = {t.name: t for t in tool} if isinstance(tool, list) else None
 
         def deco(fn: NodeFn) -> NodeFn:
             self.add_node(
@@ -208,11 +225,12 @@ class Workflow:
                     retry or RetryPolicy(),
                     timeout_s,
                     True,
-                    tool,
+                    single,
                     result_field,
                     role,
                     on_reject,
                     rejections_field,
+                    several,
                 )
             )
             return fn
