@@ -11,6 +11,7 @@ from keel.errors import ErrorCode, InputError
 
 BUILTIN: dict[str, str] = {
     "demo": "keel.demo:workflow",
+    "incident": "keel.incident:workflow",
 }
 
 

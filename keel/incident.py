@@ -1,0 +1,246 @@
+"""The bundled ``incident`` workflow: diagnose, plan from runbooks, act in the sandbox,
+check health, and roll back and hand over if the action did not help.
+
+diagnose (read logs, health; role ``diagnose``) -> classify (small model) -> recall
+runbooks (retriever) -> plan (large tier) -> snapshot config -> mitigate (validated, policy;
+restarting needs approval; role ``mitigate``) -> health after -> resolved, or
+rollback to the snapshot -> hand back to a person.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from actors.workflow import END, NodeContext, NodeOutput, RetryPolicy, Workflow
+from sandbox.demo_tools import (
+    CheckHealth,
+    ReadLogs,
+    RestartService,
+    RestoreSnapshot,
+    SnapshotConfig,
+)
+from storage.memory import MemoryItem
+
+LABELS = ["bad_config", "overload", "data_corruption"]
+
+RUNBOOKS = [
+    MemoryItem(
+        id="rb-bad-config",
+        kind="document",
+        title="Bad config change",
+        text="Symptoms: invalid config value in service.json, requests fail with HTTP 500 "
+        "right after a config change. Fix: restart the service restoring the last good "
+        'config (service.json.good).\nhints: {"config_action": "restore_last_good"}',
+    ),
+    MemoryItem(
+        id="rb-overload",
+        kind="document",
+        title="Connection overload",
+        text="Symptoms: requests time out, too many open connections, health failing. "
+        "Fix: restart the service with max_connections lowered to 50.\n"
+        'hints: {"config_action": "set_max_connections", "max_connections": 50}',
+    ),
+    MemoryItem(
+        id="rb-data",
+        kind="document",
+        title="Corrupt data file",
+        text="Symptoms: data file checksum mismatch. Restarting does not repair data: a person "
+        "must restore orders.db from backup.",
+    ),
+]
+
+
+class IncidentInputs(BaseModel):
+    root: str = Field(min_length=1)
+    port: int = Field(ge=1024, le=65535)
+
+
+class IncidentState(BaseModel):
+    logs: dict[str, Any] = {}
+    health_before: dict[str, Any] = {}
+    label: str = ""
+    runbooks: list[str] = []
+    hints: dict[str, Any] = {}
+    proposal: dict[str, Any] | None = None
+    errors: list[dict[str, str]] = []
+    snapshot: dict[str, Any] = {}
+    mitigation: dict[str, Any] = {}
+    health_after: dict[str, Any] = {}
+    rollback: dict[str, Any] = {}
+
+
+workflow = Workflow(
+    "incident",
+    state=IncidentState,
+    inputs=IncidentInputs,
+    uses_models=True,
+    description="Diagnose and mitigate a failing service, rolling back if it does not help.",
+)
+
+
+def _target(ctx: NodeContext) -> dict[str, Any]:
+    return {"root": ctx.inputs["root"], "port": ctx.inputs["port"]}
+
+
+def _problems(state: IncidentState) -> list[str]:
+    return [str(p) for p in state.health_before.get("problems") or []]
+
+
+@workflow.effect(ReadLogs(), role="diagnose", result_field="logs")
+def read_logs(state: IncidentState, ctx: NodeContext) -> dict[str, Any]:
+    return {**_target(ctx), "lines": 30}
+
+
+workflow.edge("read_logs", "health_before")
+
+
+@workflow.effect(CheckHealth(), "health_before", role="diagnose", result_field="health_before")
+def health_before(state: IncidentState, ctx: NodeContext) -> dict[str, Any]:
+    return _target(ctx)
+
+
+workflow.edge("health_before", "classify")
+
+
+@workflow.node(retry=RetryPolicy(attempts=2, backoff_s=0.5), timeout_s=120)
+def classify(state: IncidentState, ctx: NodeContext) -> Any:
+    from actors.worker_messages import ClassifyRequest
+    from actors.workers import pool
+
+    errors = [line for line in state.logs.get("lines") or [] if "ERROR" in str(line)][-5:]
+    text = f"{ctx.goal}\n" + "\n".join(str(e) for e in errors)
+    resp = pool("planner", ctx.env).call_sync(
+        "classify", ClassifyRequest(text=text[:4000], labels=LABELS)
+    )
+    return NodeOutput(updates={"label": resp.label}, calls=resp.calls, worker=resp.worker)
+
+
+workflow.edge("classify", "recall")
+
+
+@workflow.node(timeout_s=120)
+def recall(state: IncidentState, ctx: NodeContext) -> Any:
+    from actors.worker_messages import RetrieveRequest
+    from actors.workers import pool
+
+    query = " ".join([ctx.goal, state.label.replace("_", " "), *_problems(state)])
+    resp = pool("retriever", ctx.env).call_sync(
+        "retrieve", RetrieveRequest(query=query[:4000], k=3, kind="document")
+    )
+    hints: dict[str, Any] = {}
+    for item in resp.items:  # the best-ranked runbook that says how to act
+        for line in item.text.splitlines():
+            if line.startswith("hints:"):
+                hints = json.loads(line.removeprefix("hints:"))
+                break
+        if hints:
+            break
+    return NodeOutput(
+        updates={"runbooks": [i.id for i in resp.items], "hints": hints}, worker=resp.worker
+    )
+
+
+workflow.edge("recall", "plan")
+
+
+@workflow.node(retry=RetryPolicy(attempts=2, backoff_s=0.5), timeout_s=120)
+def plan(state: IncidentState, ctx: NodeContext) -> Any:
+    from actors.worker_messages import PlanRequest, ToolSpec
+    from actors.workers import pool
+
+    tool = RestartService()
+    spec = ToolSpec(
+        name=tool.name,
+        description=tool.description,
+        parameters=tool.args_model.model_json_schema(),
+        effect="write",
+    )
+    observations = [f"classified as {state.label}", *_problems(state), *state.runbooks]
+    observations += [f"rejected: {e['field']}: {e['reason']}" for e in state.errors]
+    resp = pool("planner", ctx.env).call_sync(
+        "plan",
+        PlanRequest(
+            goal=ctx.goal,
+            observations=observations,
+            tools=[spec],
+            hints={**state.hints, **_target(ctx)},
+            failures=len(state.errors),
+        ),
+    )
+    proposal = resp.proposal.model_dump() if resp.proposal else {}
+    return NodeOutput(updates={"proposal": proposal}, calls=resp.calls, worker=resp.worker)
+
+
+workflow.edge("plan", "snapshot")
+
+
+@workflow.effect(SnapshotConfig(), "snapshot", role="mitigate", result_field="snapshot")
+def snapshot(state: IncidentState, ctx: NodeContext) -> dict[str, Any]:
+    return _target(ctx)
+
+
+workflow.edge("snapshot", "mitigate")
+
+
+@workflow.effect(
+    [RestartService()],
+    "mitigate",
+    role="mitigate",
+    result_field="mitigation",
+    on_reject="plan",
+    rejections_field="errors",
+    timeout_s=60,
+)
+def mitigate(state: IncidentState, ctx: NodeContext) -> dict[str, Any]:
+    return dict(state.proposal or {})
+
+
+workflow.edge("mitigate", "health_after")
+
+
+@workflow.effect(CheckHealth(), "health_after", role="diagnose", result_field="health_after")
+def health_after(state: IncidentState, ctx: NodeContext) -> dict[str, Any]:
+    return _target(ctx)
+
+
+def _improved(state: IncidentState) -> str:
+    return "resolved" if state.health_after.get("code") == 200 else "rollback"
+
+
+workflow.route("health_after", _improved, ["resolved", "rollback"])
+
+
+@workflow.node(inline=True)
+def resolved(state: IncidentState, ctx: NodeContext) -> dict[str, Any]:
+    return {}
+
+
+workflow.edge("resolved", END)
+
+
+@workflow.effect(RestoreSnapshot(), "rollback", role="mitigate", result_field="rollback")
+def rollback(state: IncidentState, ctx: NodeContext) -> dict[str, Any]:
+    snap = state.snapshot
+    return {**_target(ctx), "content": snap.get("content", ""), "sha256": snap.get("sha256", "")}
+
+
+workflow.edge("rollback", "hand_back")
+
+
+@workflow.node(inline=True)
+def hand_back(state: IncidentState, ctx: NodeContext) -> Any:
+    before, after = state.health_before, state.health_after
+    action = (state.proposal or {}).get("args", {})
+    reason = (
+        f"mitigation restart_service {json.dumps(action.get('config_action'))} did not improve "
+        f"health ({before.get('code')} -> {after.get('code')}: "
+        f"{'; '.join(str(p) for p in after.get('problems') or [])[:200]}); "
+        "config rolled back to the snapshot; over to a person"
+    )
+    return NodeOutput(handoff=reason)
+
+
+workflow.edge("hand_back", END)
