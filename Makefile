@@ -29,7 +29,7 @@ $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/keel demo
+	$(BIN)/keel demo --auto-approve
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

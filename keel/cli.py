@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -12,6 +13,7 @@ from typing import Any, NoReturn
 
 from pydantic import JsonValue
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from actors.engine import RunView
@@ -95,7 +97,9 @@ def print_events(events: Sequence[Event]) -> None:
     for ev in events:
         node, text = describe(ev)
         stamp = time.strftime("%H:%M:%S", time.localtime(ev.ts))
-        out.print(f"  [dim]#{ev.seq:<3} {stamp}[/dim]  [bold]{node:<14}[/bold] {text}")
+        out.print(
+            f"  [dim]#{ev.seq:<3} {stamp}[/dim]  [bold]{escape(node):<14}[/bold] {escape(text)}"
+        )
 
 
 def _status_style(status: str) -> str:
@@ -113,15 +117,17 @@ def _finish(state: RunState) -> int:
     if state.status == RunStatus.SUCCEEDED:
         return EXIT_OK
     if state.reason:
-        out.print(f"  reason: {state.reason}")
+        out.print(f"  reason: {escape(state.reason)}")
     if not state.status.terminal:
         out.print(f"  continue it with: keel resume {state.run_id}")
     return EXIT_RUN_FAILED
 
 
-def _follow(keel: Any, state: RunState) -> RunState:
+def _follow(keel: Any, state: RunState, after_seq: int = 0) -> RunState:
     with out.status(f"running {state.workflow} ({state.run_id})", spinner="dots"):
-        return keel.watch(state.run_id, lambda evs, _st: print_events(evs))  # type: ignore[no-any-return]
+        return keel.watch(  # type: ignore[no-any-return]
+            state.run_id, lambda evs, _st: print_events(evs), after_seq=after_seq
+        )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -142,29 +148,79 @@ def cmd_run(args: argparse.Namespace) -> int:
         keel.close()
 
 
+SCENARIOS = {
+    "bad_config": "a bad config value: the mitigation fixes it",
+    "corrupt_data": "corrupt data: the mitigation does not help, so it is rolled back",
+}
+GOAL = "The checkout service is failing its health checks. Diagnose it and mitigate."
+
+
+def _follow_approving(keel: Any, state: RunState, auto_approve: bool) -> RunState:
+    seen = 0
+    while True:
+        state = _follow(keel, state, seen)
+        seen = state.last_seq
+        if state.status != RunStatus.AWAITING_APPROVAL:
+            return state
+        if not auto_approve:
+            return state
+        out.print("  [magenta]auto-approved by local (--auto-approve)[/magenta]")
+        state = keel.approve(state.run_id, principal="local", reason="--auto-approve")
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from keel.client import Keel
+    from keel.incident import RUNBOOKS
+    from sandbox import demo_service
+    from storage.memory import MemoryStore
 
     keel = Keel(load_config(args.config))
     _apply_storage(keel, args)
-    # The demo's "external system": a directory beside the store (never inside it).
     url = keel.config.storage_url()
-    outbox = Path(".keel-outbox").resolve() if "://" in url else Path(f"{url}-outbox")
-    out.print("[bold]Keel demo[/bold]: a durable ticket-triage workflow on the embedded stack")
-    out.print(f"  storage: {keel.config.storage_url()}   outbox: {outbox}")
+    free_port = _free_port
+    base = Path(".keel-demo").resolve() if "://" in url else Path(f"{url}-demo")
+    memory = MemoryStore(keel.store.store)
+    for item in RUNBOOKS:
+        memory.put(item)
+    faults = [args.fault] if args.fault else list(SCENARIOS)
+    out.print("[bold]Keel demo[/bold]: incident response on a real service, in the sandbox")
+    out.print(f"  storage: {url}")
+    results: list[tuple[str, RunState, tuple[int, dict[str, Any]], tuple[int, dict[str, Any]]]]
+    results = []
     try:
-        state = keel.start(
-            "demo",
-            args.goal,
-            {"outbox": str(outbox), "reporter": "demo@example.com"},
-        )
-        out.print(f"started run [bold]{state.run_id}[/bold]")
-        final = _follow(keel, state)
+        for fault in faults:
+            root = base / fault
+            if root.exists():
+                shutil.rmtree(root)
+            demo_service.prepare(root, fault)
+            port = free_port()
+            proc = demo_service.start(root, port)
+            try:
+                before = demo_service.health(port)
+                out.rule(f"scenario {fault}: {SCENARIOS[fault]}")
+                out.print(
+                    f"  service on 127.0.0.1:{port}, health {before[0]} {before[1]['status']}"
+                )
+                state = keel.start("incident", GOAL, {"root": str(root), "port": port})
+                out.print(f"started run [bold]{state.run_id}[/bold]")
+                final = _follow_approving(keel, state, args.auto_approve)
+                after = demo_service.health(port)
+                out.print(f"  health before {before[0]} -> after {after[0]} {after[1]['status']}")
+                _finish(final)
+                results.append((fault, final, before, after))
+            finally:
+                demo_service.stop(proc)
     finally:
         keel.close()
-    code = _finish(final)
-    out.print(f"  inspect it: keel show {final.run_id}   list runs: keel runs")
-    return code
+    out.rule("summary")
+    failed = False
+    for fault, final, before, after in results:
+        out.print(
+            f"  {fault:13} run {final.run_id}: {final.status} (health {before[0]} -> {after[0]})"
+        )
+        failed |= final.status in (RunStatus.FAILED, RunStatus.CANCELLED)
+    out.print("  inspect a run: keel show RUN   list runs: keel runs")
+    return EXIT_RUN_FAILED if failed else EXIT_OK
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
@@ -265,6 +321,14 @@ def cmd_cancel(args: argparse.Namespace) -> int:
         keel.close()
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def _apply_storage(keel: Any, args: argparse.Namespace) -> None:
     if getattr(args, "storage", None):
         keel.config.storage.url = args.storage
@@ -277,8 +341,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", help="storage URL (overrides config and $KEEL_STORAGE)")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    demo = sub.add_parser("demo", help="run the bundled demo end to end")
-    demo.add_argument("--goal", default="Checkout page is down: users see HTTP 500 errors")
+    demo = sub.add_parser("demo", help="run the bundled incident demo end to end")
+    demo.add_argument("--fault", choices=list(SCENARIOS), help="one scenario (default: both)")
+    demo.add_argument(
+        "--auto-approve", action="store_true", help="approve restarts without asking a person"
+    )
     demo.set_defaults(fn=cmd_demo)
 
     run = sub.add_parser("run", help="start a run and follow it")

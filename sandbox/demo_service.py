@@ -149,3 +149,53 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def start(root: Path, port: int, *, timeout_s: float = 30.0) -> Any:
+    """Start the service as a subprocess on 127.0.0.1 and wait until it answers."""
+    import subprocess
+    import urllib.error
+    import urllib.request
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sandbox.demo_service", "--root", str(root), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).close()
+            return proc
+        except urllib.error.HTTPError:
+            return proc  # answering, if unhealthy
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"demo service did not start on port {port}")
+
+
+def health(port: int) -> tuple[int, dict[str, Any]]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
+            return r.status, json.load(r)
+    except urllib.error.HTTPError as e:
+        return e.code, json.load(e)
+
+
+def stop(proc: Any) -> None:
+    """Stop the service and anything it re-executed into (same session)."""
+    import signal
+
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=10)
+    except Exception:
+        os.killpg(proc.pid, signal.SIGKILL)
