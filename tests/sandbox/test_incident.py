@@ -1,0 +1,111 @@
+"""The incident demo end to end: a real service, the real small model, sandboxed tools."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import ray
+
+from actors.state import EffectResult, RunStatus
+from keel.client import Keel
+from keel.config import KeelConfig, OrchestratorConfig, RouterConfig, StorageConfig
+from keel.incident import RUNBOOKS
+from sandbox import demo_service
+from sandbox.bwrap import isolation
+from storage.memory import MemoryStore
+from tests.actors.conftest import stop_orchestrator
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.skipif(not isolation()[0], reason=isolation()[1])
+GOAL_TEXT = "The checkout service is failing its health checks. Diagnose it and mitigate."
+
+
+@pytest.fixture(scope="module")
+def router(serve_port: int) -> Iterator[int]:
+    from ray import serve
+
+    from router.service import deploy
+
+    deploy(RouterConfig(http_port=serve_port))
+    yield serve_port
+    serve.delete("keel-router")
+    serve.delete("keel-local-model")
+
+
+@pytest.fixture
+def keel(router: int, tmp_path: Path) -> Iterator[Keel]:
+    client = Keel(
+        KeelConfig(
+            storage=StorageConfig(url=str(tmp_path / "store"), fsync=False),
+            orchestrator=OrchestratorConfig(name=f"orch-{tmp_path.name}", node_num_cpus=0.25),
+            router=RouterConfig(http_port=router),
+        )
+    )
+    memory = MemoryStore(client.store.store)
+    for item in RUNBOOKS:
+        memory.put(item)
+    yield client
+    stop_orchestrator(client)
+
+
+@pytest.fixture
+def service(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Path, int]]:
+    root = tmp_path / "svc"
+    demo_service.prepare(root, request.param)
+    port = free_port()
+    proc = demo_service.start(root, port)
+    yield root, port
+    demo_service.stop(proc)
+
+
+def run_incident(keel: Keel, root: Path, port: int) -> Any:
+    st = keel.start("incident", GOAL_TEXT, {"root": str(root), "port": port})
+    state = keel.watch(st.run_id, timeout_s=180)
+    assert state.status == RunStatus.AWAITING_APPROVAL, state.reason
+    assert "restart_service" in state.reason
+    keel.approve(st.run_id, principal="alice", reason="go ahead")
+    return keel.watch(st.run_id, timeout_s=180)
+
+
+@pytest.mark.parametrize("service", ["bad_config"], indirect=True)
+def test_bad_config_is_mitigated(keel: Keel, service: tuple[Path, int]) -> None:
+    root, port = service
+    assert demo_service.health(port)[0] == 503
+    final = run_incident(keel, root, port)
+    assert final.status == RunStatus.SUCCEEDED, final.reason
+    code, body = demo_service.health(port)  # the test asks the service itself
+    assert code == 200 and body["status"] == "ok"
+    assert final.data["proposal"]["args"]["config_action"] == "restore_last_good"
+
+
+@pytest.mark.parametrize("service", ["corrupt_data"], indirect=True)
+def test_unhelpful_mitigation_is_rolled_back(keel: Keel, service: tuple[Path, int]) -> None:
+    root, port = service
+    config_before = (root / "service.json").read_bytes()
+    final = run_incident(keel, root, port)
+    assert final.status == RunStatus.NEEDS_HUMAN
+    assert "did not improve health" in final.reason and "rolled back" in final.reason
+    # The action did change the config; the rollback put it back byte for byte.
+    assert final.data["mitigation"]["config"] != final.data["health_before"]["config"]
+    assert (root / "service.json").read_bytes() == config_before
+    assert demo_service.health(port)[0] == 503
+
+
+@pytest.mark.parametrize("point", ["after_intent", "after_effect"])
+@pytest.mark.parametrize("service", ["bad_config"], indirect=True)
+def test_crash_around_mitigation_applies_it_once(
+    keel: Keel, service: tuple[Path, int], point: str
+) -> None:
+    root, port = service
+    ray.get(keel.orchestrator().arm_fault.remote(point, "mitigate"))
+    final = run_incident(keel, root, port)
+    assert final.status == RunStatus.SUCCEEDED, final.reason
+    restarts = (root / "service.log").read_text().count("restart requested")
+    assert restarts == 1, "the restart must happen exactly once"
+    assert len(list((root / "applied").iterdir())) == 1
+    if point == "after_effect":
+        events = keel.show(final.run_id).events
+        assert any(isinstance(e, EffectResult) and e.reconciled for e in events)
