@@ -58,13 +58,32 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(
     assert not storage.exists(), "bad input must not write anything"
 
 
-def test_demo_then_runs_and_show(tmp_path: Path) -> None:
+def test_incident_demo_end_to_end(tmp_path: Path) -> None:
+    from tests.conftest import free_port
+
+    config = tmp_path / "keel.yaml"
+    config.write_text(f"router:\n  http_port: {free_port()}\n")
     storage = tmp_path / "store"
-    demo = keel("demo", storage=storage)
+    demo = keel(
+        "--config", str(config), "demo", "--fault", "bad_config", "--auto-approve",
+        storage=storage, timeout=300,
+    )  # fmt: skip
     assert demo.returncode == 0, demo.stdout + demo.stderr
-    assert "succeeded" in demo.stdout
+    assert "bad_config    run" in demo.stdout and "succeeded (health 503 -> 200)" in demo.stdout
+    for shown in ("policy approve", "auto-approved", "via small", "via large", "restart_service"):
+        assert shown in demo.stdout
+
+
+def test_run_then_runs_and_show(tmp_path: Path) -> None:
+    storage = tmp_path / "store"
+    outbox = tmp_path / "store-outbox"
+    ran = keel(
+        "run", "demo", "--goal", "checkout is down", "--input", f"outbox={outbox}", storage=storage
+    )
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert "succeeded" in ran.stdout
     for step in ("intake", "classify", "page_oncall", "file_note", "close"):
-        assert step in demo.stdout
+        assert step in ran.stdout
 
     listed = keel("runs", "--json", storage=storage)
     rows = json.loads(listed.stdout)
