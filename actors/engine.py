@@ -861,7 +861,7 @@ def resolve_proposal(
         return None, {}, [{"field": "tool", "reason": "the proposal names no tool"}]
     tool = node.tool_named(out["tool"])
     if tool is None:
-        offered = sorted(node.tools or {})
+        offered = node.tool_names()
         return None, {}, [{"field": "tool", "reason": f"unknown tool {out['tool']!r}; {offered}"}]
     args = out.get("args", {})
     return tool, args if isinstance(args, dict) else {"_": args}, []

@@ -27,7 +27,7 @@ import json
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
@@ -54,6 +54,15 @@ class RetryPolicy(BaseModel):
     def delay(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
         return float(min(self.backoff_s * self.multiplier ** (attempt - 1), self.max_backoff_s))
+
+
+@runtime_checkable
+class ToolSource(Protocol):
+    """Tools found at run time (an MCP server's, say) rather than listed in code."""
+
+    def tool_named(self, name: str) -> Tool | None: ...
+
+    def names(self) -> list[str]: ...
 
 
 class NodeContext(BaseModel):
@@ -105,16 +114,25 @@ class Node:
     role: str = ""
     on_reject: str | None = None
     rejections_field: str | None = None
-    tools: dict[str, Tool] | None = None
+    tools: dict[str, Tool] | ToolSource | None = None
 
     @property
     def is_effect(self) -> bool:
-        return self.tool is not None or bool(self.tools)
+        return self.tool is not None or self.tools is not None
 
     def tool_named(self, name: str) -> Tool | None:
         if self.tool is not None:
             return self.tool if self.tool.name == name else None
-        return (self.tools or {}).get(name)
+        if isinstance(self.tools, dict):
+            return self.tools.get(name)
+        return self.tools.tool_named(name) if self.tools is not None else None
+
+    def tool_names(self) -> list[str]:
+        if self.tool is not None:
+            return [self.tool.name]
+        if isinstance(self.tools, dict):
+            return sorted(self.tools)
+        return self.tools.names() if self.tools is not None else []
 
     @property
     def kind(self) -> str:
@@ -194,7 +212,7 @@ class Workflow:
 
     def effect(
         self,
-        tool: Tool | list[Tool],
+        tool: Tool | list[Tool] | ToolSource,
         name: str | None = None,
         *,
         role: str,
@@ -214,8 +232,14 @@ class Workflow:
         ``rejections_field``; without ``on_reject`` it fails the run.
         """
 
-        single = tool if not isinstance(tool, list) else None
-        several = {t.name: t for t in tool} if isinstance(tool, list) else None
+        single: Tool | None = None
+        several: dict[str, Tool] | ToolSource | None = None
+        if isinstance(tool, list):
+            several = {t.name: t for t in tool}
+        elif isinstance(tool, ToolSource) and not hasattr(tool, "apply"):
+            several = tool
+        else:
+            single = tool  # type: ignore[assignment]
 
         def deco(fn: NodeFn) -> NodeFn:
             self.add_node(

@@ -52,4 +52,5 @@ def tool_schema(tool: Any) -> dict[str, Any] | None:
     if model is not None:
         schema: dict[str, Any] = model.model_json_schema()
         return schema
-    return None
+    parameters = getattr(tool, "parameters", None)  # a JSON Schema given as is (MCP tools)
+    return dict(parameters) if isinstance(parameters, dict) else None

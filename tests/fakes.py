@@ -32,6 +32,16 @@ class Scripted:
         httpx.post(f"{self.base}/_reset").raise_for_status()
 
 
+def _reserve_mcp_port() -> None:
+    """The test MCP server's address, fixed at import (before Ray starts) so Ray workers
+    inherit it and the test workflow can name the server."""
+    import os
+    import tempfile
+
+    os.environ.setdefault("KEEL_TEST_MCP_URL", f"http://127.0.0.1:{free_port()}/mcp")
+    os.environ.setdefault("KEEL_TEST_MCP_MARKERS", tempfile.mkdtemp(prefix="keel-mcp-"))
+
+
 def free_port() -> int:
     import socket
 
@@ -106,3 +116,6 @@ def serve_port(ray_session: None) -> Iterator[int]:
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     yield port
     serve.shutdown()
+
+
+_reserve_mcp_port()

@@ -363,3 +363,31 @@ def guarded(name: str, tool: Any, role: str) -> Workflow:
 diagnose_writes = guarded("diagnose_writes", RestoreConfig(), "diagnose")
 restart = guarded("restart", RestartService(), "mitigate")
 restore = guarded("restore", RestoreConfig(), "mitigate")
+
+
+# -- MCP tools, governed like native ones -------------------------------------------------
+class McpInputs(BaseModel):
+    proposal: dict[str, Any]
+
+
+class McpState(BaseModel):
+    result: JsonValue = None
+
+
+def _mcp_tools() -> Any:
+    import os
+
+    from sandbox.mcp import MCPTools
+
+    return MCPTools(os.environ.get("KEEL_TEST_MCP_URL", "http://127.0.0.1:9/mcp"))
+
+
+mcp_flow = Workflow("mcp_flow", state=McpState, inputs=McpInputs)
+
+
+@mcp_flow.effect(_mcp_tools(), "call", role="diagnose", result_field="result")
+def call_mcp(state: McpState, ctx: NodeContext) -> dict[str, Any]:
+    return dict(ctx.inputs["proposal"])  # type: ignore[arg-type]
+
+
+mcp_flow.edge("call", END)

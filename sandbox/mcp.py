@@ -1,0 +1,168 @@
+"""Tools over the Model Context Protocol, governed exactly like native tools.
+
+``MCPTools(url)`` imports the tools of an MCP server (streamable HTTP, official ``mcp``
+SDK) into a workflow: each becomes a ``Tool`` whose argument schema is the server's
+``inputSchema`` (validated before anything runs), whose policy action is ``read`` when the
+server marks it read-only and ``write`` otherwise, and which runs on the executor like any
+other tool. MCP has no way to ask "did this call happen?", so ``verify`` answers
+``unknown`` and a crash between intent and result hands the run to a person.
+
+``registry_app(tools)`` serves Keel's own tools as an MCP server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Literal
+
+from pydantic import BaseModel, JsonValue
+
+from keel.errors import SandboxError
+from sandbox.tool import Tool, Verification, tool_action, tool_schema
+
+
+def _run(url: str, fn: Any) -> Any:
+    """Run one MCP session to completion from synchronous code, even when called from a
+    thread that already runs an event loop (the orchestrator's)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(_session_call(url, fn))
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, _session_call(url, fn)).result()
+
+
+async def _session_call(url: str, fn: Any) -> Any:
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+
+    async with streamable_http_client(url) as streams:
+        read, write = streams[0], streams[1]
+        async with ClientSession(read, write) as session:
+            await session.initialize()
+            return await fn(session)
+
+
+class MCPTool:
+    """One tool of an MCP server."""
+
+    def __init__(
+        self,
+        url: str,
+        name: str,
+        description: str,
+        parameters: dict[str, Any],
+        action: Literal["read", "write"],
+    ) -> None:
+        self.url = url
+        self.name = name
+        self.description = description
+        self.parameters = parameters
+        self.action = action
+
+    def apply(self, args: dict[str, Any], key: str) -> JsonValue:
+        async def call(session: Any) -> Any:
+            return await session.call_tool(self.name, args)
+
+        result = _run(self.url, call)
+        texts = [getattr(c, "text", "") for c in result.content]
+        if result.is_error:
+            raise SandboxError(f"MCP tool {self.name} failed: {' '.join(texts)[:300]}")
+        value: Any = result.structured_content
+        if isinstance(value, dict) and list(value) == ["result"]:
+            value = value["result"]  # how MCP wraps a plain return value
+        if value is None:
+            value = "\n".join(texts)
+        if isinstance(value, str):
+            try:
+                return json.loads(value)  # type: ignore[no-any-return]
+            except ValueError:
+                return value
+        return value  # type: ignore[no-any-return]
+
+    def verify(self, args: dict[str, Any], key: str) -> Verification:
+        return Verification(status="unknown", detail="MCP tools cannot report past calls")
+
+
+class MCPTools:
+    """The tools of one MCP server, listed on first use (so a workflow can name the server
+    at import time, before the server is reachable)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._tools: dict[str, MCPTool] | None = None
+
+    def load(self) -> dict[str, MCPTool]:
+        if self._tools is None:
+
+            async def listing(session: Any) -> Any:
+                return await session.list_tools()
+
+            listed = _run(self.url, listing)
+            tools = {}
+            for t in listed.tools:
+                read_only = bool(getattr(t.annotations, "read_only_hint", False))
+                tools[t.name] = MCPTool(
+                    self.url,
+                    t.name,
+                    t.description or "",
+                    dict(t.input_schema),
+                    "read" if read_only else "write",
+                )
+            self._tools = tools
+        return self._tools
+
+    def tool_named(self, name: str) -> Tool | None:
+        return self.load().get(name)
+
+    def names(self) -> list[str]:
+        return sorted(self.load())
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"url": self.url, "_tools": None}  # listings are not shipped between processes
+
+
+def _as_function(tool: Tool) -> Any:
+    """A plain function with the tool's arguments as its signature, for MCPServer."""
+    model: type[BaseModel] | None = getattr(tool, "args_model", None)
+
+    def call(**kwargs: Any) -> Any:
+        return tool.apply(kwargs, key=f"mcp:{tool.name}:{json.dumps(kwargs, sort_keys=True)}")
+
+    params = []
+    annotations: dict[str, Any] = {"return": Any}
+    for name, field in model.model_fields.items() if model else []:
+        default = inspect.Parameter.empty if field.is_required() else field.default
+        params.append(
+            inspect.Parameter(
+                name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=field.annotation
+            )
+        )
+        annotations[name] = field.annotation
+    call.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    call.__annotations__ = annotations
+    call.__name__ = tool.name
+    return call
+
+
+def registry_app(tools: Sequence[Tool], name: str = "keel") -> Any:
+    """An ASGI app serving ``tools`` over MCP (streamable HTTP at ``/mcp``)."""
+    from mcp.server.mcpserver import MCPServer
+    from mcp.types import ToolAnnotations
+
+    server = MCPServer(name)
+    for tool in tools:
+        server.add_tool(
+            _as_function(tool),
+            name=tool.name,
+            description=getattr(tool, "description", "") or tool.name,
+            annotations=ToolAnnotations(read_only_hint=tool_action(tool) == "read"),
+        )
+    return server.streamable_http_app()
+
+
+__all__ = ["MCPTool", "MCPTools", "registry_app", "tool_schema"]

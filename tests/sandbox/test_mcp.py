@@ -1,0 +1,142 @@
+"""MCP tools in the registry: imported from a real MCP server process on 127.0.0.1 and
+governed by validation and policy exactly like native tools; and Keel's own tools served
+over MCP."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from actors.state import PolicyDecided, ProposalRejected, RunStatus
+from keel.client import Keel
+from sandbox.mcp import MCPTools, registry_app
+from tests.actors.conftest import make_keel, stop_orchestrator
+from tests.conftest import Backend, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+URL = os.environ["KEEL_TEST_MCP_URL"]
+MARKERS = Path(os.environ["KEEL_TEST_MCP_MARKERS"])
+
+
+@pytest.fixture(scope="module")
+def mcp_server() -> Iterator[str]:
+    port = URL.rsplit(":", 1)[1].split("/")[0]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.sandbox.mcp_server", port, str(MARKERS)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            MCPTools(URL).load()
+            break
+        except Exception:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError("MCP server did not start") from None
+            time.sleep(0.2)
+    yield URL
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture
+def keel(ray_session: None, tmp_path: Path, mcp_server: str) -> Iterator[Keel]:
+    for marker in MARKERS.glob("*"):
+        marker.unlink()
+    client = make_keel(Backend("local", str(tmp_path / "store")))
+    yield client
+    stop_orchestrator(client)
+
+
+def test_server_tools_appear_in_the_registry(mcp_server: str) -> None:
+    tools = MCPTools(mcp_server).load()
+    assert sorted(tools) == ["drop_database", "read_status"]
+    assert tools["read_status"].action == "read" and tools["drop_database"].action == "write"
+    assert tools["read_status"].parameters["required"] == ["service"]
+
+
+def run(keel: Keel, proposal: dict[str, Any]) -> Any:
+    st = keel.start("tests.actors.workflows:mcp_flow", "", {"proposal": proposal})
+    return keel.watch(st.run_id, timeout_s=60), keel.show(st.run_id).events
+
+
+def test_denied_mcp_tool_is_refused_by_policy(keel: Keel) -> None:
+    final, events = run(keel, {"tool": "drop_database", "args": {"name": "orders"}})
+    assert final.status == RunStatus.FAILED
+    decision = next(e for e in events if isinstance(e, PolicyDecided))
+    assert (decision.subject, decision.object, decision.effect) == (
+        "diagnose",
+        "tool:drop_database",
+        "deny",
+    )
+    assert not (MARKERS / "drop_database").exists(), "the MCP tool must never have been called"
+
+
+def test_allowed_mcp_tool_runs(keel: Keel) -> None:
+    final, _ = run(keel, {"tool": "read_status", "args": {"service": "checkout"}})
+    assert final.status == RunStatus.SUCCEEDED, final.reason
+    assert final.data["result"] == {"service": "checkout", "status": "ok"}
+    assert (MARKERS / "read_status").read_text() == "checkout\n"
+
+
+def test_malformed_mcp_arguments_are_rejected(keel: Keel) -> None:
+    final, events = run(keel, {"tool": "read_status", "args": {"service": 5, "x": 1}})
+    assert final.status == RunStatus.FAILED
+    rejected = next(e for e in events if isinstance(e, ProposalRejected))
+    assert "args.service" in {e["field"] for e in rejected.errors}
+    assert not (MARKERS / "read_status").exists()
+
+
+class EchoArgs(BaseModel):
+    text: str
+    times: int = 1
+
+
+class Echo:
+    name = "echo"
+    description = "say it again"
+    action = "read"
+    args_model = EchoArgs
+
+    def apply(self, args: dict[str, Any], key: str) -> Any:
+        return {"echo": args["text"] * int(args.get("times", 1))}
+
+    def verify(self, args: dict[str, Any], key: str) -> Any:
+        raise NotImplementedError
+
+
+def test_keel_registry_served_over_mcp() -> None:
+    import uvicorn
+
+    port = free_port()
+    config = uvicorn.Config(
+        registry_app([Echo()]), host="127.0.0.1", port=port, log_level="warning"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{port}/mcp"
+        deadline = time.monotonic() + 20
+        while not server.started:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        tools = MCPTools(url).load()
+        assert list(tools) == ["echo"] and tools["echo"].action == "read"
+        assert tools["echo"].parameters["required"] == ["text"]
+        assert tools["echo"].apply({"text": "ab", "times": 2}, "k") == {"echo": "abab"}
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
