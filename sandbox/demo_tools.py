@@ -104,6 +104,7 @@ def _marker(key: str) -> str:
 
 
 class _SandboxedTool:
+    resources: tuple[str, ...] = ()
     name = ""
     description = ""
     action: Literal["read", "write"] = "read"
@@ -139,6 +140,7 @@ class _SandboxedTool:
 
 
 class ReadLogs(_SandboxedTool):
+    resources = ("service.log",)
     name = "read_logs"
     description = "read the most recent lines of the service's log"
     args_model = ReadLogsArgs
@@ -153,6 +155,7 @@ class ReadLogs(_SandboxedTool):
 
 
 class CheckHealth(_SandboxedTool):
+    resources = ("http://127.0.0.1:PORT/health",)
     name = "check_health"
     description = "ask the service's health endpoint how it is"
     network = True
@@ -163,6 +166,7 @@ class CheckHealth(_SandboxedTool):
 
 
 class SnapshotConfig(_SandboxedTool):
+    resources = ("service.json",)
     name = "snapshot_config"
     description = "take a copy of the service's config before changing it"
 
@@ -189,6 +193,9 @@ class _Writer(_SandboxedTool):
 
 
 class RestartService(_Writer):
+    resources = ("service.json", "the service process")
+    snapshot_with = "snapshot_config"  # taken by the workflow before this runs
+    restore_with = "restore_snapshot"
     name = "restart_service"
     description = (
         "restart the service, first restoring its last good config or setting max_connections "
@@ -203,6 +210,7 @@ class RestartService(_Writer):
 
 
 class RestoreSnapshot(_Writer):
+    resources = ("service.json", "the service process")
     name = "restore_snapshot"
     description = "put the service's config back exactly as snapshotted, and restart it"
     args_model = RestoreArgs
