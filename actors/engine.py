@@ -801,38 +801,24 @@ class RunEngine:
         self, run: _Run, node: Node, ctx: NodeContext, exc: BaseException, started: float
     ) -> None:
         info = error_info(exc)
-        duration = time.monotonic() - started
-        if info.retryable and ctx.attempt < node.retry.attempts:
-            delay = node.retry.delay(ctx.attempt)
-            await self._commit(
-                run,
-                [
-                    NodeFailed(
-                        node=node.name,
-                        step=ctx.step,
-                        attempt=ctx.attempt,
-                        error=info,
-                        retry_in_s=delay,
-                        duration_s=duration,
-                    )
-                ],
-            )
+        retry = info.retryable and ctx.attempt < node.retry.attempts
+        delay = node.retry.delay(ctx.attempt) if retry else None
+        failed = NodeFailed(
+            node=node.name,
+            step=ctx.step,
+            attempt=ctx.attempt,
+            error=info,
+            retry_in_s=delay,
+            duration_s=time.monotonic() - started,
+        )
+        if delay is not None:
+            await self._commit(run, [failed])
             await asyncio.sleep(delay)
             return
-        await self._commit(
-            run,
-            [
-                NodeFailed(
-                    node=node.name,
-                    step=ctx.step,
-                    attempt=ctx.attempt,
-                    error=info,
-                    retry_in_s=None,
-                    duration_s=duration,
-                ),
-                RunFinished(status=RunStatus.FAILED, error=info, reason=f"node {node.name} failed"),
-            ],
+        finished = RunFinished(
+            status=RunStatus.FAILED, error=info, reason=f"node {node.name} failed"
         )
+        await self._commit(run, [failed, finished])
 
 
 def as_updates(out: Any) -> dict[str, JsonValue]:
