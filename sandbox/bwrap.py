@@ -51,6 +51,20 @@ def isolation() -> tuple[bool, str]:
     return True, "bubblewrap"
 
 
+@lru_cache(maxsize=1)
+def _interpreter_paths() -> tuple[str, ...]:
+    """This Python's install trees that sit under /tmp, which the sandbox replaces with a
+    private scratch; everything else is already visible through the read-only root."""
+    import sys
+
+    found = []
+    for prefix in {sys.prefix, sys.base_prefix, os.path.dirname(os.path.realpath(sys.executable))}:
+        real = os.path.realpath(prefix)
+        if real == "/tmp" or real.startswith("/tmp/"):
+            found.append(real)
+    return tuple(sorted(found))
+
+
 def _pids_cgroup(max_procs: int) -> Path | None:
     """A fresh pids cgroup limited to ``max_procs``, where the host lets us make one."""
     if not CGROUP_PIDS.is_dir() or not os.access(CGROUP_PIDS, os.W_OK):
@@ -117,6 +131,8 @@ class BubblewrapSandbox:
             "--setenv", "HOME", "/tmp",
             "--setenv", "TMPDIR", "/tmp",
         ]  # fmt: skip
+        for path in _interpreter_paths():  # /tmp is private: keep Python visible if it lives there
+            cmd += ["--ro-bind", path, path]
         if spec.network:
             cmd.append("--share-net")
         if spec.workdir:
