@@ -44,6 +44,7 @@ from actors.state import (
     fold,
     parse_event,
 )
+from actors.tracing import RunTracer
 from actors.validator import validate_args
 from actors.workflow import Node, NodeContext, NodeOutput, Workflow
 from keel.config import BudgetConfig
@@ -150,7 +151,9 @@ class RunEngine:
         context_env: dict[str, JsonValue] | None = None,
         policy: PolicyEngine | None = None,
         budgets: BudgetConfig | None = None,
+        tracer: RunTracer | None = None,
     ) -> None:
+        self.tracer = tracer or RunTracer("none")
         self.context_env = dict(context_env or {})
         self.policy = policy or PolicyEngine()
         self.budgets = budgets or BudgetConfig()
@@ -198,7 +201,11 @@ class RunEngine:
             ev = ev.model_copy(update={"seq": run.state.last_seq + i + 1})
             state = fold(state, ev, run.workflow.channels)
             numbered.append(ev)
-        payload = [ev.model_dump(mode="json") for ev in numbered]
+        numbered = self.tracer.annotate(state.run_id, numbered)
+        payload = [
+            ev.model_dump(mode="json", exclude=None if ev.trace_id else {"trace_id", "span_id"})
+            for ev in numbered
+        ]
         digest = await self._io(self.store.append, state.run_id, run.next_n, run.prev, payload)
         status_changed = state.status != run.state.status
         run.state, run.prev, run.next_n = state, digest, run.next_n + 1

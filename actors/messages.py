@@ -53,6 +53,7 @@ class OrchestratorSettings(_Msg):
     policy_model: str | None = None
     policy_file: str | None = None
     workflows: dict[str, str] = Field(default_factory=dict)
+    tracing: Literal["none", "console", "memory"] = "none"
 
 
 class ApproveRun(_Msg):

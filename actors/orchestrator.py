@@ -27,6 +27,7 @@ from actors.messages import (
 )
 from actors.runner import RayNodeRunner
 from actors.state import RunState
+from actors.tracing import RunTracer
 from keel.config import BudgetConfig
 from policy.engine import PolicyEngine
 from storage import open_store
@@ -85,6 +86,7 @@ class Orchestrator:
             context_env=env,
             policy=PolicyEngine(settings.policy_model, settings.policy_file),
             budgets=BudgetConfig.model_validate(settings.budgets),
+            tracer=RunTracer(settings.tracing),
         )
         self.recovered: list[str] | None = None
         self._recovery: asyncio.Task[list[str]] | None = None
@@ -156,6 +158,19 @@ class Orchestrator:
     async def arm_fault(self, point: FaultPoint, node: str, times: int = 1) -> None:
         """Chaos testing only: crash this process the next time ``point`` is reached."""
         self.engine.arm_fault(point, node, times)
+
+    async def spans(self) -> list[dict[str, Any]]:
+        """Finished spans, when tracing to memory (for tests and debugging)."""
+        return [
+            {
+                "name": s.name,
+                "trace_id": f"{s.context.trace_id:032x}",
+                "span_id": f"{s.context.span_id:016x}",
+                "parent_id": f"{s.parent.span_id:016x}" if s.parent else None,
+                "attributes": dict(s.attributes or {}),
+            }
+            for s in self.engine.tracer.finished()
+        ]
 
     async def info(self) -> dict[str, Any]:
         ctx = ray.get_runtime_context()

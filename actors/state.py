@@ -50,6 +50,8 @@ class _Event(BaseModel):
 
     seq: int = -1
     ts: float = Field(default_factory=time.time)
+    trace_id: str | None = None
+    span_id: str | None = None
 
 
 class RunCreated(_Event):

@@ -74,6 +74,7 @@ class Keel:
             budgets=self.config.budgets.model_dump(mode="json"),
             policy_model=_abs(self.config.policy.model),
             policy_file=_abs(self.config.policy.policy),
+            tracing=self.config.telemetry.exporter,
         )
 
     def connect(self) -> None:

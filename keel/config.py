@@ -9,7 +9,7 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
@@ -149,12 +149,26 @@ class PolicyConfig(_Section):
     policy: str | None = Field(default=None, description="policy CSV (default: shipped)")
 
 
+class TelemetryConfig(_Section):
+    exporter: Literal["none", "console", "memory"] = Field(
+        default="none", description="where run spans go (memory: kept for tests)"
+    )
+
+
+class APIConfig(_Section):
+    keys: dict[str, str] = Field(
+        default_factory=dict, description="sha256(api key) -> principal; keys never stored"
+    )
+
+
 class KeelConfig(_Section):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     router: RouterConfig = Field(default_factory=RouterConfig)
     workers: WorkersConfig = Field(default_factory=WorkersConfig)
     budgets: BudgetConfig = Field(default_factory=BudgetConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
+    api: APIConfig = Field(default_factory=APIConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     orchestrator: OrchestratorConfig = Field(default_factory=OrchestratorConfig)
     workflows: dict[str, str] = Field(

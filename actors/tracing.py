@@ -1,0 +1,138 @@
+"""OpenTelemetry spans for runs, made from the ledger as it is committed.
+
+One trace per run: its id is derived from the run id, so every incarnation of the
+orchestrator adds to the same trace. Each ``node_completed``, ``model_called``,
+``policy_decided`` and ``effect_result`` event gets one span (and the span's ids are written
+into the event), so spans and ledger match one to one by construction. Model spans carry
+the GenAI semantic-convention attributes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import (
+    ConsoleSpanExporter,
+    SimpleSpanProcessor,
+    SpanExporter,
+)
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
+from actors.state import EffectResult, Event, ModelCalled, NodeCompleted, PolicyDecided
+
+Exporter = Literal["none", "console", "memory"]
+TRACED = (NodeCompleted, ModelCalled, PolicyDecided, EffectResult)
+
+
+def run_trace_id(run_id: str) -> int:
+    return int(hashlib.sha256(run_id.encode()).hexdigest()[:32], 16) or 1
+
+
+class RunTracer:
+    """Turns committed events into spans; ``exporter`` picks where they go."""
+
+    def __init__(self, exporter: Exporter = "none") -> None:
+        self.memory: InMemorySpanExporter | None = None
+        self.provider = TracerProvider(resource=Resource.create({"service.name": "keel"}))
+        sink: SpanExporter | None = None
+        if exporter == "console":
+            sink = ConsoleSpanExporter()
+        elif exporter == "memory":
+            sink = self.memory = InMemorySpanExporter()
+        if sink is not None:
+            self.provider.add_span_processor(SimpleSpanProcessor(sink))
+        self.enabled = sink is not None
+        self.tracer = self.provider.get_tracer("keel")
+
+    def _root(self, run_id: str) -> Any:
+        ctx = SpanContext(
+            trace_id=run_trace_id(run_id),
+            span_id=int(hashlib.sha256(f"root:{run_id}".encode()).hexdigest()[:16], 16) or 1,
+            is_remote=True,
+            trace_flags=TraceFlags(TraceFlags.SAMPLED),
+        )
+        return trace.set_span_in_context(NonRecordingSpan(ctx))
+
+    def annotate(self, run_id: str, events: Sequence[Event]) -> list[Event]:
+        """Emit a span per traced event; return the events with trace and span ids set."""
+        if not self.enabled:
+            return list(events)
+        out: list[Event] = []
+        parent = self._root(run_id)
+        now = time.time_ns()
+        nodes = [e for e in events if isinstance(e, NodeCompleted)]
+        node_ctx = parent
+        if nodes:  # the node's span first, so what happened in it nests under it
+            node = nodes[0]
+            span = self._span(node, parent, now, run_id)
+            node_ctx = trace.set_span_in_context(span)
+        for ev in events:
+            if not isinstance(ev, TRACED):
+                out.append(ev)
+                continue
+            if isinstance(ev, NodeCompleted) and nodes and ev is nodes[0]:
+                span_obj = trace.get_current_span(node_ctx)
+            else:
+                span_obj = self._span(ev, node_ctx, now, run_id)
+            ids = span_obj.get_span_context()
+            out.append(
+                ev.model_copy(
+                    update={"trace_id": f"{ids.trace_id:032x}", "span_id": f"{ids.span_id:016x}"}
+                )
+            )
+        return out
+
+    def _span(self, ev: Event, parent: Any, now: int, run_id: str) -> Any:
+        name, attrs, seconds = describe(ev)
+        attrs = {"keel.run_id": run_id, "keel.seq": ev.seq, **attrs}
+        span = self.tracer.start_span(
+            name, context=parent, start_time=now - int(seconds * 1e9), attributes=attrs
+        )
+        span.end(end_time=now)
+        return span
+
+    def finished(self) -> list[Any]:
+        return list(self.memory.get_finished_spans()) if self.memory else []
+
+
+def describe(ev: Event) -> tuple[str, dict[str, Any], float]:
+    """Span name, attributes and duration for one traced event."""
+    if isinstance(ev, NodeCompleted):
+        attrs = {"keel.node": ev.node, "keel.step": ev.step, "keel.attempt": ev.attempt}
+        return f"node {ev.node}", {**attrs, "keel.worker": ev.worker}, ev.duration_s
+    if isinstance(ev, ModelCalled):
+        return (
+            f"chat {ev.model}",
+            {
+                "gen_ai.operation.name": "chat",
+                "gen_ai.request.model": ev.model,
+                "gen_ai.usage.input_tokens": ev.prompt_tokens,
+                "gen_ai.usage.output_tokens": ev.completion_tokens,
+                "keel.cost_usd": ev.cost,
+                "keel.tier": ev.tier,
+                "keel.worker": ev.worker,
+                "keel.node": ev.node,
+            },
+            ev.latency_s,
+        )
+    if isinstance(ev, PolicyDecided):
+        return (
+            f"policy {ev.object}",
+            {
+                "keel.policy.subject": ev.subject,
+                "keel.policy.action": ev.action,
+                "keel.policy.effect": ev.effect,
+                "keel.policy.rule": ", ".join(ev.rule),
+                "keel.policy.version": ev.policy_version,
+            },
+            0.0,
+        )
+    assert isinstance(ev, EffectResult)
+    return f"tool {ev.key}", {"keel.effect.key": ev.key, "keel.effect.ok": ev.ok}, ev.duration_s
