@@ -309,6 +309,47 @@ def cmd_approve(args: argparse.Namespace) -> int:
         keel.close()
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Deploy the Serve applications of a Serve config file (the one `serve deploy` reads)."""
+    import importlib
+
+    import yaml
+
+    from keel.client import Keel
+
+    try:
+        spec = yaml.safe_load(Path(args.serve_config).read_text())
+    except OSError as exc:
+        raise InputError(
+            f"cannot read {args.serve_config}: {exc.strerror}", field="--serve-config"
+        ) from None
+    from ray.serve.schema import ServeDeploySchema
+
+    try:
+        schema = ServeDeploySchema.model_validate(spec)
+    except Exception as exc:
+        raise InputError(f"not a Serve config: {exc}", field="--serve-config") from None
+    keel = Keel(load_config(args.config))
+    keel.connect()
+    from ray import serve
+
+    http = schema.http_options
+    serve.start(http_options={"host": http.host, "port": http.port})
+    for app in schema.applications:
+        module, _, attr = app.import_path.rpartition(":")
+        builder = getattr(importlib.import_module(module), attr)
+        serve.run(builder(dict(app.args or {})), name=app.name, route_prefix=app.route_prefix)
+        out.print(f"  {app.name} at http://{http.host}:{http.port}{app.route_prefix}")
+    if keel.config.ray.address is not None:
+        return EXIT_OK
+    out.print("serving on the embedded Ray instance; Ctrl-C stops it")
+    try:
+        while True:
+            time.sleep(3600)
+    finally:
+        keel.close()
+
+
 def cmd_cancel(args: argparse.Namespace) -> int:
     from keel.client import Keel
 
@@ -386,6 +427,10 @@ def build_parser() -> argparse.ArgumentParser:
         ap.add_argument("--reason", default="", help="why (required to reject)")
         ap.add_argument("--detach", action="store_true")
         ap.set_defaults(fn=cmd_approve)
+
+    srv = sub.add_parser("serve", help="deploy the router and the runs API on Ray Serve")
+    srv.add_argument("--serve-config", default="serve_config.yaml")
+    srv.set_defaults(fn=cmd_serve)
 
     cancel = sub.add_parser("cancel", help="cancel an unfinished run")
     cancel.add_argument("run_id")

@@ -230,3 +230,12 @@ def deploy_runs_api(config: dict[str, Any], keys: dict[str, str]) -> Any:
         route_prefix=ROUTE_PREFIX,
         blocking=False,
     )
+
+
+def build(args: dict[str, Any]) -> Any:
+    """Serve application builder (``import_path: router.api:build``): API keys come from
+    ``api.keys`` in keel.yaml, already hashed."""
+    from keel.config import load_config
+
+    config = load_config(args.get("config"))
+    return RunsAPI.bind(config.model_dump(mode="json"), dict(config.api.keys))  # type: ignore[attr-defined]

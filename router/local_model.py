@@ -75,3 +75,8 @@ def deploy_local_model() -> Any:
         route_prefix=ROUTE_PREFIX,
         blocking=False,
     )
+
+
+def build(args: dict[str, Any]) -> Any:
+    """Serve application builder (``import_path: router.local_model:build``)."""
+    return LocalModel.bind()  # type: ignore[attr-defined]

@@ -139,3 +139,11 @@ def ensure_router(config: dict[str, Any] | None = None) -> Any:
         return serve.get_app_handle(APP_NAME)
     except RayServeException:
         return deploy(RouterConfig.model_validate(config or {}))
+
+
+def build(args: dict[str, Any]) -> Any:
+    """Serve application builder (``import_path: router.service:build``)."""
+    from keel.config import load_config
+
+    config = load_config(args.get("config"))
+    return ModelRouter.bind(config.router.model_dump(mode="json"))  # type: ignore[attr-defined]
