@@ -309,6 +309,70 @@ def cmd_approve(args: argparse.Namespace) -> int:
         keel.close()
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    from actors.engine import load_events
+    from actors.replay import replay
+    from keel.client import Keel
+    from keel.workflows import load_workflow
+    from policy.engine import PolicyEngine
+
+    keel = Keel(load_config(args.config))
+    _apply_storage(keel, args)
+    if args.ledger:
+        try:
+            raw = json.loads(Path(args.ledger).read_text())
+        except (OSError, ValueError) as exc:
+            raise InputError(
+                f"cannot read a ledger from {args.ledger}: {exc}", field="--ledger"
+            ) from None
+        events = load_events(raw["events"] if isinstance(raw, dict) else raw)
+    else:
+        events = keel.show(args.run_id).events
+    first = events[0]
+    wf = load_workflow(getattr(first, "workflow_ref", ""))
+    policy = PolicyEngine(keel.config.policy.model, keel.config.policy.policy)
+    report = replay(events, wf, policy)
+    if args.json:
+        print(report.model_dump_json(indent=2))
+    elif report.divergence is None:
+        out.print(f"run {report.run_id}: identical ({report.steps} steps replayed)")
+    else:
+        d = report.divergence
+        out.print(f"run {report.run_id}: diverged at #{d.seq} node {d.node}: {d.what}")
+        out.print(f"  recorded: {escape(json.dumps(d.recorded)[:300])}")
+        out.print(f"  replayed: {escape(json.dumps(d.replayed)[:300])}")
+    return EXIT_OK if report.identical else EXIT_RUN_FAILED
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    from rich.tree import Tree
+
+    from keel.client import Keel
+
+    keel = Keel(load_config(args.config))
+    _apply_storage(keel, args)
+    view = keel.show(args.run_id)
+    st = view.state
+    tree = Tree(
+        f"[bold]run {st.run_id}[/bold] {st.workflow} [{_status_style(st.status)}]{st.status}"
+    )
+    pending: list[Event] = []
+    for ev in view.events:
+        if ev.type == "node_completed":
+            node, _ = describe(ev)
+            branch = tree.add(f"[bold]{escape(node)}[/bold] {ev.duration_s * 1000:.1f} ms")
+            for inner in pending:
+                _, line = describe(inner)
+                branch.add(escape(line))
+            pending = []
+        elif ev.type in ("model_called", "policy_decided", "effect_result", "proposal_rejected"):
+            pending.append(ev)
+        elif ev.type in ("run_paused", "run_finished", "budget_exceeded", "approval_decided"):
+            tree.add(escape(describe(ev)[1]))
+    out.print(tree)
+    return EXIT_OK
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Deploy the Serve applications of a Serve config file (the one `serve deploy` reads)."""
     import importlib
@@ -427,6 +491,16 @@ def build_parser() -> argparse.ArgumentParser:
         ap.add_argument("--reason", default="", help="why (required to reject)")
         ap.add_argument("--detach", action="store_true")
         ap.set_defaults(fn=cmd_approve)
+
+    rp = sub.add_parser("replay", help="re-walk a run from its ledger, calling nothing")
+    rp.add_argument("run_id")
+    rp.add_argument("--ledger", help="a JSON file of events to replay instead of the stored ledger")
+    rp.add_argument("--json", action="store_true")
+    rp.set_defaults(fn=cmd_replay)
+
+    tr = sub.add_parser("trace", help="a run as a tree of nodes with timings")
+    tr.add_argument("run_id")
+    tr.set_defaults(fn=cmd_trace)
 
     srv = sub.add_parser("serve", help="deploy the router and the runs API on Ray Serve")
     srv.add_argument("--serve-config", default="serve_config.yaml")

@@ -1,0 +1,164 @@
+"""Replay a run from its ledger: re-run the control logic, call nothing outside.
+
+Walking the recorded events in order, replay folds state exactly as the orchestrator did
+and checks every decision it can re-make without touching the world: nodes whose model
+calls are recorded are re-run with the planner answering from the recorded responses
+(so an edited response shows up as different state updates), every router is asked again
+for the next node, and every policy decision is re-made against the policy files. The
+first difference is reported; otherwise the run is ``identical``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+from pydantic_core import to_jsonable_python
+
+from actors.state import (
+    Event,
+    ModelCalled,
+    NodeCompleted,
+    PolicyDecided,
+    RunCreated,
+    RunState,
+    fold,
+)
+from actors.workflow import NodeContext, NodeOutput, Workflow
+from policy.engine import PolicyEngine
+
+RECORDED: contextvars.ContextVar[list[ModelCalled] | None] = contextvars.ContextVar(
+    "keel_replay_calls", default=None
+)
+
+
+class Divergence(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    seq: int
+    node: str
+    what: str
+    recorded: Any
+    replayed: Any
+
+
+class ReplayReport(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    run_id: str
+    steps: int
+    divergence: Divergence | None = None
+
+    @property
+    def identical(self) -> bool:
+        return self.divergence is None
+
+
+class ReplayUnavailable(Exception):
+    """A node asked for something the ledger does not record (a retrieval, say)."""
+
+
+class ReplayPool:
+    """Stands in for a worker pool during replay: the planner answers from the recorded
+    model responses; nothing is called."""
+
+    def __init__(self, role: str) -> None:
+        self.role = role
+
+    def call_sync(self, method: str, msg: Any) -> Any:
+        from actors.planner import _label, parse_proposal
+        from actors.worker_messages import ClassifyResponse, PlanResponse
+        from router.messages import ModelCall
+
+        calls = RECORDED.get() or []
+        if self.role != "planner" or not calls:
+            raise ReplayUnavailable(f"{self.role}.{method} is not recorded")
+        fields = set(ModelCall.model_fields) - {"content"}
+        records = [ModelCall(**c.model_dump(include=fields), content=c.response) for c in calls]
+        worker = calls[-1].worker
+        if method == "plan":
+            proposal, errors = parse_proposal(records[-1].content)
+            return PlanResponse(proposal=proposal, errors=errors, calls=records, worker=worker)
+        if method == "classify":
+            schema = {
+                "type": "object",
+                "properties": {"label": {"type": "string", "enum": msg.labels}},
+                "required": ["label"],
+            }
+            label = _label(records[-1].content, schema) or ""
+            return ClassifyResponse(label=label, calls=records, worker=worker)
+        raise ReplayUnavailable(f"planner.{method} cannot be replayed")
+
+
+def _same(a: Any, b: Any) -> bool:
+    return bool(
+        json.dumps(to_jsonable_python(a), sort_keys=True)
+        == json.dumps(to_jsonable_python(b), sort_keys=True)
+    )
+
+
+def replay(events: list[Event], wf: Workflow, policy: PolicyEngine | None = None) -> ReplayReport:
+    """Walk ``events``; return the first divergence from them, or none."""
+    state: RunState | None = None
+    calls: list[ModelCalled] = []
+    steps = 0
+    first = events[0]
+    run_id = first.run_id if isinstance(first, RunCreated) else "?"
+    for ev in events:
+        if isinstance(ev, ModelCalled):
+            calls.append(ev)
+        elif isinstance(ev, PolicyDecided) and policy is not None:
+            again = policy.decide(ev.subject, ev.object, ev.action)
+            if again.effect != ev.effect:
+                d = Divergence(
+                    seq=ev.seq, node=ev.node, what="policy effect",
+                    recorded=ev.effect, replayed=again.effect,
+                )  # fmt: skip
+                return ReplayReport(run_id=run_id, steps=steps, divergence=d)
+        elif isinstance(ev, NodeCompleted) and state is not None:
+            steps += 1
+            divergence = _check_node(wf, state, ev, [c for c in calls if c.node == ev.node])
+            calls = []
+            if divergence is not None:
+                return ReplayReport(run_id=run_id, steps=steps, divergence=divergence)
+        state = fold(state, ev, wf.channels)
+    return ReplayReport(run_id=run_id, steps=steps)
+
+
+def _check_node(
+    wf: Workflow, before: RunState, ev: NodeCompleted, calls: list[ModelCalled]
+) -> Divergence | None:
+    node = wf.nodes.get(ev.node)
+    if node is None:
+        return Divergence(seq=ev.seq, node=ev.node, what="node", recorded=ev.node, replayed=None)
+    if calls and not node.is_effect:
+        ctx = NodeContext(
+            run_id=before.run_id, workflow=wf.name, node=node.name, step=ev.step,
+            attempt=ev.attempt, goal=before.goal, inputs=before.inputs,
+        )  # fmt: skip
+        token = RECORDED.set(calls)
+        try:
+            out = node.fn(wf.state_of(before.data), ctx)
+        except ReplayUnavailable:
+            out = None
+        finally:
+            RECORDED.reset(token)
+        if out is not None:
+            updates = out.updates if isinstance(out, NodeOutput) else out
+            if not _same(updates, ev.updates):
+                return Divergence(
+                    seq=ev.seq, node=ev.node, what="state updates",
+                    recorded=ev.updates, replayed=to_jsonable_python(updates),
+                )  # fmt: skip
+    after = fold(before, ev.model_copy(update={"next": None}), wf.channels)
+    try:
+        nxt = wf.next_node(ev.node, wf.state_of(after.data))
+    except Exception as exc:
+        nxt = f"error: {exc}"
+    if ev.next != nxt and not (ev.next is None and nxt is None):
+        return Divergence(
+            seq=ev.seq, node=ev.node, what="next node", recorded=ev.next, replayed=nxt
+        )
+    return None
