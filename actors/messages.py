@@ -53,7 +53,8 @@ class OrchestratorSettings(_Msg):
     policy_model: str | None = None
     policy_file: str | None = None
     workflows: dict[str, str] = Field(default_factory=dict)
-    tracing: Literal["none", "console", "memory"] = "none"
+    tracing: Literal["none", "console", "memory", "otlp"] = "none"
+    otlp_endpoint: str | None = None
 
 
 class ApproveRun(_Msg):

@@ -86,7 +86,7 @@ class Orchestrator:
             context_env=env,
             policy=PolicyEngine(settings.policy_model, settings.policy_file),
             budgets=BudgetConfig.model_validate(settings.budgets),
-            tracer=RunTracer(settings.tracing),
+            tracer=RunTracer(settings.tracing, settings.otlp_endpoint),
         )
         self.recovered: list[str] | None = None
         self._recovery: asyncio.Task[list[str]] | None = None

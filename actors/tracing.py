@@ -18,6 +18,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
     ConsoleSpanExporter,
     SimpleSpanProcessor,
     SpanExporter,
@@ -27,7 +28,8 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 from actors.state import EffectResult, Event, ModelCalled, NodeCompleted, PolicyDecided
 
-Exporter = Literal["none", "console", "memory"]
+Exporter = Literal["none", "console", "memory", "otlp"]
+DEFAULT_OTLP = "http://127.0.0.1:4318/v1/traces"
 TRACED = (NodeCompleted, ModelCalled, PolicyDecided, EffectResult)
 
 
@@ -38,7 +40,7 @@ def run_trace_id(run_id: str) -> int:
 class RunTracer:
     """Turns committed events into spans; ``exporter`` picks where they go."""
 
-    def __init__(self, exporter: Exporter = "none") -> None:
+    def __init__(self, exporter: Exporter = "none", endpoint: str | None = None) -> None:
         self.memory: InMemorySpanExporter | None = None
         self.provider = TracerProvider(resource=Resource.create({"service.name": "keel"}))
         sink: SpanExporter | None = None
@@ -46,7 +48,14 @@ class RunTracer:
             sink = ConsoleSpanExporter()
         elif exporter == "memory":
             sink = self.memory = InMemorySpanExporter()
-        if sink is not None:
+        elif exporter == "otlp":
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+            # Batched, off the orchestrator's event loop: export never delays a commit.
+            otlp = OTLPSpanExporter(endpoint=endpoint or DEFAULT_OTLP, timeout=10)
+            self.provider.add_span_processor(BatchSpanProcessor(otlp))
+            sink = otlp
+        if sink is not None and exporter != "otlp":
             self.provider.add_span_processor(SimpleSpanProcessor(sink))
         self.enabled = sink is not None
         self.tracer = self.provider.get_tracer("keel")
@@ -97,6 +106,9 @@ class RunTracer:
         )
         span.end(end_time=now)
         return span
+
+    def flush(self) -> bool:
+        return bool(self.provider.force_flush(10_000))
 
     def finished(self) -> list[Any]:
         return list(self.memory.get_finished_spans()) if self.memory else []

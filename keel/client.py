@@ -75,6 +75,7 @@ class Keel:
             policy_model=_abs(self.config.policy.model),
             policy_file=_abs(self.config.policy.policy),
             tracing=self.config.telemetry.exporter,
+            otlp_endpoint=self.config.telemetry.otlp_endpoint,
         )
 
     def connect(self) -> None:

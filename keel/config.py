@@ -150,8 +150,11 @@ class PolicyConfig(_Section):
 
 
 class TelemetryConfig(_Section):
-    exporter: Literal["none", "console", "memory"] = Field(
+    exporter: Literal["none", "console", "memory", "otlp"] = Field(
         default="none", description="where run spans go (memory: kept for tests)"
+    )
+    otlp_endpoint: str = Field(
+        default="http://127.0.0.1:4318/v1/traces", description="OTLP over HTTP, traces path"
     )
 
 
