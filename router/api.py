@@ -113,6 +113,10 @@ class RunsAPI:
         self.keel = Keel(KeelConfig.model_validate(config))
         self.keys = dict(keys)  # sha256(key) -> principal
         self._orch: Any = None
+        from policy.engine import PolicyEngine
+
+        # One enforcer per replica; it re-reads the files itself when they change.
+        self.policy = PolicyEngine(self.keel.config.policy.model, self.keel.config.policy.policy)
 
     def _orchestrator(self) -> Any:
         if self._orch is None:
@@ -131,10 +135,7 @@ class RunsAPI:
         return principal
 
     async def _may(self, principal: str, workflow: str, action: str) -> None:
-        from policy.engine import PolicyEngine
-
-        cfg = self.keel.config.policy
-        decision = PolicyEngine(cfg.model, cfg.policy).decide(principal, f"run:{workflow}", action)
+        decision = self.policy.decide(principal, f"run:{workflow}", action)
         if decision.effect != "allow":
             raise PolicyError(f"{principal} may not {action} runs of {workflow}", field="principal")
 
