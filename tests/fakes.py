@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -119,3 +120,28 @@ def serve_port(ray_session: None) -> Iterator[int]:
 
 
 _reserve_mcp_port()
+
+
+def scripted_keel_config(
+    tmp_path: Any, scripted: Scripted, serve_port: int, **sections: Any
+) -> Any:
+    """A Keel config for one test: its own storage and orchestrator, both router tiers on
+    the scripted provider, plus any other sections (budgets, telemetry, ...)."""
+    from keel.config import KeelConfig, OrchestratorConfig, StorageConfig
+
+    return KeelConfig(
+        storage=StorageConfig(url=str(tmp_path / "store"), fsync=False),
+        orchestrator=OrchestratorConfig(name=f"orch-{tmp_path.name}", node_num_cpus=0.25),
+        router=two_tier_config(scripted.base).model_copy(update={"http_port": serve_port}),
+        **sections,
+    )
+
+
+def script_triage(scripted: Scripted) -> None:
+    """The provider's answers for the triage workflow: a label, then a plan."""
+    scripted.script("small-model", reply='{"label": "bad_config"}', usage=[30, 6])
+    scripted.script(
+        "large-model",
+        reply='{"tool": "restore_config", "args": {"service": "checkout"}}',
+        usage=[200, 20],
+    )

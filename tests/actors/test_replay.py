@@ -13,11 +13,10 @@ import pytest
 from actors.replay import replay
 from actors.state import ModelCalled, RunStatus
 from keel.client import Keel
-from keel.config import KeelConfig, OrchestratorConfig, StorageConfig
 from keel.workflows import load_workflow
 from policy.engine import PolicyEngine
 from tests.actors.conftest import stop_orchestrator
-from tests.fakes import Scripted, two_tier_config
+from tests.fakes import Scripted, script_triage, scripted_keel_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -26,19 +25,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def finished(serve_port: int, scripted: Scripted, tmp_path: Path) -> Iterator[tuple[Keel, str]]:
     from ray import serve
 
-    scripted.script("small-model", reply='{"label": "bad_config"}', usage=[30, 6])
-    scripted.script(
-        "large-model",
-        reply='{"tool": "restore_config", "args": {"service": "checkout"}}',
-        usage=[200, 20],
-    )
-    keel = Keel(
-        KeelConfig(
-            storage=StorageConfig(url=str(tmp_path / "store"), fsync=False),
-            orchestrator=OrchestratorConfig(name=f"orch-{tmp_path.name}", node_num_cpus=0.25),
-            router=two_tier_config(scripted.base).model_copy(update={"http_port": serve_port}),
-        )
-    )
+    script_triage(scripted)
+    keel = Keel(scripted_keel_config(tmp_path, scripted, serve_port))
     st = keel.start("tests.actors.workflows:triage", "bad config on checkout")
     assert keel.watch(st.run_id, timeout_s=120).status == RunStatus.SUCCEEDED
     stop_orchestrator(keel)

@@ -11,9 +11,9 @@ import ray
 from actors.state import EffectResult, ModelCalled, NodeCompleted, PolicyDecided, RunStatus
 from actors.tracing import run_trace_id
 from keel.client import Keel
-from keel.config import KeelConfig, OrchestratorConfig, StorageConfig, TelemetryConfig
+from keel.config import TelemetryConfig
 from tests.actors.conftest import stop_orchestrator
-from tests.fakes import Scripted, two_tier_config
+from tests.fakes import Scripted, script_triage, scripted_keel_config
 
 TRACED = (NodeCompleted, ModelCalled, PolicyDecided, EffectResult)
 
@@ -23,11 +23,8 @@ def keel(serve_port: int, scripted: Scripted, tmp_path: Path) -> Iterator[Keel]:
     from ray import serve
 
     client = Keel(
-        KeelConfig(
-            storage=StorageConfig(url=str(tmp_path / "store"), fsync=False),
-            orchestrator=OrchestratorConfig(name=f"orch-{tmp_path.name}", node_num_cpus=0.25),
-            router=two_tier_config(scripted.base).model_copy(update={"http_port": serve_port}),
-            telemetry=TelemetryConfig(exporter="memory"),
+        scripted_keel_config(
+            tmp_path, scripted, serve_port, telemetry=TelemetryConfig(exporter="memory")
         )
     )
     yield client
@@ -36,12 +33,7 @@ def keel(serve_port: int, scripted: Scripted, tmp_path: Path) -> Iterator[Keel]:
 
 
 def test_spans_match_the_ledger_one_to_one(keel: Keel, scripted: Scripted, tmp_path: Path) -> None:
-    scripted.script("small-model", reply='{"label": "bad_config"}', usage=[30, 6])
-    scripted.script(
-        "large-model",
-        reply='{"tool": "restore_config", "args": {"service": "checkout"}}',
-        usage=[200, 20],
-    )
+    script_triage(scripted)
     st = keel.start("tests.actors.workflows:triage", "bad config on checkout")
     assert keel.watch(st.run_id, timeout_s=120).status == RunStatus.SUCCEEDED
     st2 = keel.start(

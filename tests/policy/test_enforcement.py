@@ -245,21 +245,11 @@ def test_model_budgets_stop_the_run(
 ) -> None:
     from ray import serve
 
-    from tests.fakes import two_tier_config
+    from tests.fakes import script_triage, scripted_keel_config
 
-    scripted.script("small-model", reply='{"label": "bad_config"}', usage=[30, 6])
-    scripted.script(
-        "large-model",
-        reply='{"tool": "restore_config", "args": {"service": "checkout"}}',
-        usage=[200, 20],
-    )
+    script_triage(scripted)
     keel = Keel(
-        KeelConfig(
-            storage=StorageConfig(url=str(tmp_path / "store"), fsync=False),
-            orchestrator=OrchestratorConfig(name=f"orch-{tmp_path.name}", node_num_cpus=0.25),
-            router=two_tier_config(scripted.base).model_copy(update={"http_port": serve_port}),
-            budgets=BudgetConfig(**limits),
-        )
+        scripted_keel_config(tmp_path, scripted, serve_port, budgets=BudgetConfig(**limits))
     )
     try:
         st = keel.start(wf("triage"), "bad config on checkout")
