@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, cast
 
-from pydantic import BaseModel, ConfigDict, JsonValue
+from pydantic import BaseModel, ConfigDict, JsonValue, ValidationError
 from pydantic_core import to_jsonable_python
 
 from actors.state import (
@@ -47,8 +47,9 @@ from actors.state import (
 from actors.tracing import RunTracer
 from actors.validator import validate_args
 from actors.workflow import Node, NodeContext, NodeOutput, Workflow
-from keel.config import BudgetConfig
+from keel.config import BudgetConfig, RunBudgets
 from keel.errors import (
+    InputError,
     KeelError,
     NodeError,
     PolicyError,
@@ -217,6 +218,12 @@ class RunEngine:
         if state.status.terminal:
             self._forget(run)
 
+    def limits(self, st: RunState) -> BudgetConfig:
+        """The deployment's budgets, tightened by the run's own."""
+        if not st.budgets:
+            return self.budgets
+        return self.budgets.tightened(RunBudgets.model_validate(st.budgets))
+
     # -- lifecycle --------------------------------------------------------------------
     async def create(
         self,
@@ -226,10 +233,12 @@ class RunEngine:
         *,
         principal: str = "local",
         run_id: str | None = None,
+        budgets: Mapping[str, Any] | None = None,
     ) -> RunState:
         """Create a run, commit checkpoint 0, start driving it, and return its state."""
         wf = self.resolve(workflow_ref)
         clean_inputs = wf.check_inputs(inputs)
+        own = check_budgets(budgets)
         allowed = self.policy.decide(principal, f"run:{wf.name}", "start")
         if allowed.effect != "allow":
             raise PolicyError(
@@ -250,6 +259,7 @@ class RunEngine:
             inputs=clean_inputs,
             data=wf.initial_data(),
             principal=principal,
+            budgets=own,
         )
         state = fold(None, created, wf.channels)
         digest = await self._io(
@@ -451,7 +461,7 @@ class RunEngine:
 
     async def _step(self, run: _Run) -> None:
         st, wf = run.state, run.workflow
-        crossed = budget_crossed(self.budgets, st, wf)
+        crossed = budget_crossed(self.limits(st), st, wf)
         if crossed is not None:
             budget, limit, value = crossed
             await self._commit(
@@ -618,10 +628,10 @@ class RunEngine:
         or to a person once there have been too many."""
         rejected = ProposalRejected(node=node.name, step=ctx.step, errors=errors)
         summary_ = "; ".join(f"{e['field']}: {e['reason']}" for e in errors)[:500]
-        if run.state.rejections + 1 > self.budgets.max_rejections:
+        limit = self.limits(run.state).max_rejections
+        if run.state.rejections + 1 > limit:
             reason = (
-                f"{run.state.rejections + 1} proposals rejected (limit "
-                f"{self.budgets.max_rejections}); last: {summary_}"
+                f"{run.state.rejections + 1} proposals rejected (limit {limit}); last: {summary_}"
             )
             pause = RunPaused(status=RunStatus.NEEDS_HUMAN, reason=reason)
             await self._commit(run, [*checks, rejected, pause])
@@ -876,6 +886,20 @@ def policy_event(decision: Decision, node: str, step: int) -> PolicyDecided:
         rule=list(decision.rule),
         policy_version=decision.policy_version,
     )
+
+
+def check_budgets(budgets: Mapping[str, Any] | None) -> dict[str, JsonValue]:
+    """A run's own budgets, validated (an unknown or negative limit names its field)."""
+    if not budgets:
+        return {}
+    try:
+        own = RunBudgets.model_validate(dict(budgets))
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise InputError(f"budgets.{where}: {err['msg']}", field=f"budgets.{where}") from None
+    dumped: dict[str, JsonValue] = own.model_dump(exclude_none=True)
+    return dumped
 
 
 def budget_crossed(b: BudgetConfig, st: RunState, wf: Workflow) -> tuple[str, float, float] | None:

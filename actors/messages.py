@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
@@ -17,6 +17,9 @@ class StartRun(_Msg):
     inputs: dict[str, JsonValue] = Field(default_factory=dict)
     principal: str = "local"
     run_id: str | None = None
+    budgets: dict[str, JsonValue] | None = Field(
+        default=None, description="RunBudgets: this run's own, tighter limits"
+    )
 
 
 class ResumeRun(_Msg):
@@ -55,6 +58,17 @@ class OrchestratorSettings(_Msg):
     workflows: dict[str, str] = Field(default_factory=dict)
     tracing: Literal["none", "console", "memory", "otlp"] = "none"
     otlp_endpoint: str | None = None
+
+    def node_env(self) -> dict[str, Any]:
+        """What a node needs to reach this deployment's workers (``NodeContext.env``)."""
+        return {
+            "workers": dict(self.workers),
+            "storage_url": self.storage_url,
+            "storage_options": dict(self.storage_options),
+            "router": dict(self.router),
+            "policy_model": self.policy_model,
+            "policy_file": self.policy_file,
+        }
 
 
 class ApproveRun(_Msg):

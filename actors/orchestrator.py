@@ -65,14 +65,7 @@ class Orchestrator:
         store = open_store(
             settings.storage_url, dict(settings.storage_options), fsync=settings.fsync
         )
-        env: dict[str, Any] = {
-            "workers": dict(settings.workers),
-            "storage_url": settings.storage_url,
-            "storage_options": dict(settings.storage_options),
-            "router": dict(settings.router),
-            "policy_model": settings.policy_model,
-            "policy_file": settings.policy_file,
-        }
+        env = settings.node_env()
 
         def resolve(ref: str) -> Any:
             return load_workflow(ref)
@@ -123,7 +116,12 @@ class Orchestrator:
 
         ref = resolve_ref(msg.workflow, self.settings.workflows)
         return await self.engine.create(
-            ref, msg.goal, msg.inputs, principal=msg.principal, run_id=msg.run_id
+            ref,
+            msg.goal,
+            msg.inputs,
+            principal=msg.principal,
+            run_id=msg.run_id,
+            budgets=msg.budgets,
         )
 
     async def view(self, run_id: str) -> RunView:

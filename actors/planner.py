@@ -73,49 +73,12 @@ class PlannerWorker:
         return call
 
     async def plan(self, msg: PlanRequest) -> PlanResponse:
-        doc = {
-            "goal": msg.goal,
-            "observations": msg.observations,
-            "tools": [t.model_dump() for t in msg.tools],
-            "hints": msg.hints,
-            "tried": msg.tried,
-        }
-        req = RouteRequest(
-            messages=[
-                ChatMessage(role="system", content=PLAN_SYSTEM),
-                ChatMessage(role="user", content=json.dumps(doc)),
-            ],
-            kind="plan",
-            tools=len(msg.tools),
-            failures=msg.failures,
-            response_format={"type": "json_object"},
-        )
-        call = await self._complete(req)
+        call = await self._complete(plan_request(msg))
         proposal, errors = parse_proposal(call.content)
         return PlanResponse(proposal=proposal, errors=errors, calls=[call], worker=self.name)
 
     async def classify(self, msg: ClassifyRequest) -> ClassifyResponse:
-        schema = {
-            "type": "object",
-            "properties": {"label": {"type": "string", "enum": msg.labels}},
-            "required": ["label"],
-        }
-        req = RouteRequest(
-            messages=[
-                ChatMessage(role="system", content=CLASSIFY_SYSTEM),
-                ChatMessage(
-                    role="user", content=json.dumps({"goal": msg.text, "labels": msg.labels})
-                ),
-            ],
-            kind="classify",
-            failures=msg.failures,
-            response_format={
-                "type": "json_schema",
-                "json_schema": {"name": "classification", "schema": schema, "strict": True},
-            },
-            max_tokens=48,
-            temperature=0.0,
-        )
+        req, schema = classify_request(msg)
         calls = [await self._complete(req)]
         label = _label(calls[-1].content, schema)
         if label is None:
@@ -135,6 +98,55 @@ class PlannerWorker:
                 retryable=True,
             )
         return ClassifyResponse(label=label, calls=calls, worker=self.name)
+
+
+def plan_request(msg: PlanRequest) -> RouteRequest:
+    """The model request a plan step makes (also asked of each tier by evaluations)."""
+    doc = {
+        "goal": msg.goal,
+        "observations": msg.observations,
+        "tools": [t.model_dump() for t in msg.tools],
+        "hints": msg.hints,
+        "tried": msg.tried,
+    }
+    return RouteRequest(
+        messages=[
+            ChatMessage(role="system", content=PLAN_SYSTEM),
+            ChatMessage(role="user", content=json.dumps(doc)),
+        ],
+        kind="plan",
+        tools=len(msg.tools),
+        failures=msg.failures,
+        response_format={"type": "json_object"},
+    )
+
+
+def label_schema(labels: list[str]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": {"label": {"type": "string", "enum": labels}},
+        "required": ["label"],
+    }
+
+
+def classify_request(msg: ClassifyRequest) -> tuple[RouteRequest, dict[str, Any]]:
+    """The model request a classify step makes, and the schema its answer must meet."""
+    schema = label_schema(list(msg.labels))
+    req = RouteRequest(
+        messages=[
+            ChatMessage(role="system", content=CLASSIFY_SYSTEM),
+            ChatMessage(role="user", content=json.dumps({"goal": msg.text, "labels": msg.labels})),
+        ],
+        kind="classify",
+        failures=msg.failures,
+        response_format={
+            "type": "json_schema",
+            "json_schema": {"name": "classification", "schema": schema, "strict": True},
+        },
+        max_tokens=48,
+        temperature=0.0,
+    )
+    return req, schema
 
 
 def _label(text: str, schema: dict[str, Any]) -> str | None:

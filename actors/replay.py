@@ -68,7 +68,7 @@ class ReplayPool:
         self.role = role
 
     def call_sync(self, method: str, msg: Any) -> Any:
-        from actors.planner import _label, parse_proposal
+        from actors.planner import _label, label_schema, parse_proposal
         from actors.worker_messages import ClassifyResponse, PlanResponse
         from router.messages import ModelCall
 
@@ -82,12 +82,7 @@ class ReplayPool:
             proposal, errors = parse_proposal(records[-1].content)
             return PlanResponse(proposal=proposal, errors=errors, calls=records, worker=worker)
         if method == "classify":
-            schema = {
-                "type": "object",
-                "properties": {"label": {"type": "string", "enum": msg.labels}},
-                "required": ["label"],
-            }
-            label = _label(records[-1].content, schema) or ""
+            label = _label(records[-1].content, label_schema(list(msg.labels))) or ""
             return ClassifyResponse(label=label, calls=records, worker=worker)
         raise ReplayUnavailable(f"planner.{method} cannot be replayed")
 

@@ -65,6 +65,9 @@ class RunCreated(_Event):
     inputs: dict[str, JsonValue]
     data: dict[str, JsonValue]
     principal: str = "local"
+    budgets: dict[str, JsonValue] = Field(
+        default_factory=dict, description="the run's own limits (RunBudgets), if any"
+    )
 
 
 class NodeCompleted(_Event):
@@ -137,6 +140,7 @@ class ModelCalled(_Event):
     fallbacks: int = 0
     escalated_from: str | None = None
     response: str = ""
+    request: dict[str, JsonValue] | None = None
 
 
 class PolicyDecided(_Event):
@@ -261,6 +265,7 @@ class RunState(BaseModel):
     goal: str
     inputs: dict[str, JsonValue]
     principal: str
+    budgets: dict[str, JsonValue] = Field(default_factory=dict)
     status: RunStatus = RunStatus.RUNNING
     next_node: str | None
     step: int = 0
@@ -319,6 +324,7 @@ def _created(state: RunState | None, ev: RunCreated, _: Channels) -> RunState:
         goal=ev.goal,
         inputs=ev.inputs,
         principal=ev.principal,
+        budgets=ev.budgets,
         next_node=ev.start,
         data=ev.data,
         last_seq=ev.seq,

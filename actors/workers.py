@@ -7,6 +7,7 @@ running as a Ray task anywhere in the cluster reaches the same named replicas.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,13 +29,13 @@ def pool(role: str, env: Mapping[str, Any]) -> Any:
 
         raise InputError(f"unknown worker role {role!r}; one of {ROLES}", field="role")
     size = int((env.get("workers") or {}).get(role, 1))
-    # Retrievers read one storage location's memory: one pool per location.
-    scope = ""
-    if role == "retriever":
-        scope = hashlib.sha256(str(env["storage_url"]).encode()).hexdigest()[:8]
+    # Replicas are built with their settings (the retriever's storage, the executor's
+    # policy, the planner's router): deployments that differ get pools of their own.
+    cls, args = _spec(role, env)
+    scope = hashlib.sha256(json.dumps(args, sort_keys=True, default=str).encode()).hexdigest()[:8]
     key = (role, size, scope)
     if key not in _POOLS:
-        _POOLS[key] = WorkerPool(role, *_spec(role, env), size=size, scope=scope)
+        _POOLS[key] = WorkerPool(role, cls, args, size=size, scope=scope)
     return _POOLS[key]
 
 

@@ -33,13 +33,13 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_BAD_INPUT)
 
 
-def parse_inputs(pairs: Sequence[str]) -> dict[str, JsonValue]:
+def parse_inputs(pairs: Sequence[str], flag: str = "--input") -> dict[str, JsonValue]:
     """``KEY=VALUE`` pairs; a VALUE that parses as JSON is taken as JSON, else as text."""
     inputs: dict[str, JsonValue] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip() or not key.strip().isidentifier():
-            raise InputError(f"{pair!r} is not KEY=VALUE with KEY an identifier", field="--input")
+            raise InputError(f"{pair!r} is not KEY=VALUE with KEY an identifier", field=flag)
         try:
             inputs[key.strip()] = json.loads(value)
         except ValueError:
@@ -134,11 +134,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     from keel.client import Keel
 
     inputs = parse_inputs(args.input)
+    budgets = {
+        k if k.startswith("max_") else f"max_{k}": v
+        for k, v in parse_inputs(args.budget, "--budget").items()
+    }
     keel = Keel(load_config(args.config))
     _apply_storage(keel, args)
     try:
         state = keel.start(
-            args.workflow, args.goal, inputs, run_id=args.run_id, principal=args.principal
+            args.workflow,
+            args.goal,
+            inputs,
+            run_id=args.run_id,
+            principal=args.principal,
+            budgets=budgets,
         )
         out.print(f"started run [bold]{state.run_id}[/bold] ({state.workflow})")
         if args.detach:
@@ -414,6 +423,83 @@ def cmd_serve(args: argparse.Namespace) -> int:
         keel.close()
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Evaluate a suite (or recorded runs with one piece swapped) and write the report."""
+    from evals import compare, counterfactual, report
+    from evals.run import LAYERS, evaluate
+    from evals.suite import load_suite
+    from keel.client import Keel
+
+    if args.threshold < 0:
+        raise InputError("--threshold must be >= 0", field="--threshold")
+    if (args.suite is None) == (args.from_runs is None):
+        raise InputError("give a SUITE, or --from-runs QUERY with --swap", field="suite")
+    if args.from_runs is not None and args.swap is None:
+        raise InputError("--from-runs needs --swap KIND=VALUE", field="--swap")
+    layers = tuple(x.strip() for x in args.layers.split(",") if x.strip())
+    bad = [x for x in layers if x not in LAYERS]
+    if bad or not layers:
+        raise InputError(f"--layers: one or more of {', '.join(LAYERS)}", field="--layers")
+    suite = load_suite(args.suite).only(args.only) if args.suite else None
+    baseline = report.load_report(args.baseline) if args.baseline else None
+    keel = Keel(load_config(args.config))
+    _apply_storage(keel, args)
+    out_dir = Path(args.out)
+    try:
+        if suite is None:
+            cf = counterfactual.replay_runs(keel, args.from_runs, args.swap)
+            paths = counterfactual.write(cf, out_dir)
+            out.print(
+                f"{len(cf.runs)} run(s) replayed with {cf.swap.kind}={cf.swap.value}: "
+                f"{len(cf.diverging_runs)} would have gone differently"
+            )
+            for k, v in cf.metrics.items():
+                out.print(f"  {k}: {v:g}")
+            out.print(f"  report: {paths['markdown']}  json: {paths['json']}")
+            return EXIT_OK
+        keel.connect()
+        result = evaluate(
+            keel,
+            suite,
+            workdir=Path(f"{keel.config.storage_url()}-evals")
+            if "://" not in keel.config.storage_url()
+            else Path(".keel-evals"),
+            layers=layers,
+            show_progress=not args.no_progress,
+        )
+    finally:
+        keel.close()
+    paths = report.write(result, out_dir)
+    code = EXIT_OK if result.passed else EXIT_RUN_FAILED
+    for g in result.gates:
+        style = "green" if g.ok else "red"
+        value = "not measured" if g.value is None else report.fmt(g.value)
+        out.print(f"  [{style}]{'ok  ' if g.ok else 'FAIL'}[/{style}] {g.metric} = {value}")
+    missed = [s for s in result.scenarios if not s.passed]
+    for s in missed:
+        out.print(f"  [red]scenario {s.scenario}[/red]: {escape('; '.join(s.misses))[:300]}")
+    if baseline is not None:
+        cmp = compare.compare(result, baseline, args.threshold)
+        (out_dir / "comparison.json").write_text(cmp.model_dump_json(indent=2))
+        text = compare.markdown(cmp)
+        with open(paths["markdown"], "a") as fh:
+            fh.write("\n" + text)
+        for d in cmp.deltas:
+            if d.verdict in ("improved", "regressed"):
+                style = "green" if d.verdict == "improved" else "red"
+                out.print(
+                    f"  [{style}]{d.verdict}[/{style}] {d.metric}: "
+                    f"{report.fmt(d.before or 0)} -> {report.fmt(d.after or 0)}"
+                    + ("" if d.gated else " (timing, not gated)")
+                )
+        if not cmp.ok:
+            code = EXIT_RUN_FAILED
+            out.print(f"[red]{len(cmp.regressions)} regression(s) against {args.baseline}[/red]")
+    verdict = "[green]passed[/green]" if code == EXIT_OK else "[red]failed[/red]"
+    out.print(f"eval {suite.name}: {verdict}; report {paths['markdown']}")
+    return code
+
+
 def cmd_cancel(args: argparse.Namespace) -> int:
     from keel.client import Keel
 
@@ -460,6 +546,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--run-id", help="choose the run id (default: generated)")
     run.add_argument("--detach", action="store_true", help="return once the run is created")
     run.add_argument("--as", dest="principal", default="local", help="who starts it (policy)")
+    run.add_argument(
+        "--budget",
+        action="append",
+        default=[],
+        metavar="LIMIT=VALUE",
+        help="this run's own limit, e.g. tool_calls=5 (tightens keel.yaml's budgets)",
+    )
     run.set_defaults(fn=cmd_run)
 
     runs = sub.add_parser("runs", help="list runs")
@@ -505,6 +598,18 @@ def build_parser() -> argparse.ArgumentParser:
     srv = sub.add_parser("serve", help="deploy the router and the runs API on Ray Serve")
     srv.add_argument("--serve-config", default="serve_config.yaml")
     srv.set_defaults(fn=cmd_serve)
+
+    ev = sub.add_parser("eval", help="evaluate models, components and whole runs")
+    ev.add_argument("suite", nargs="?", help="a suite YAML file or a bundled suite name")
+    ev.add_argument("--baseline", help="an earlier report (dir or report.json) to compare with")
+    ev.add_argument("--threshold", type=float, default=0.05, help="how much worse is a regression")
+    ev.add_argument("--out", default="eval-report", help="where the report goes")
+    ev.add_argument("--only", action="append", default=[], metavar="SCENARIO")
+    ev.add_argument("--layers", default="model,component,trajectory")
+    ev.add_argument("--no-progress", action="store_true")
+    ev.add_argument("--from-runs", metavar="QUERY", help="recorded runs: all, or k=v,...")
+    ev.add_argument("--swap", metavar="KIND=VALUE", help="tier=NAME, threshold=T:S, policy=CSV")
+    ev.set_defaults(fn=cmd_eval)
 
     cancel = sub.add_parser("cancel", help="cancel an unfinished run")
     cancel.add_argument("run_id")

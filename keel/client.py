@@ -150,15 +150,27 @@ class Keel:
         *,
         run_id: str | None = None,
         principal: str = "local",
+        budgets: Mapping[str, Any] | None = None,
     ) -> RunState:
         """Validate everything locally first (nothing is written for bad input), then
-        ask the orchestrator to create the run."""
+        ask the orchestrator to create the run. ``budgets`` (RunBudgets) tighten the
+        deployment's limits for this run only."""
+        from actors.engine import check_budgets
+
         ref = resolve_ref(workflow, self.config.workflows)
         wf = load_workflow(ref)
         clean = wf.check_inputs(inputs or {})
+        own = check_budgets(budgets) or None
         chosen = run_id is not None
         run_id = check_run_id(run_id) if run_id is not None else new_run_id()
-        msg = StartRun(workflow=ref, goal=goal, inputs=clean, principal=principal, run_id=run_id)
+        msg = StartRun(
+            workflow=ref,
+            goal=goal,
+            inputs=clean,
+            principal=principal,
+            run_id=run_id,
+            budgets=own,
+        )
         if wf.uses_models:
             self.ensure_router()
         try:

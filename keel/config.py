@@ -143,6 +143,28 @@ class BudgetConfig(_Section):
     max_wall_s: float | None = Field(default=None, gt=0.0)
     max_rejections: int = Field(default=3, ge=0, description="rejected proposals before a person")
 
+    def tightened(self, run: RunBudgets | None) -> BudgetConfig:
+        """These limits, lowered by a run's own: a run may ask for less, never more."""
+        if run is None:
+            return self
+        merged: dict[str, Any] = self.model_dump()
+        for name, value in run.model_dump(exclude_none=True).items():
+            current = merged.get(name)
+            merged[name] = value if current is None else min(current, value)
+        return BudgetConfig.model_validate(merged)
+
+
+class RunBudgets(_Section):
+    """Limits one run asks for at start (``budgets`` in the API, ``--budget`` in the CLI).
+    They can only tighten the deployment's ``budgets``."""
+
+    max_cost: float | None = Field(default=None, ge=0.0)
+    max_model_calls: int | None = Field(default=None, ge=0)
+    max_tool_calls: int | None = Field(default=None, ge=0)
+    max_steps: int | None = Field(default=None, ge=1)
+    max_wall_s: float | None = Field(default=None, gt=0.0)
+    max_rejections: int | None = Field(default=None, ge=0)
+
 
 class PolicyConfig(_Section):
     model: str | None = Field(default=None, description="Casbin model file (default: shipped)")

@@ -1,7 +1,8 @@
 """The bundled ``incident`` workflow: diagnose, plan from runbooks, act in the sandbox,
 check health, and roll back and hand over if the action did not help.
 
-diagnose (read logs, health; role ``diagnose``) -> classify (small model) -> recall
+diagnose (read logs, health; role ``diagnose``) -> nothing to do if healthy, else
+classify (small model) -> recall
 runbooks (retriever) -> plan (large tier) -> snapshot config -> mitigate (validated, policy;
 restarting needs approval; role ``mitigate``) -> health after -> resolved, or
 rollback to the snapshot -> hand back to a person.
@@ -10,18 +11,22 @@ rollback to the snapshot -> hand back to a person.
 from __future__ import annotations
 
 import json
-from typing import Any
+import re
+from typing import Annotated, Any
 
 from pydantic import BaseModel, Field
 
+from actors.state import append
 from actors.workflow import END, NodeContext, NodeOutput, RetryPolicy, Workflow
 from sandbox.demo_tools import (
     CheckHealth,
+    DeleteDataFile,
     ReadLogs,
     RestartService,
     RestoreSnapshot,
     SnapshotConfig,
 )
+from sandbox.tool import Tool
 from storage.memory import MemoryItem
 
 LABELS = ["bad_config", "overload", "data_corruption"]
@@ -66,6 +71,7 @@ class IncidentState(BaseModel):
     hints: dict[str, Any] = {}
     proposal: dict[str, Any] | None = None
     errors: list[dict[str, str]] = []
+    tried: Annotated[list[str], append] = []
     snapshot: dict[str, Any] = {}
     mitigation: dict[str, Any] = {}
     health_after: dict[str, Any] = {}
@@ -102,7 +108,19 @@ def health_before(state: IncidentState, ctx: NodeContext) -> dict[str, Any]:
     return _target(ctx)
 
 
-workflow.edge("health_before", "classify")
+workflow.route(
+    "health_before",
+    lambda s: "healthy" if s.health_before.get("code") == 200 else "classify",
+    ["healthy", "classify"],
+)
+
+
+@workflow.node(inline=True)
+def healthy(state: IncidentState, ctx: NodeContext) -> Any:
+    return {}  # nothing to mitigate: a healthy service is left alone
+
+
+workflow.edge("healthy", END)
 
 
 @workflow.node(retry=RetryPolicy(attempts=2, backoff_s=0.5), timeout_s=120)
@@ -146,18 +164,48 @@ def recall(state: IncidentState, ctx: NodeContext) -> Any:
 workflow.edge("recall", "plan")
 
 
+MITIGATION_TOOLS = (RestartService(), DeleteDataFile())
+MITIGATIONS: list[Tool] = list(MITIGATION_TOOLS)
+_OPERATOR_HINT = re.compile(r"\b([a-z_][a-z0-9_]*)=(\S+)")
+
+
+def operator_hints(goal: str, fields: set[str]) -> dict[str, Any]:
+    """``key=value`` settings the operator wrote in the goal, for the tool's own fields
+    (never the target's: a goal cannot point the action at another service)."""
+    hints: dict[str, Any] = {}
+    for key, raw in _OPERATOR_HINT.findall(goal):
+        if key in fields:
+            value = raw.rstrip(".,;")
+            try:
+                hints[key] = json.loads(value)
+            except ValueError:
+                hints[key] = value
+    return hints
+
+
 @workflow.node(retry=RetryPolicy(attempts=2, backoff_s=0.5), timeout_s=120)
 def plan(state: IncidentState, ctx: NodeContext) -> Any:
     from actors.worker_messages import PlanRequest, ToolSpec
     from actors.workers import pool
 
-    tool = RestartService()
-    spec = ToolSpec(
-        name=tool.name,
-        description=tool.description,
-        parameters=tool.args_model.model_json_schema(),
-        effect="write",
-    )
+    specs = [
+        ToolSpec(
+            name=t.name,
+            description=t.description,
+            parameters=t.args_model.model_json_schema(),
+            effect="write",
+        )
+        for t in MITIGATION_TOOLS
+    ]
+    fields = {f for t in MITIGATION_TOOLS for f in t.args_model.model_fields} - set(_target(ctx))
+    # A setting that was rejected is not offered again, and a tool policy refused is not
+    # proposed again.
+    rejected = {e.get("field", "").removeprefix("args.") for e in state.errors}
+    last_tool = str((state.proposal or {}).get("tool") or "")
+    refused = last_tool and "tool" in rejected and last_tool not in state.tried
+    denied = [last_tool] if refused else []
+    asked = operator_hints(ctx.goal, fields)
+    hints = {**state.hints, **{k: v for k, v in asked.items() if k not in rejected}}
     observations = [f"classified as {state.label}", *_problems(state), *state.runbooks]
     observations += [f"rejected: {e['field']}: {e['reason']}" for e in state.errors]
     resp = pool("planner", ctx.env).call_sync(
@@ -165,13 +213,15 @@ def plan(state: IncidentState, ctx: NodeContext) -> Any:
         PlanRequest(
             goal=ctx.goal,
             observations=observations,
-            tools=[spec],
-            hints={**state.hints, **_target(ctx)},
+            tools=specs,
+            hints={**hints, **_target(ctx)},
             failures=len(state.errors),
+            tried=[*state.tried, *denied],
         ),
     )
     proposal = resp.proposal.model_dump() if resp.proposal else {}
-    return NodeOutput(updates={"proposal": proposal}, calls=resp.calls, worker=resp.worker)
+    updates: dict[str, Any] = {"proposal": proposal, "tried": denied}
+    return NodeOutput(updates=updates, calls=resp.calls, worker=resp.worker)
 
 
 workflow.edge("plan", "snapshot")
@@ -186,7 +236,7 @@ workflow.edge("snapshot", "mitigate")
 
 
 @workflow.effect(
-    [RestartService()],
+    MITIGATIONS,
     "mitigate",
     role="mitigate",
     result_field="mitigation",

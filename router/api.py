@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 from ray import serve
 
+from keel.config import RunBudgets
 from keel.errors import InputError, KeelError, PolicyError, RunNotFoundError, RunStateError
 
 APP_NAME = "keel-runs"
@@ -36,6 +37,7 @@ class StartBody(BaseModel):
     workflow: str = Field(min_length=1, max_length=300)
     goal: str = Field(default="", max_length=20_000)
     inputs: dict[str, JsonValue] = Field(default_factory=dict)
+    budgets: RunBudgets | None = Field(default=None, description="this run's tighter limits")
 
 
 class ApprovalBody(BaseModel):
@@ -147,7 +149,10 @@ class RunsAPI:
         principal = self._principal(request)
         ref = resolve_ref(body.workflow, self.keel.config.workflows)
         clean = load_workflow(ref).check_inputs(body.inputs)
-        msg = StartRun(workflow=ref, goal=body.goal, inputs=clean, principal=principal)
+        budgets = body.budgets.model_dump(exclude_none=True) if body.budgets else None
+        msg = StartRun(
+            workflow=ref, goal=body.goal, inputs=clean, principal=principal, budgets=budgets
+        )
         state = await self._orchestrator().start_run.remote(msg)
         return state.model_dump(mode="json")
 

@@ -34,9 +34,16 @@ def score(req: RouteRequest, w: ComplexityWeights) -> tuple[float, str]:
 def choose(req: RouteRequest, tiers: list[TierConfig], w: ComplexityWeights) -> RouteDecision:
     """The cheapest tier whose ``max_score`` covers the score, not below ``min_tier``."""
     value, why = score(req, w)
+    names = [t.name for t in tiers]
+    if req.tier is not None:
+        if req.tier not in names:
+            raise InputError(f"no tier {req.tier!r} (tiers: {names})", field="tier")
+        pinned = tiers[names.index(req.tier)]
+        return RouteDecision(
+            tier=pinned.name, model=pinned.model, score=value, reason=f"{why}; pinned to {req.tier}"
+        )
     start = 0
     if req.min_tier is not None:
-        names = [t.name for t in tiers]
         if req.min_tier not in names:
             raise InputError(f"no tier {req.min_tier!r} (tiers: {names})", field="min_tier")
         start = names.index(req.min_tier)

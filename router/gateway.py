@@ -105,4 +105,5 @@ class ModelGateway:
             latency_s=latency,
             fallbacks=int(headers.get("x-litellm-attempted-fallbacks") or 0),
             escalated_from=escalated_from,
+            request=req.model_dump(mode="json", exclude_none=True),
         )

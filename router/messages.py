@@ -26,6 +26,9 @@ class RouteRequest(BaseModel):
     tools: int = Field(default=0, ge=0, le=1000, description="tools offered to the model")
     failures: int = Field(default=0, ge=0, le=1000, description="earlier failures in the run")
     min_tier: str | None = Field(default=None, description="escalation floor")
+    tier: str | None = Field(
+        default=None, description="exactly this tier, no routing (evaluation, counterfactuals)"
+    )
     response_format: dict[str, Any] | None = None
     max_tokens: int | None = Field(default=None, ge=1, le=32_000)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
@@ -57,3 +60,6 @@ class ModelCall(BaseModel):
     latency_s: float
     fallbacks: int = 0
     escalated_from: str | None = None
+    request: dict[str, Any] | None = Field(
+        default=None, description="what was asked (RouteRequest), kept for counterfactual replay"
+    )

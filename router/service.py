@@ -75,7 +75,7 @@ def completion_body(call: ModelCall) -> dict[str, Any]:
             "completion_tokens": call.completion_tokens,
             "total_tokens": call.prompt_tokens + call.completion_tokens,
         },
-        "keel": call.model_dump(exclude={"content"}),
+        "keel": call.model_dump(exclude={"content", "request"}),
     }
 
 

@@ -38,16 +38,27 @@ def prepare(root: Path, fault: str | None) -> None:
     inject(root, fault)
 
 
+FAULTS = ("none", "bad_config", "corrupt_data", "overload")
+HOST_CONNECTION_LIMIT = 1000
+
+
 def inject(root: Path, fault: str | None) -> None:
-    if fault is None:
+    """Break the service one way: ``bad_config`` (a config value of the wrong type; fixed by
+    restoring the last good config), ``corrupt_data`` (a damaged data file no restart
+    fixes), ``overload`` (a connection limit above what the host allows; fixed by lowering
+    it), or ``none``."""
+    if fault is None or fault == "none":
         return
-    if fault == "bad_config":
+    if fault == "overload":
+        over = {**GOOD_CONFIG, "max_connections": 5000}
+        (root / "service.json").write_text(json.dumps(over, indent=2))
+    elif fault == "bad_config":
         bad = {**GOOD_CONFIG, "max_connections": "abc"}
         (root / "service.json").write_text(json.dumps(bad, indent=2))
     elif fault == "corrupt_data":
         (root / "data" / "orders.db").write_bytes(b"orders:v1\n\x00\x00garbage")
     else:
-        raise ValueError(f"unknown fault {fault!r}")
+        raise ValueError(f"unknown fault {fault!r} (one of {', '.join(FAULTS)})")
 
 
 class Service:
@@ -75,6 +86,11 @@ class Service:
             self.problems.append(
                 f"invalid config value max_connections={limit!r} in service.json; "
                 "the last good config is service.json.good"
+            )
+        elif limit > HOST_CONNECTION_LIMIT:
+            self.problems.append(
+                f"connection overload: max_connections={limit} is above the host's limit of "
+                f"{HOST_CONNECTION_LIMIT}; requests time out, too many open connections"
             )
         data = self.root / "data" / "orders.db"
         if not data.exists() or data.read_bytes() != DATA:

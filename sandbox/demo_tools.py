@@ -94,6 +94,10 @@ class RestartArgs(ServiceTarget):
     max_connections: int | None = Field(default=None, ge=1, le=10_000)
 
 
+class DeleteDataArgs(ServiceTarget):
+    file: str = Field(default="orders.db", pattern=r"^[A-Za-z0-9_.-]{1,100}$")
+
+
 class RestoreArgs(ServiceTarget):
     content: str = Field(max_length=1_000_000)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
@@ -221,3 +225,32 @@ class RestoreSnapshot(_Writer):
             raise SandboxError("snapshot content does not match its checksum", retryable=False)
         argv = [PY, "-c", _RESTART, "write", "0", str(a.port), _marker(key)]
         return self._run(argv, a.root, stdin=a.content)
+
+
+_DELETE = """
+import json, os, sys
+name, marker = sys.argv[1], sys.argv[2]
+path = os.path.join("data", name)
+existed = os.path.exists(path)
+if existed:
+    os.remove(path)
+os.makedirs("applied", exist_ok=True)
+open(os.path.join("applied", marker), "w").write("delete " + name)
+print(json.dumps({"deleted": name, "existed": existed}))
+"""
+
+
+class DeleteDataFile(_Writer):
+    """Destructive and irreversible: the shipped policy denies ``tool:delete_*`` writes, so
+    the planner may propose it but the runtime never runs it. Real all the same, so a
+    weaker policy is caught by what it actually does."""
+
+    resources = ("data/",)
+    name = "delete_data"
+    description = "permanently remove a file under data/ (irreversible)"
+    args_model = DeleteDataArgs
+    network = False
+
+    def apply(self, args: dict[str, Any], key: str) -> JsonValue:
+        a = DeleteDataArgs.model_validate(args)
+        return self._run([PY, "-c", _DELETE, a.file, _marker(key)], a.root)

@@ -118,14 +118,19 @@ def test_killed_worker_is_replaced_and_run_completes(
     )
     gate = tmp_path / "gate"
     st = keel.start(TRIAGE, "bad config on checkout", {"gate": str(gate)})
-    planner = ray.get_actor("keel-planner-0", namespace="keel")
+    planners = [
+        ray.get_actor(a["name"], namespace="keel")
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if a["namespace"] == "keel" and a["name"].startswith("keel-planner-")
+    ]
     deadline = time.monotonic() + 60
     while keel.show(st.run_id).state.next_node != "plan":
         assert time.monotonic() < deadline
         time.sleep(0.1)
     gate.touch()
     time.sleep(0.8)  # the planner is now waiting on the slow provider
-    ray.kill(planner, no_restart=False)
+    for planner in planners:
+        ray.kill(planner, no_restart=False)
     final = keel.watch(st.run_id, timeout_s=120)
     assert final.status == RunStatus.SUCCEEDED, final.error
     assert final.data["proposal"]["tool"] == "restore_config"
