@@ -134,8 +134,6 @@ def _decision(content: str, request: dict[str, Any]) -> str:
 
 def _reask(keel: Any, calls: list[tuple[str, ModelCalled, str]]) -> list[tuple[Any, float]]:
     """Ask each (run, recorded call, tier) again, pinned to that tier."""
-    import ray
-
     from router.messages import RouteRequest
 
     handle = keel.ensure_router()
@@ -144,7 +142,7 @@ def _reask(keel: Any, calls: list[tuple[str, ModelCalled, str]]) -> list[tuple[A
         req = RouteRequest.model_validate({**(call.request or {}), "tier": tier})
         started = time.perf_counter()
         try:
-            got = ray.get(handle.complete.remote(req))
+            got = handle.complete.remote(req).result(timeout_s=300)
         except Exception as exc:
             got = exc
         out.append((got, time.perf_counter() - started))

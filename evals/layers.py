@@ -91,8 +91,6 @@ def tool_specs() -> dict[str, Any]:
 
 # -- bottom: the model tiers ------------------------------------------------------------
 def model_layer(keel: Any, suite: Suite, tick: Tick) -> LayerOutput:
-    import ray
-
     from actors.planner import _label, classify_request, label_schema, parse_proposal, plan_request
     from actors.worker_messages import ClassifyRequest, PlanRequest
 
@@ -111,12 +109,14 @@ def model_layer(keel: Any, suite: Suite, tick: Tick) -> LayerOutput:
             req = req.model_copy(update={"tier": tier.name})
             started = time.perf_counter()
             try:
-                call = ray.get(handle.complete.remote(req))
-                content, cost = call.content, call.cost
+                call = handle.complete.remote(req).result(timeout_s=300)
+                content, cost, failure = call.content, call.cost, ""
             except Exception as exc:  # a tier that cannot answer scores a miss, not a crash
-                content, cost = f"error: {type(exc).__name__}", 0.0
+                content, cost, failure = "", 0.0, f"(error: {type(exc).__name__}: {exc})"[:200]
             latency = time.perf_counter() - started
-            if prompt.kind == "classify":
+            if failure:
+                got = failure
+            elif prompt.kind == "classify":
                 got = _label(content, label_schema(prompt.labels)) or "(invalid)"
             else:
                 proposal, _ = parse_proposal(content)

@@ -6,9 +6,9 @@ real provider replaces it with one line of ``keel.yaml``. It reads the structure
 that Keel's workers send (a JSON object with the goal, observations, and either the tools
 on offer or the labels to choose from) and answers JSON:
 
-- with ``tools``: ``{"tool": NAME, "args": {...}, "rationale": TEXT}``, the tool whose name
-  and description best match the goal and the latest observation, its arguments filled from
-  ``hints`` or the schema's defaults;
+- with ``tools``: ``{"tool": NAME, "args": {...}, "rationale": TEXT}``, the tool not yet
+  ``tried`` whose name and description best match the goal, then the latest observation,
+  its arguments filled from ``hints`` or the schema's defaults;
 - with ``labels``: ``{"label": LABEL}``, by keyword overlap;
 - otherwise a short extractive summary.
 """
@@ -58,17 +58,18 @@ def _args_for(tool: dict[str, Any], hints: dict[str, Any]) -> dict[str, Any]:
 
 def answer(doc: dict[str, Any]) -> dict[str, Any] | str:
     """The rules themselves, separate from litellm so they can be tested directly."""
-    context = " ".join(
-        [str(doc.get("goal", "")), *(str(o) for o in (doc.get("observations") or [])[-1:])]
-    )
+    latest = [str(o) for o in (doc.get("observations") or [])[-1:]]
+    context = " ".join([str(doc.get("goal", "")), *latest])
     seen = _words(context)
     if doc.get("tools"):
         tools: list[dict[str, Any]] = list(doc["tools"])
         tried = {str(t) for t in doc.get("tried") or []}
+        asked, observed = _words(str(doc.get("goal", ""))), _words(" ".join(latest))
 
-        def fit(tool: dict[str, Any]) -> tuple[int, int]:
-            overlap = len(seen & _words(f"{tool.get('name', '')} {tool.get('description', '')}"))
-            return (0 if tool.get("name") in tried else 1, overlap)
+        def fit(tool: dict[str, Any]) -> tuple[int, int, int]:
+            words = _words(f"{tool.get('name', '')} {tool.get('description', '')}")
+            fresh = 0 if tool.get("name") in tried else 1
+            return (fresh, len(asked & words), len(observed & words))
 
         best = max(tools, key=fit)
         return {
