@@ -76,9 +76,10 @@ def load_report(path: str | Path) -> Report:
     try:
         return Report.model_validate_json(p.read_text())
     except FileNotFoundError:
-        raise InputError(f"no report at {p}", field="--baseline") from None
+        raise InputError(f"--baseline: no report at {p}", field="--baseline") from None
     except ValueError as exc:
-        raise InputError(f"{p} is not a Keel eval report: {exc}", field="--baseline") from None
+        msg = f"--baseline: {p} is not a Keel eval report: {exc}"
+        raise InputError(msg, field="--baseline") from None
 
 
 def fmt(value: float) -> str:

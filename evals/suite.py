@@ -171,7 +171,9 @@ class Suite(_Strict):
         known = {s.id for s in self.scenarios}
         unknown = [i for i in ids if i not in known]
         if unknown:
-            raise InputError(f"no scenario {unknown[0]!r} in suite {self.name}", field="--only")
+            raise InputError(
+                f"--only {unknown[0]}: no such scenario in suite {self.name}", field="--only"
+            )
         return self.model_copy(update={"scenarios": [s for s in self.scenarios if s.id in ids]})
 
 

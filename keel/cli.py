@@ -433,7 +433,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.threshold < 0:
         raise InputError("--threshold must be >= 0", field="--threshold")
     if (args.suite is None) == (args.from_runs is None):
-        raise InputError("give a SUITE, or --from-runs QUERY with --swap", field="suite")
+        raise InputError(
+            "give a suite (a YAML file or a bundled name), or --from-runs QUERY with --swap",
+            field="suite",
+        )
     if args.from_runs is not None and args.swap is None:
         raise InputError("--from-runs needs --swap KIND=VALUE", field="--swap")
     layers = tuple(x.strip() for x in args.layers.split(",") if x.strip())

@@ -1,0 +1,195 @@
+"""`keel eval` for real: the bundled suite on a real Ray instance, the real small model,
+real services in the sandbox; then the same against a deliberately weakened policy; then
+counterfactual replay of the recorded runs."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from evals.report import Report, read_markdown_metrics
+from keel.cli import main
+from sandbox.bwrap import isolation
+
+HERE = Path(__file__).resolve().parent
+WEAK_POLICY = HERE / "weak_policy.csv"
+DELETES = ["corrupt-data-delete-request", "bad-config-delete-request"]
+
+
+def write_config(path: Path, name: str, serve_port: int, policy: Path | None = None) -> Path:
+    config: dict[str, object] = {
+        "storage": {"url": str(path.parent / f"{name}-store"), "fsync": False},
+        "orchestrator": {"name": f"orch-{name}", "node_num_cpus": 0.25},
+        "router": {"http_port": serve_port},
+    }
+    if policy is not None:
+        config["policy"] = {"policy": str(policy)}
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@dataclass
+class Evaluated:
+    config: Path
+    out: Path
+    code: int
+    report: Report
+
+
+@pytest.fixture(scope="module")
+def router(serve_port: int) -> Iterator[int]:
+    from ray import serve
+
+    from keel.config import RouterConfig
+    from router.service import deploy
+
+    deploy(RouterConfig(http_port=serve_port))
+    yield serve_port
+    serve.delete("keel-router")
+    serve.delete("keel-local-model")
+
+
+def _stop(name: str) -> None:
+    import ray
+
+    with contextlib.suppress(ValueError):
+        ray.kill(ray.get_actor(f"orch-{name}", namespace="keel"), no_restart=True)
+
+
+@pytest.fixture(scope="module")
+def shipped(router: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Evaluated]:
+    """The whole bundled suite, all three layers, with the shipped configuration."""
+    if not isolation()[0]:
+        pytest.skip(isolation()[1])
+    base = tmp_path_factory.mktemp("shipped")
+    config = write_config(base / "keel.yaml", "shipped", router)
+    out = base / "report"
+    code = main(["--config", str(config), "eval", "incident", "--out", str(out), "--no-progress"])
+    report = Report.model_validate_json((out / "report.json").read_text())
+    yield Evaluated(config, out, code, report)
+    _stop("shipped")
+
+
+def test_bundled_suite_passes_with_the_shipped_configuration(shipped: Evaluated) -> None:
+    report = shipped.report
+    failed = {s.scenario: s.misses for s in report.scenarios if not s.passed}
+    assert shipped.code == 0 and report.passed, (failed, [g for g in report.gates if not g.ok])
+    assert len(report.scenarios) >= 20 and not failed
+    assert report.metrics["trajectory.safety_violations"] == 0
+    assert report.metrics["trajectory.goal_completion"] == 1.0
+    assert report.metrics["trajectory.rollbacks"] >= 3
+    # Every layer was measured: both tiers on the prompt set, every component.
+    for name in (
+        "model.small.accuracy",
+        "model.large.latency_p50_s",
+        "component.routing_accuracy",
+        "component.args_accuracy",
+        "component.retrieval_recall_at_2",
+        "component.policy_accuracy",
+        "component.proposal_validity",
+    ):
+        assert name in report.metrics, name
+    # Budgets that ran out, rejections and denials show in the ledger-derived metrics.
+    by_id = {s.scenario: s for s in report.scenarios}
+    assert by_id["budget-tool-calls"].metrics.budget_exceeded == ["max_tool_calls"]  # type: ignore[union-attr]
+    assert by_id["overload-zero-limit"].metrics.invalid_proposals >= 1  # type: ignore[union-attr]
+    assert by_id["corrupt-data-delete-request"].metrics.policy_denials >= 1  # type: ignore[union-attr]
+
+
+def test_report_renders_and_markdown_matches_json(shipped: Evaluated) -> None:
+    from PIL import Image
+
+    md = (shipped.out / "report.md").read_text()
+    assert read_markdown_metrics(md) == pytest.approx(shipped.report.metrics)
+    for chart in ("models", "components", "trajectories"):
+        path = shipped.out / "charts" / f"{chart}.png"
+        assert f"charts/{chart}.png" in md
+        with Image.open(path) as img:
+            img.verify()
+
+
+def test_weakened_policy_fails_safety_and_the_comparison(
+    shipped: Evaluated, router: int, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path / "keel.yaml", "weak", router, policy=WEAK_POLICY)
+    out = tmp_path / "report"
+    args = ["--config", str(config), "eval", "incident", "--out", str(out), "--no-progress"]
+    args += ["--layers", "component,trajectory", "--baseline", str(shipped.out)]
+    for sc in DELETES:
+        args += ["--only", sc]
+    try:
+        code = main(args)
+    finally:
+        _stop("weak")
+    assert code == 1
+    report = Report.model_validate_json((out / "report.json").read_text())
+    assert report.metrics["trajectory.safety_violations"] >= len(DELETES)
+    assert all("delete_data was called" in s.safety for s in report.scenarios)
+    assert report.metrics["component.policy_accuracy"] < 1.0
+    comparison = json.loads((out / "comparison.json").read_text())
+    regressed = {d["metric"] for d in comparison["deltas"] if d["verdict"] == "regressed"}
+    assert {"trajectory.safety_violations", "component.policy_accuracy"} <= regressed
+    assert "regressed" in (out / "report.md").read_text()
+
+
+def test_counterfactual_policy_swap_finds_the_runs_that_would_change(
+    shipped: Evaluated, tmp_path: Path
+) -> None:
+    prefix = shipped.report.scenarios[0].run_id.rsplit("-bad-config-approved", 1)[0]
+    args = ["--config", str(shipped.config), "eval", "--from-runs", f"prefix={prefix}"]
+    code = main([*args, "--swap", f"policy={WEAK_POLICY}", "--out", str(tmp_path)])
+    assert code == 0
+    cf = json.loads((tmp_path / "counterfactual.json").read_text())
+    assert len(cf["runs"]) == len(shipped.report.scenarios)
+    assert sorted(cf["diverging_runs"]) == sorted(f"{prefix}-{sc}" for sc in DELETES)
+    changed = [c for c in cf["items"] if not c["agrees"]]
+    assert {(c["recorded"], c["counterfactual"]) for c in changed} == {("deny", "allow")}
+    assert cf["metrics"]["newly_allowed"] == len(DELETES)
+
+
+def test_counterfactual_threshold_swap_reasks_the_calls_that_move(
+    shipped: Evaluated, tmp_path: Path
+) -> None:
+    run = next(s.run_id for s in shipped.report.scenarios if s.scenario == "bad-config-approved")
+    args = ["--config", str(shipped.config), "eval", "--from-runs", f"prefix={run},limit=1"]
+    # With small's ceiling at 0.05 every classify call (score about 0.1) moves up to large.
+    code = main([*args, "--swap", "threshold=small:0.05", "--out", str(tmp_path)])
+    assert code == 0
+    cf = json.loads((tmp_path / "counterfactual.json").read_text())
+    assert cf["runs"] == [run]
+    assert cf["metrics"]["calls_asked_again"] >= 1
+    assert all(c["what"] == "classify call: small -> large" for c in cf["items"])
+    assert all(c["counterfactual"].startswith("label=") for c in cf["items"])
+
+
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        (["eval"], "suite"),
+        (["eval", "nope"], "suite"),
+        (["eval", "incident", "--layers", "vibes"], "--layers"),
+        (["eval", "incident", "--threshold", "-1"], "--threshold"),
+        (["eval", "incident", "--only", "zzz"], "--only"),
+        (["eval", "incident", "--baseline", "/nonexistent/report.json"], "--baseline"),
+        (["eval", "--from-runs", "all"], "--swap"),
+        (["eval", "--from-runs", "colour=red", "--swap", "tier=large"], "--from-runs"),
+        (["eval", "--from-runs", "all", "--swap", "tier=huge"], "--swap"),
+        (["eval", "--from-runs", "all", "--swap", "threshold=small:7"], "--swap"),
+        (["eval", "--from-runs", "all", "--swap", "policy=/nonexistent.csv"], "--swap"),
+        (["eval", "--from-runs", "prefix=no-such-run", "--swap", "tier=large"], "--from-runs"),
+    ],
+)
+def test_bad_eval_input_names_the_field(
+    args: list[str], field: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path / "keel.yaml", "bad", 8000)
+    assert main(["--config", str(config), *args]) == 2
+    err = capsys.readouterr().err
+    assert field in err or field.strip("-") in err, err
+    assert not (tmp_path / "bad-store").exists() or not any((tmp_path / "bad-store").iterdir())
