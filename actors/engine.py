@@ -56,6 +56,7 @@ from keel.errors import (
     RunNotFoundError,
     RunStateError,
     StorageError,
+    WorkerLostError,
     WorkflowError,
 )
 from policy.engine import Decision, PolicyEngine
@@ -709,6 +710,15 @@ class RunEngine:
             result = await self.runner.apply_effect(
                 tool, args, key, node.timeout_s, role=node.role, approved_by=approved_by
             )
+        except WorkerLostError as exc:
+            # The executor died mid-apply (its node went away, say): ask the tool whether
+            # the effect happened instead of recording a failure and trying a new key.
+            log.warning("run %s: %s; reconciling %s", ctx.run_id, exc, key)
+            pending = run.state.pending_effect()
+            if pending is None:
+                raise
+            await self._reconcile(run, node, tool, ctx, pending, started)
+            return
         except Exception as exc:
             info = error_info(exc)
             await self._commit(

@@ -181,7 +181,24 @@ class Orchestrator:
 
 
 def get_orchestrator(settings: OrchestratorSettings, name: str = DEFAULT_NAME) -> Any:
-    """The running orchestrator of this Ray cluster, created if there is none."""
+    """The running orchestrator of this Ray cluster, created if there is none.
+
+    It prefers the head node (softly: it goes elsewhere if the head cannot take it), which
+    lives as long as the cluster; if its node dies anyway, Ray restarts it on another and
+    it recovers every unfinished run from storage."""
     return Orchestrator.options(  # type: ignore[attr-defined]
-        name=name, namespace=NAMESPACE, lifetime="detached", get_if_exists=True
+        name=name,
+        namespace=NAMESPACE,
+        lifetime="detached",
+        get_if_exists=True,
+        scheduling_strategy=_prefer_head(),
     ).remote(settings)
+
+
+def _prefer_head() -> Any:
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    for node in ray.nodes():  # type: ignore[no-untyped-call]
+        if node.get("Alive") and "node:__internal_head__" in (node.get("Resources") or {}):
+            return NodeAffinitySchedulingStrategy(node_id=node["NodeID"], soft=True)
+    return "DEFAULT"

@@ -9,12 +9,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
+import time
 from typing import Any
 
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError
 
-from keel.errors import KeelError
+from keel.errors import KeelError, WorkerLostError
 
 NAMESPACE = "keel"
 LOST = (ActorDiedError, ActorUnavailableError)
@@ -40,6 +41,9 @@ class WorkerPool:
                 max_restarts=-1,
                 max_task_retries=0,
                 num_cpus=0,
+                # Replicas go to different nodes where there are several: one node's loss
+                # costs a pool one replica, not all of them.
+                scheduling_strategy="SPREAD",
             ).remote(worker_name(role, i, scope), *init)
             for i in range(size)
         ]
@@ -48,33 +52,51 @@ class WorkerPool:
         start = random.randrange(size)
         self._next = itertools.cycle([*range(start, size), *range(start)])
 
-    async def call(self, method: str, msg: Any, *, attempts: int | None = None) -> Any:
-        """Call ``method(msg)`` on the next replica, moving on from dead ones."""
-        tries = attempts or len(self.handles) + 3
+    async def call(
+        self, method: str, msg: Any, *, patience_s: float = 60.0, retry_lost: bool = True
+    ) -> Any:
+        """Call ``method(msg)`` on the next replica, moving on from dead ones while Ray
+        restarts them (up to ``patience_s``). With ``retry_lost=False`` a call lost in
+        flight is not sent again: it may have run (an effect), so the caller must find out
+        (``WorkerLostError``)."""
+        deadline = time.monotonic() + patience_s
         last: Exception | None = None
-        for attempt in range(tries):
+        attempt = 0
+        while True:
             handle = self.handles[next(self._next)]
             try:
                 return await getattr(handle, method).remote(msg)
             except LOST as exc:
+                if not retry_lost:
+                    raise WorkerLostError(
+                        f"{self.role} lost during {method} ({type(exc).__name__}); "
+                        "its outcome is unknown",
+                        role=self.role,
+                    ) from None
                 last = exc
-                await asyncio.sleep(min(0.2 * (attempt + 1), 1.0))
+                if time.monotonic() > deadline:
+                    break
+                attempt += 1
+                await asyncio.sleep(min(0.2 * attempt, 1.0))
         raise KeelError(
-            f"no {self.role} replica answered after {tries} tries: {last}",
+            f"no {self.role} replica answered within {patience_s:g}s: {last}",
             retryable=True,
             role=self.role,
         )
 
-    def call_sync(self, method: str, msg: Any) -> Any:
+    def call_sync(self, method: str, msg: Any, *, patience_s: float = 60.0) -> Any:
         """The same from synchronous code (a node running as a Ray task)."""
+        deadline = time.monotonic() + patience_s
         last: Exception | None = None
-        for attempt in range(len(self.handles) + 3):
+        attempt = 0
+        while True:
             handle = self.handles[next(self._next)]
             try:
                 return ray.get(getattr(handle, method).remote(msg))
             except LOST as exc:
                 last = exc
-                import time
-
-                time.sleep(min(0.2 * (attempt + 1), 1.0))
+                if time.monotonic() > deadline:
+                    break
+                attempt += 1
+                time.sleep(min(0.2 * attempt, 1.0))
         raise KeelError(f"no {self.role} replica answered: {last}", retryable=True)

@@ -8,7 +8,13 @@ from typing import Any
 import ray
 from pydantic import BaseModel, JsonValue
 from pydantic_core import to_jsonable_python
-from ray.exceptions import RayTaskError, TaskCancelledError, WorkerCrashedError
+from ray.exceptions import (
+    NodeDiedError,
+    ObjectLostError,
+    RayTaskError,
+    TaskCancelledError,
+    WorkerCrashedError,
+)
 
 from actors.worker_messages import ExecuteRequest, ExecuteResponse
 from actors.workflow import Node, NodeContext, NodeOutput
@@ -25,7 +31,10 @@ def _invoke(fn: Any, state: BaseModel, ctx: NodeContext) -> Any:
     return out
 
 
-@ray.remote(max_retries=0)
+# Plain nodes are free of side effects (those live in effect nodes), so Ray may run one
+# again when its worker or node dies; a node's own exceptions are never retried here (its
+# RetryPolicy decides, and the ledger records each attempt).
+@ray.remote(max_retries=3, retry_exceptions=False)
 def _node_task(fn: Any, state: BaseModel, ctx: NodeContext) -> Any:
     return _invoke(fn, state, ctx)
 
@@ -51,7 +60,7 @@ async def _await(ref: Any, what: str, timeout_s: float | None, *, abortable: boo
     except RayTaskError as exc:
         cause = exc.cause
         raise (cause if isinstance(cause, Exception) else exc) from None
-    except (WorkerCrashedError, TaskCancelledError) as exc:
+    except (WorkerCrashedError, TaskCancelledError, NodeDiedError, ObjectLostError) as exc:
         raise NodeError(f"{what}: worker lost ({type(exc).__name__})", retryable=True) from None
 
 
@@ -76,9 +85,12 @@ class RayNodeRunner:
     async def _execute(self, msg: ExecuteRequest, timeout_s: float | None) -> ExecuteResponse:
         from actors.workers import pool
 
+        # An apply lost in flight may have happened: it is never sent again blindly.
+        retry_lost = msg.verify_only
         try:
             resp: ExecuteResponse = await asyncio.wait_for(
-                pool("executor", self.env).call("execute", msg), timeout_s
+                pool("executor", self.env).call("execute", msg, retry_lost=retry_lost),
+                timeout_s,
             )
         except TimeoutError:
             raise NodeError(

@@ -29,6 +29,7 @@ class ErrorCode(StrEnum):
     SANDBOX = "sandbox"
     POLICY = "policy"
     ROUTER = "router"
+    WORKER_LOST = "worker_lost"
 
 
 class KeelError(Exception):
@@ -148,6 +149,14 @@ class EffectError(KeelError):
     """A side effect could not be applied or reconciled."""
 
     default_code = ErrorCode.EFFECT
+
+
+class WorkerLostError(EffectError):
+    """The executor running an effect was lost mid-call (its process or node died): whether
+    the effect happened is unknown until the tool's ``verify`` says."""
+
+    default_code = ErrorCode.WORKER_LOST
+    default_retryable = True
 
 
 class StorageError(KeelError):
