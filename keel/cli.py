@@ -503,6 +503,62 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_batch(args: argparse.Namespace) -> int:
+    """Run every task of a JSON-lines file; idempotent by task id."""
+    from keel.batch import Batch, progress_bar, read_tasks
+    from keel.client import Keel
+
+    path = Path(args.file)
+    tasks, bad = read_tasks(path, args.workflow)
+    for b in bad:
+        err.print(f"keel: {path}:{b.line}: skipped: {escape(b.reason)}")
+    if not tasks:
+        raise InputError(f"file {path}: no valid task ({len(bad)} bad line(s))", field="file")
+    results_path = Path(args.results) if args.results else path.with_suffix(".results.jsonl")
+    keel = Keel(load_config(args.config))
+    _apply_storage(keel, args)
+    batch = Batch(
+        keel,
+        tasks,
+        concurrency=args.concurrency,
+        prefix=args.prefix,
+        results=results_path,
+        timeout_s=args.timeout,
+    )
+    done = batch.finished_already()
+    if len(done) == len(tasks):
+        batch.run()  # rewrites the results file from storage; starts nothing
+        out.print(
+            f"nothing to do: all {len(tasks)} tasks already finished (results in {results_path})"
+        )
+        failed = [t for t, e in done.items() if e.get("status") != RunStatus.SUCCEEDED]
+        return EXIT_RUN_FAILED if failed or bad else EXIT_OK
+    out.print(
+        f"{len(tasks)} tasks: {len(done)} already finished, {len(tasks) - len(done)} to run "
+        f"({args.concurrency} at a time)"
+    )
+    keel.connect()
+    try:
+        with progress_bar(len(tasks), not args.no_progress) as tick:
+            results = batch.run(tick)
+    finally:
+        keel.close()
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    started = sum(r.outcome == "started" for r in results)
+    out.print(
+        f"{started} started, {sum(r.outcome == 'followed' for r in results)} followed, "
+        f"{sum(r.outcome == 'skipped' for r in results)} skipped; "
+        + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+        + f"; results in {results_path}"
+    )
+    unsuccessful = [r for r in results if r.status != RunStatus.SUCCEEDED]
+    for r in unsuccessful[:10]:
+        out.print(f"  {r.id} ({r.run_id}): {r.status} {escape(r.reason[:200])}")
+    return EXIT_RUN_FAILED if unsuccessful or bad else EXIT_OK
+
+
 def cmd_cancel(args: argparse.Namespace) -> int:
     from keel.client import Keel
 
@@ -601,6 +657,16 @@ def build_parser() -> argparse.ArgumentParser:
     srv = sub.add_parser("serve", help="deploy the router and the runs API on Ray Serve")
     srv.add_argument("--serve-config", default="serve_config.yaml")
     srv.set_defaults(fn=cmd_serve)
+
+    bt = sub.add_parser("batch", help="run every task of a JSON-lines file (idempotent)")
+    bt.add_argument("file", help='one task per line: {"id": ..., "workflow": ..., "inputs": {}}')
+    bt.add_argument("--workflow", help="for lines that name none")
+    bt.add_argument("--concurrency", type=int, default=16, help="runs in flight at once")
+    bt.add_argument("--results", help="results file (default: FILE.results.jsonl)")
+    bt.add_argument("--prefix", default="batch-", help="run id = PREFIX + task id")
+    bt.add_argument("--timeout", type=float, default=None, help="seconds to follow each run")
+    bt.add_argument("--no-progress", action="store_true")
+    bt.set_defaults(fn=cmd_batch)
 
     ev = sub.add_parser("eval", help="evaluate models, components and whole runs")
     ev.add_argument("suite", nargs="?", help="a suite YAML file or a bundled suite name")

@@ -156,7 +156,7 @@ def test_counterfactual_policy_swap_finds_the_runs_that_would_change(
 def test_counterfactual_threshold_swap_reasks_the_calls_that_move(
     shipped: Evaluated, tmp_path: Path
 ) -> None:
-    run = next(s.run_id for s in shipped.report.scenarios if s.scenario == "bad-config-approved")
+    run = next(s.run_id for s in shipped.report.scenarios if s.scenario == "overload-approved")
     args = ["--config", str(shipped.config), "eval", "--from-runs", f"prefix={run},limit=1"]
     # With small's ceiling at 0.05 every classify call (score about 0.1) moves up to large.
     code = main([*args, "--swap", "threshold=small:0.05", "--out", str(tmp_path)])
