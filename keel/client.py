@@ -80,15 +80,25 @@ class Keel:
 
     def connect(self) -> None:
         """Join the configured Ray cluster, or start a local one (the embedded default)."""
-        if self.config.ray.address is None:
-            # A single-node instance needs no routable address: keep all of Ray's own
+        address = self.config.ray.address
+        if address is None or address.split("//")[-1].startswith(("127.", "localhost")):
+            # A cluster on one machine needs no routable address: keep all of Ray's own
             # traffic on loopback. Ray reads this when it is first imported.
             os.environ.setdefault(LOOPBACK_ENV, "0")
+            loopback = os.environ[LOOPBACK_ENV] == "0"
+        else:
+            loopback = False
         import ray
+
+        if loopback:
+            # Ray read the switch when it was imported (maybe before this client existed);
+            # without it a loopback address is "resolved" to the machine's routable one.
+            from ray._private import ray_constants
+
+            ray_constants.ENABLE_RAY_CLUSTER = False
 
         if ray.is_initialized():
             return
-        address = self.config.ray.address
         kwargs: dict[str, Any] = {
             "namespace": "keel",
             "logging_level": logging.WARNING,
