@@ -50,6 +50,7 @@ class Keel:
         self.config = config or load_config()
         self._store: RunStore | None = None
         self._started_ray = False
+        self._checked = False
 
     # -- plumbing ---------------------------------------------------------------------
     @property
@@ -127,7 +128,24 @@ class Keel:
         from actors.orchestrator import get_orchestrator
 
         self.connect()
-        return get_orchestrator(self.settings(), self.config.orchestrator.name)
+        handle = get_orchestrator(self.settings(), self.config.orchestrator.name)
+        if not self._checked:
+            import ray
+
+            # One orchestrator per name per cluster: a client configured for other storage
+            # must not silently drive (or look for) its runs somewhere else.
+            theirs = ray.get(handle.info.remote())["storage"]
+            if theirs != self.config.storage_url():
+                from keel.errors import ConfigError
+
+                raise ConfigError(
+                    f"orchestrator {self.config.orchestrator.name!r} in this cluster keeps runs "
+                    f"in {theirs}, not {self.config.storage_url()}; give this deployment its "
+                    "own orchestrator.name",
+                    field="orchestrator.name",
+                )
+            self._checked = True
+        return handle
 
     def ensure_router(self) -> Any:
         """Deploy the model router (and the local model) on Serve if it is not running."""

@@ -146,3 +146,36 @@ def test_tasks_without_workflow_need_a_default(tmp_path: Path) -> None:
     assert "no --workflow" in bad[0].reason
     tasks, bad = read_tasks(path, "demo")
     assert [t.workflow for t in tasks] == ["demo", "demo"] and bad == []
+
+
+def test_a_client_for_other_storage_is_refused_by_a_running_orchestrator(
+    ray_session: None, tmp_path: Path
+) -> None:
+    from keel.client import Keel
+    from keel.config import KeelConfig, OrchestratorConfig, StorageConfig
+    from keel.errors import ConfigError
+
+    name = f"orch-shared-{tmp_path.name}"
+    first = Keel(
+        KeelConfig(
+            storage=StorageConfig(url=str(tmp_path / "a"), fsync=False),
+            orchestrator=OrchestratorConfig(name=name, node_num_cpus=0.25),
+        )
+    )
+    other = Keel(
+        KeelConfig(
+            storage=StorageConfig(url=str(tmp_path / "b"), fsync=False),
+            orchestrator=OrchestratorConfig(name=name, node_num_cpus=0.25),
+        )
+    )
+    try:
+        first.info()
+        with pytest.raises(ConfigError, match="own orchestrator.name") as info:
+            other.start("demo", "hello", {"outbox": str(tmp_path / "outbox")})
+        assert info.value.field == "orchestrator.name"
+        assert not (tmp_path / "b").exists() or not list((tmp_path / "b").rglob("*.json*"))
+    finally:
+        import ray
+
+        with contextlib.suppress(ValueError):
+            ray.kill(ray.get_actor(name, namespace="keel"), no_restart=True)
