@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, model_validator
 
 from keel.errors import ConfigError
 
@@ -71,6 +71,33 @@ class ComplexityWeights(_Section):
     per_failure: float = Field(default=0.20, ge=0.0)
 
 
+class ReplicaConfig(_Section):
+    """How many replicas a Serve deployment runs: a fixed number when ``min_replicas`` equals
+    ``max_replicas``, otherwise Serve autoscaling between them on ongoing requests."""
+
+    min_replicas: int = Field(default=1, ge=0, le=1000)
+    max_replicas: int = Field(default=1, ge=1, le=1000)
+    target_ongoing_requests: float = Field(default=16.0, gt=0.0)
+
+    @model_validator(mode="after")
+    def _order(self) -> ReplicaConfig:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("min_replicas must not exceed max_replicas")
+        return self
+
+    def serve_options(self) -> dict[str, Any]:
+        """``Deployment.options`` for these settings."""
+        if self.min_replicas == self.max_replicas:
+            return {"num_replicas": self.max_replicas}
+        return {
+            "autoscaling_config": {
+                "min_replicas": self.min_replicas,
+                "max_replicas": self.max_replicas,
+                "target_ongoing_requests": self.target_ongoing_requests,
+            }
+        }
+
+
 def _default_tiers() -> list[TierConfig]:
     return [
         TierConfig(
@@ -90,6 +117,7 @@ class RouterConfig(_Section):
     allowed_fails: int = Field(default=0, ge=0)
     cooldown_s: float = Field(default=30.0, ge=0.0)
     http_port: int = Field(default=8000, ge=1, le=65535)
+    replicas: ReplicaConfig = Field(default_factory=ReplicaConfig)
 
     def uses_local_model(self) -> bool:
         return any(t.api_base == "local" for t in self.resolved_tiers())
@@ -184,6 +212,7 @@ class APIConfig(_Section):
     keys: dict[str, str] = Field(
         default_factory=dict, description="sha256(api key) -> principal; keys never stored"
     )
+    replicas: ReplicaConfig = Field(default_factory=ReplicaConfig)
 
 
 class KeelConfig(_Section):

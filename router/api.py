@@ -244,4 +244,6 @@ def build(args: dict[str, Any]) -> Any:
     from keel.config import load_config
 
     config = load_config(args.get("config"))
-    return RunsAPI.bind(config.model_dump(mode="json"), dict(config.api.keys))  # type: ignore[attr-defined]
+    return RunsAPI.options(**config.api.replicas.serve_options()).bind(  # type: ignore[attr-defined]
+        config.model_dump(mode="json"), dict(config.api.keys)
+    )

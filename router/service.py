@@ -124,7 +124,9 @@ def deploy(config: RouterConfig) -> Any:
 
         deploy_local_model()
     return serve.run(
-        ModelRouter.bind(config.model_dump(mode="json")),  # type: ignore[attr-defined]
+        ModelRouter.options(**config.replicas.serve_options()).bind(  # type: ignore[attr-defined]
+            config.model_dump(mode="json")
+        ),
         name=APP_NAME,
         route_prefix="/",
         blocking=False,
@@ -146,4 +148,7 @@ def build(args: dict[str, Any]) -> Any:
     from keel.config import load_config
 
     config = load_config(args.get("config"))
-    return ModelRouter.bind(config.router.model_dump(mode="json"))  # type: ignore[attr-defined]
+    router = config.router
+    return ModelRouter.options(**router.replicas.serve_options()).bind(  # type: ignore[attr-defined]
+        router.model_dump(mode="json")
+    )

@@ -170,7 +170,7 @@ def test_a_client_for_other_storage_is_refused_by_a_running_orchestrator(
     )
     try:
         first.info()
-        with pytest.raises(ConfigError, match="own orchestrator.name") as info:
+        with pytest.raises(ConfigError, match=r"own orchestrator\.name") as info:
             other.start("demo", "hello", {"outbox": str(tmp_path / "outbox")})
         assert info.value.field == "orchestrator.name"
         assert not (tmp_path / "b").exists() or not list((tmp_path / "b").rglob("*.json*"))

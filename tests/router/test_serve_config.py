@@ -22,3 +22,38 @@ def test_serve_config_validates_and_builds() -> None:
         module, _, attr = app.import_path.rpartition(":")
         built = getattr(importlib.import_module(module), attr)(dict(app.args or {}))
         assert type(built).__name__ == "Application"
+
+
+def test_replicas_follow_keel_yaml(tmp_path: Path) -> None:
+    from router.api import build as build_api
+    from router.service import build as build_router
+
+    config = tmp_path / "keel.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "router": {"replicas": {"min_replicas": 1, "max_replicas": 3}},
+                "api": {"replicas": {"min_replicas": 2, "max_replicas": 2}},
+            }
+        )
+    )
+    router = build_router({"config": str(config)})._bound_deployment
+    scaling = router._deployment_config.autoscaling_config
+    assert (scaling.min_replicas, scaling.max_replicas) == (1, 3)
+    assert build_api({"config": str(config)})._bound_deployment.num_replicas == 2
+
+
+def test_replica_bounds_are_checked(tmp_path: Path) -> None:
+    from keel.config import load_config
+    from keel.errors import ConfigError
+
+    config = tmp_path / "keel.yaml"
+    config.write_text(
+        yaml.safe_dump({"router": {"replicas": {"min_replicas": 4, "max_replicas": 2}}})
+    )
+    try:
+        load_config(str(config))
+    except ConfigError as exc:
+        assert "router.replicas" in str(exc.field) or "replicas" in str(exc)
+    else:
+        raise AssertionError("min_replicas > max_replicas was accepted")
