@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -51,6 +52,7 @@ class Keel:
         self._store: RunStore | None = None
         self._started_ray = False
         self._checked = False
+        self._router_lock = threading.Lock()
 
     # -- plumbing ---------------------------------------------------------------------
     @property
@@ -152,7 +154,8 @@ class Keel:
         self.connect()
         from router.service import ensure_router
 
-        return ensure_router(self.config.router.model_dump(mode="json"))
+        with self._router_lock:  # one deployment, however many threads start runs
+            return ensure_router(self.config.router.model_dump(mode="json"))
 
     def _call(self, method: str, *args: Any, patience_s: float = 120.0) -> Any:
         """Call the orchestrator, riding out its restarts."""

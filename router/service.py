@@ -135,12 +135,25 @@ def deploy(config: RouterConfig) -> Any:
 
 def ensure_router(config: dict[str, Any] | None = None) -> Any:
     """The running router's handle, deploying it (from ``config``) if it is not running."""
+    from ray.exceptions import ActorAlreadyExistsError
     from ray.serve.exceptions import RayServeException
 
     try:
         return serve.get_app_handle(APP_NAME)
     except RayServeException:
+        pass
+    try:
         return deploy(RouterConfig.model_validate(config or {}))
+    except ActorAlreadyExistsError:
+        # Another process is starting Serve at the same moment: use what it deploys.
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                return serve.get_app_handle(APP_NAME)
+            except RayServeException:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
 
 
 def build(args: dict[str, Any]) -> Any:

@@ -1,0 +1,391 @@
+"""Batch throughput on a multi-node cluster: Keel at 1, 2 and 3 nodes beside LangGraph in
+one process, the same workload, a model that takes 50 ms.
+
+The workload is one agent job: classify a ticket with a model (through the worker pool,
+the Serve router and litellm, to the scripted OpenAI-compatible server on 127.0.0.1, which
+answers after 50 ms), then deliver one message exactly once (an outbox effect). Keel runs
+it on a local multi-node Ray cluster (``bench.local_cluster``; head plus 0, 1 or 2 worker
+nodes), checkpointing every step to a local directory; LangGraph runs the same two steps
+(litellm to the same server, the same outbox tool) with its SQLite checkpointer, with as
+many runs in flight as Keel's batch.
+
+    python -m bench.batch_throughput --runs 150 --concurrency 48
+
+Results are printed and written to ``bench/.out/batch_throughput.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypedDict
+
+import httpx
+from pydantic import BaseModel
+from rich.console import Console
+from rich.table import Table
+
+import router  # noqa: F401  (before litellm: its price map stays local, nothing leaves loopback)
+from actors.workflow import END, NodeContext, NodeOutput, RetryPolicy, Workflow
+from sandbox.outbox import OutboxTool
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "bench" / ".out"
+LATENCY_S = 0.05
+LABELS = ["bad_config", "overload", "data_corruption"]
+console = Console()
+
+
+# -- the workload, as a Keel workflow (importable as bench.batch_throughput:workflow) --------
+class JobInputs(BaseModel):
+    outbox: str
+
+
+class JobState(BaseModel):
+    label: str = ""
+    delivery: dict[str, Any] = {}
+
+
+workflow = Workflow("bench-job", state=JobState, inputs=JobInputs, uses_models=True)
+
+
+@workflow.node(retry=RetryPolicy(attempts=3, backoff_s=0.1), timeout_s=60)
+def classify(state: JobState, ctx: NodeContext) -> Any:
+    from actors.worker_messages import ClassifyRequest
+    from actors.workers import pool
+
+    resp = pool("planner", ctx.env).call_sync(
+        "classify", ClassifyRequest(text=ctx.goal, labels=LABELS)
+    )
+    return NodeOutput(updates={"label": resp.label}, calls=resp.calls, worker=resp.worker)
+
+
+workflow.edge("classify", "deliver")
+
+
+@workflow.effect(OutboxTool("notes"), role="mitigate", result_field="delivery")
+def deliver(state: JobState, ctx: NodeContext) -> dict[str, Any]:
+    return {"outbox": ctx.inputs["outbox"], "to": "on-call", "body": f"{state.label}: {ctx.goal}"}
+
+
+workflow.edge("deliver", END)
+
+
+# -- helpers -------------------------------------------------------------------------------
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def start_scripted() -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "router.scripted", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            httpx.get(f"{base}/_calls", timeout=1).raise_for_status()
+            break
+        except httpx.HTTPError:
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise
+            time.sleep(0.1)
+    for model in ("small-model", "large-model"):
+        httpx.post(
+            f"{base}/_script",
+            json={"model": model, "reply": '{"label": "bad_config"}', "delay_s": LATENCY_S},
+        ).raise_for_status()
+    return proc, base
+
+
+def router_config(base: str, http_port: int) -> dict[str, Any]:
+    return {
+        "http_port": http_port,
+        "tiers": [
+            {
+                "name": "small",
+                "model": "openai/small-model",
+                "api_base": f"{base}/v1",
+                "max_score": 0.45,
+            },
+            {
+                "name": "large",
+                "model": "openai/large-model",
+                "api_base": f"{base}/v1",
+                "max_score": 1.0,
+            },
+        ],
+    }
+
+
+def tasks(n: int, outbox: Path, tag: str) -> list[Any]:
+    from keel.batch import Task
+
+    return [
+        Task(
+            id=f"{tag}-{i:04d}",
+            workflow="bench.batch_throughput:workflow",
+            goal=f"ticket {i}: checkout fails after a config change",
+            inputs={"outbox": str(outbox)},
+        )
+        for i in range(n)
+    ]
+
+
+# -- Keel on a cluster of N nodes ------------------------------------------------------------
+def measure_keel(
+    address: str, base: str, runs: int, concurrency: int, workdir: Path
+) -> dict[str, Any]:
+    """In a process of its own (one Ray cluster per driver): warm up, then time a batch."""
+    from keel.batch import Batch
+    from keel.client import Keel
+    from keel.config import KeelConfig
+
+    config = KeelConfig.model_validate(
+        {
+            "storage": {"url": str(workdir / "store"), "fsync": False},
+            "ray": {"address": address},
+            "orchestrator": {"node_num_cpus": 0.25},
+            "workers": {"planner": 4, "executor": 4},
+            "router": router_config(base, free_port()),
+        }
+    )
+    keel = Keel(config)
+    keel.connect()
+    warm = Batch(
+        keel, tasks(8, workdir / "outbox", "warm"), concurrency=8, results=workdir / "w.jsonl"
+    )
+    warm.run()
+    batch = Batch(
+        keel,
+        tasks(runs, workdir / "outbox", "job"),
+        concurrency=concurrency,
+        results=workdir / "r.jsonl",
+    )
+    t0 = time.perf_counter()
+    results = batch.run()
+    elapsed = time.perf_counter() - t0
+    ok = sum(r.status == "succeeded" for r in results)
+    delivered = len(list((workdir / "outbox").glob("*.json"))) - 8  # less the warm-up
+    return {"runs": runs, "succeeded": ok, "seconds": round(elapsed, 3), "deliveries": delivered}
+
+
+def keel_on_nodes(nodes: int, base: str, runs: int, concurrency: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        state = Path(tmp) / "cluster"
+        cluster = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bench.local_cluster",
+                "--workers",
+                str(nodes - 1),
+                "--head-cpus",
+                "2",
+                "--worker-cpus",
+                "2",
+                "--state",
+                str(state),
+            ],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 180
+            while not (state / "address").exists():
+                if cluster.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the local cluster did not start")
+                time.sleep(0.2)
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "bench.batch_throughput",
+                    "--measure",
+                    (state / "address").read_text(),
+                    "--base",
+                    base,
+                    "--runs",
+                    str(runs),
+                    "--concurrency",
+                    str(concurrency),
+                    "--workdir",
+                    tmp,
+                ],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=900,
+            )
+            if out.returncode != 0:
+                raise RuntimeError(out.stderr[-3000:])
+            line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT "))
+            result: dict[str, Any] = json.loads(line.removeprefix("RESULT "))
+        finally:
+            (state / "stop").touch()
+            cluster.wait(timeout=120)
+    result["nodes"] = nodes
+    result["runs_per_min"] = round(result["succeeded"] / result["seconds"] * 60, 1)
+    return result
+
+
+# -- LangGraph, one process ------------------------------------------------------------------
+class LGState(TypedDict, total=False):
+    job: str
+    goal: str
+    label: str
+    delivery: dict[str, Any]
+
+
+def langgraph(base: str, runs: int, concurrency: int) -> dict[str, Any]:
+    import litellm
+    from langgraph.checkpoint.sqlite import SqliteSaver
+    from langgraph.graph import END as LG_END
+    from langgraph.graph import StateGraph
+
+    outbox_tool = OutboxTool("notes")
+    with tempfile.TemporaryDirectory() as tmp:
+        outbox = Path(tmp) / "outbox"
+
+        def classify_node(state: LGState) -> LGState:
+            resp = litellm.completion(
+                model="openai/small-model",
+                api_base=f"{base}/v1",
+                api_key="keel-local",
+                messages=[
+                    {
+                        "role": "user",
+                        "content": json.dumps({"goal": state["goal"], "labels": LABELS}),
+                    }
+                ],
+                max_tokens=48,
+            )
+            label = json.loads(resp.choices[0].message.content)["label"]
+            return {"label": label}
+
+        def deliver_node(state: LGState) -> LGState:
+            key = f"{state['job']}/deliver"
+            args = {
+                "outbox": str(outbox),
+                "to": "on-call",
+                "body": f"{state['label']}: {state['goal']}",
+            }
+            return {"delivery": outbox_tool.apply(args, key)}  # type: ignore[typeddict-item]
+
+        g = StateGraph(LGState)
+        g.add_node("classify", classify_node)
+        g.add_node("deliver", deliver_node)
+        g.set_entry_point("classify")
+        g.add_edge("classify", "deliver")
+        g.add_edge("deliver", LG_END)
+        conn = sqlite3.connect(Path(tmp) / "lg.db", check_same_thread=False)
+        graph = g.compile(checkpointer=SqliteSaver(conn))
+
+        def one(i: int) -> bool:
+            out = graph.invoke(
+                {"job": f"job-{i}", "goal": f"ticket {i}: checkout fails after a config change"},
+                {"configurable": {"thread_id": f"job-{i}"}},
+                durability="sync",
+            )
+            return bool(out.get("delivery"))
+
+        with ThreadPoolExecutor(concurrency) as pool:
+            list(pool.map(one, range(8)))  # warm up
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(concurrency) as pool:
+            ok = sum(pool.map(one, range(100, 100 + runs)))
+        elapsed = time.perf_counter() - t0
+        conn.close()
+        return {
+            "runs": runs,
+            "succeeded": ok,
+            "seconds": round(elapsed, 3),
+            "runs_per_min": round(ok / elapsed * 60, 1),
+            "deliveries": len(list(outbox.glob("*.json"))) - 8,
+        }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="batch throughput, Keel on 1-3 nodes vs LangGraph")
+    p.add_argument("--runs", type=int, default=150)
+    p.add_argument("--concurrency", type=int, default=48)
+    p.add_argument("--nodes", default="1,2,3")
+    p.add_argument("--measure", metavar="ADDRESS", help=argparse.SUPPRESS)
+    p.add_argument("--base", help=argparse.SUPPRESS)
+    p.add_argument("--workdir", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if args.measure:
+        result = measure_keel(
+            args.measure, args.base, args.runs, args.concurrency, Path(args.workdir)
+        )
+        print("RESULT " + json.dumps(result), flush=True)
+        return 0
+    scripted, base = start_scripted()
+    try:
+        rows: list[dict[str, Any]] = []
+        for n in [int(x) for x in args.nodes.split(",")]:
+            console.print(
+                f"Keel on {n} node(s): {args.runs} runs, {args.concurrency} in flight ..."
+            )
+            rows.append(
+                {
+                    "system": f"keel, {n} node(s)",
+                    **keel_on_nodes(n, base, args.runs, args.concurrency),
+                }
+            )
+        console.print("LangGraph, one process ...")
+        lg = {
+            "system": "langgraph, 1 process",
+            "nodes": 1,
+            **langgraph(base, args.runs, args.concurrency),
+        }
+        rows.append(lg)
+    finally:
+        scripted.terminate()
+        scripted.wait(timeout=10)
+    table = Table(title=f"batch throughput, model latency {LATENCY_S * 1000:.0f} ms")
+    for col in ("system", "runs", "succeeded", "seconds", "runs/min", "vs LangGraph", "deliveries"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        ratio = r["runs_per_min"] / lg["runs_per_min"] if lg["runs_per_min"] else 0.0
+        r["ratio_vs_langgraph"] = round(ratio, 3)
+        table.add_row(
+            r["system"],
+            str(r["runs"]),
+            str(r["succeeded"]),
+            f"{r['seconds']:.1f}",
+            f"{r['runs_per_min']:.0f}",
+            f"{ratio:.2f}x",
+            str(r["deliveries"]),
+        )
+    console.print(table)
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "batch_throughput.json").write_text(
+        json.dumps(
+            {"latency_s": LATENCY_S, "concurrency": args.concurrency, "rows": rows}, indent=2
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
