@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(PIP) install -c constraints.txt -e '.[dev,bench]' 2>$(VENV)/pip.log || (cat $(VENV)/pip.log; exit 1)
 	$(BIN)/python -m bench.orchestration
 	$(BIN)/python -m bench.router_overhead
+	$(BIN)/python -m bench.batch_throughput
 
 clean:
 	rm -rf $(VENV) .keel .mypy_cache .pytest_cache .ruff_cache

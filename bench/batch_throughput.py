@@ -89,24 +89,10 @@ def free_port() -> int:
         return port
 
 
-def start_scripted() -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "router.scripted", "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            httpx.get(f"{base}/_calls", timeout=1).raise_for_status()
-            break
-        except httpx.HTTPError:
-            if time.monotonic() > deadline:
-                proc.kill()
-                raise
-            time.sleep(0.1)
+def start_scripted() -> tuple[Any, str]:
+    from router.scripted import launch
+
+    proc, base = launch()
     for model in ("small-model", "large-model"):
         httpx.post(
             f"{base}/_script",

@@ -106,6 +106,36 @@ async def chat(request: Request) -> JSONResponse:
     )
 
 
+def launch(timeout_s: float = 30.0) -> tuple[Any, str]:
+    """Start the server as a process on a free loopback port; wait until it answers.
+    Returns the process and its base URL."""
+    import socket
+    import subprocess
+    import sys
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "router.scripted", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            httpx.get(f"{base}/_calls", timeout=1).raise_for_status()
+            return proc, base
+        except httpx.HTTPError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError("scripted server did not start") from None
+            time.sleep(0.1)
+
+
 def main() -> None:
     import uvicorn
 

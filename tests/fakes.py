@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -54,23 +52,9 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def scripted_server() -> Iterator[Scripted]:
     """The scripted OpenAI-compatible provider, a real process on 127.0.0.1."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "router.scripted", "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            httpx.get(f"{base}/_calls", timeout=1).raise_for_status()
-            break
-        except httpx.HTTPError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError("scripted server did not start") from None
-            time.sleep(0.1)
+    from router.scripted import launch
+
+    proc, base = launch()
     yield Scripted(base)
     proc.terminate()
     try:
