@@ -305,7 +305,7 @@ class RunEngine:
         resumed = []
         try:
             run_ids = await self._io(self.store.list_run_ids)
-        except KeelError as exc:
+        except Exception as exc:
             log.error("cannot list runs for recovery: %s", exc)
             return []
         for run_id in run_ids:
@@ -398,6 +398,9 @@ class RunEngine:
     async def wait(self, run_id: str, timeout_s: float) -> RunState:
         """Return once the run is no longer running (or the timeout passes)."""
         run = await self.load(run_id)
+        # A running run nobody drives (its creator died before driving it, say) is driven
+        # the moment anyone looks at it, not only at the next sweep.
+        self._spawn(run)
         deadline = time.monotonic() + timeout_s
         async with run.changed:
             while run.state.status == RunStatus.RUNNING:
@@ -414,6 +417,9 @@ class RunEngine:
         """Long-poll: return the events after ``after_seq`` once there are any, once the run
         stops running, or when the timeout passes."""
         run = await self.load(run_id)
+        # A running run nobody drives (its creator died before driving it, say) is driven
+        # the moment anyone looks at it, not only at the next sweep.
+        self._spawn(run)
         deadline = time.monotonic() + timeout_s
         async with run.changed:
             while run.state.last_seq <= after_seq and run.state.status == RunStatus.RUNNING:

@@ -34,6 +34,7 @@ from storage import open_store
 from storage.runs import RunStore
 
 log = logging.getLogger("keel.orchestrator")
+HEAD_RESOURCE = "node:__internal_head__"
 
 NAMESPACE = "keel"
 DEFAULT_NAME = "orchestrator"
@@ -108,7 +109,10 @@ class Orchestrator:
     async def _sweep(self) -> None:
         while True:
             await asyncio.sleep(self.settings.sweep_interval_s)
-            await self.engine.recover()
+            try:
+                await self.engine.recover()
+            except Exception:  # the sweeper must outlive any one bad sweep
+                log.exception("sweep failed; trying again in %ss", self.settings.sweep_interval_s)
 
     async def start_run(self, msg: StartRun) -> RunState:
         self._start_recovery()
@@ -183,22 +187,21 @@ class Orchestrator:
 def get_orchestrator(settings: OrchestratorSettings, name: str = DEFAULT_NAME) -> Any:
     """The running orchestrator of this Ray cluster, created if there is none.
 
-    It prefers the head node (softly: it goes elsewhere if the head cannot take it), which
-    lives as long as the cluster; if its node dies anyway, Ray restarts it on another and
-    it recovers every unfinished run from storage."""
+    It lives on the head node (Ray's ``node:__internal_head__`` resource), which lasts as
+    long as the cluster: losing a worker node never takes the orchestrator with it. If its
+    process dies anyway, Ray restarts it there and it recovers every unfinished run from
+    storage."""
     return Orchestrator.options(  # type: ignore[attr-defined]
         name=name,
         namespace=NAMESPACE,
         lifetime="detached",
         get_if_exists=True,
-        scheduling_strategy=_prefer_head(),
+        resources=_head_resource(),
     ).remote(settings)
 
 
-def _prefer_head() -> Any:
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
+def _head_resource() -> dict[str, float]:
     for node in ray.nodes():  # type: ignore[no-untyped-call]
-        if node.get("Alive") and "node:__internal_head__" in (node.get("Resources") or {}):
-            return NodeAffinitySchedulingStrategy(node_id=node["NodeID"], soft=True)
-    return "DEFAULT"
+        if node.get("Alive") and HEAD_RESOURCE in (node.get("Resources") or {}):
+            return {HEAD_RESOURCE: 0.001}
+    return {}  # a cluster without the marker (a plain local instance): anywhere

@@ -113,6 +113,21 @@ def test_batch_survives_losing_a_worker_node(
     assert batch.returncode == 0, log.read_text()[-3000:]
     assert finished_at_removal < RUNS, "the node went away after the work was done"
 
+    # The orchestrator lives on the head: losing a worker node did not restart it.
+    probe = (
+        "import json, sys; from keel.client import Keel; from keel.config import load_config; "
+        "k = Keel(load_config(sys.argv[1])); print('INFO', json.dumps(k.info()))"
+    )
+    info = subprocess.run(
+        [sys.executable, "-c", probe, str(config)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    line = next(x for x in info.stdout.splitlines() if x.startswith("INFO "))
+    assert json.loads(line.removeprefix("INFO "))["restarted"] is False
+
     # From storage: every run ended, exactly once, and succeeded.
     store = RunStore(open_store(url, s3_options(s3_endpoint), fsync=False))
     run_ids = sorted(store.list_run_ids())
