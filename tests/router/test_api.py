@@ -103,6 +103,22 @@ def test_start_follow_approve_over_http(api: str, tmp_path: Path) -> None:
         ("post", "", {"workflow": "nope"}, as_("alice"), 400, "workflow"),
         ("post", "", {"workflow": "demo", "inputs": {"x": 1}}, as_("alice"), 400, "inputs.x"),
         ("post", "", {"workflow": "demo", "extra": 1}, as_("alice"), 400, "extra"),
+        (
+            "post",
+            "",
+            {"workflow": "demo", "budgets": {"max_steps": 0}},
+            as_("alice"),
+            400,
+            "budgets.max_steps",
+        ),
+        (
+            "post",
+            "",
+            {"workflow": "demo", "budgets": {"max_x": 1}},
+            as_("alice"),
+            400,
+            "budgets.max_x",
+        ),
         ("post", "", {"workflow": "demo"}, as_("bob"), 403, "principal"),
         ("get", "/no-such-run", None, as_("alice"), 404, "run_id"),
         ("get", "?limit=0", None, as_("alice"), 400, "limit"),
@@ -128,3 +144,19 @@ def test_body_size_is_limited(api: str) -> None:
     huge = {"workflow": "demo", "goal": "x" * 1_100_000}
     resp = httpx.post(api, json=huge, headers=as_("alice"), timeout=30)
     assert resp.status_code == 413 and resp.json()["field"] == "body"
+
+
+def test_a_run_budget_given_at_start_stops_the_run(api: str, tmp_path: Path) -> None:
+    body = {
+        "workflow": "demo",
+        "goal": "checkout is down",
+        "inputs": {"outbox": str(tmp_path / "outbox")},
+        "budgets": {"max_tool_calls": 1},
+    }
+    created = httpx.post(api, json=body, headers=as_("alice"), timeout=60)
+    assert created.status_code == 201, created.text
+    assert created.json()["budgets"] == {"max_tool_calls": 1}
+    state = wait_for(f"{api}/{created.json()['run_id']}", "alice", "needs_human")
+    assert state["status"] == "needs_human", state
+    assert "max_tool_calls" in state["reason"]
+    assert len(list((tmp_path / "outbox").glob("*.json"))) == 1  # the page, not the note
