@@ -178,6 +178,7 @@ def component_layer(keel: Any, suite: Suite, tick: Tick) -> LayerOutput:
         want = "valid" if acase.valid else "invalid"
         out.cases.append(_case("args", acase.id, want, got, ok=got.split(" ")[0] == want))
         tick(f"args {acase.id}")
+    recalls: list[float] = []
     if comp.retrieval:
         seed_memory(keel)
         retriever = pool("retriever", keel.settings().node_env())
@@ -188,9 +189,8 @@ def component_layer(keel: Any, suite: Suite, tick: Tick) -> LayerOutput:
             ranked = [i.id for i in resp.items]
             score = recall_at_k(ranked, rcase.relevant, comp.retrieval_k)
             case_ = _case("retrieval", rcase.id, ",".join(rcase.relevant), ",".join(ranked))
-            out.cases.append(case_.model_copy(update={"ok": score == 1.0, "cost": 0.0}))
-            out.metrics.setdefault("_recall_sum", 0.0)
-            out.metrics["_recall_sum"] += score
+            out.cases.append(case_.model_copy(update={"ok": score == 1.0}))
+            recalls.append(score)
             tick(f"retrieval {rcase.id}")
     if comp.policy:
         cfg = keel.config.policy
@@ -203,11 +203,8 @@ def component_layer(keel: Any, suite: Suite, tick: Tick) -> LayerOutput:
         mine = [c.ok for c in out.cases if c.group == group]
         if mine:
             out.metrics[f"component.{group}_accuracy"] = round(mean(mine), 4)
-    if comp.retrieval:
-        total = out.metrics.pop("_recall_sum")
-        out.metrics[f"component.retrieval_recall_at_{comp.retrieval_k}"] = round(
-            total / len(comp.retrieval), 4
-        )
+    if recalls:
+        out.metrics[f"component.retrieval_recall_at_{comp.retrieval_k}"] = round(mean(recalls), 4)
     return out
 
 
