@@ -25,7 +25,7 @@ from actors.messages import (
     StartRun,
     WatchRun,
 )
-from actors.state import Event, RunState, RunStatus, replay
+from actors.state import ApprovalDecided, Event, RunState, RunStatus, replay
 from keel.config import KeelConfig, load_config
 from keel.errors import InputError, KeelError, RunStateError
 from keel.workflows import load_workflow, resolve_ref
@@ -268,11 +268,27 @@ class Keel:
     ) -> RunState:
         """Approve (or reject) the action a run is waiting on, as ``principal``; policy
         decides whether that principal may."""
-        self.show(run_id)
-        state: RunState = self._call(
-            "approve",
-            ApproveRun(run_id=run_id, principal=principal, approved=approved, reason=reason),
-        )
+        before = self.show(run_id)
+        asked = before.state.approval or {}
+        try:
+            state: RunState = self._call(
+                "approve",
+                ApproveRun(run_id=run_id, principal=principal, approved=approved, reason=reason),
+            )
+        except RunStateError:
+            # The orchestrator may have recorded this very answer and then restarted before
+            # replying (our retry then finds nothing to approve): that is success.
+            after = self.show(run_id)
+            if any(
+                isinstance(ev, ApprovalDecided)
+                and ev.seq > before.state.last_seq
+                and ev.principal == principal
+                and ev.approved == approved
+                and ev.args_digest == asked.get("args_digest")
+                for ev in after.events
+            ):
+                return after.state
+            raise
         return state
 
     def cancel(self, run_id: str, *, by: str = "local", reason: str = "") -> RunState:
