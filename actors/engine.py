@@ -58,6 +58,7 @@ from keel.errors import (
     StorageError,
     WorkerLostError,
     WorkflowError,
+    first_error,
 )
 from policy.engine import Decision, PolicyEngine
 from sandbox.tool import Tool, Verification, tool_action, tool_schema
@@ -911,9 +912,8 @@ def check_budgets(budgets: Mapping[str, Any] | None) -> dict[str, JsonValue]:
     try:
         own = RunBudgets.model_validate(dict(budgets))
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        raise InputError(f"budgets.{where}: {err['msg']}", field=f"budgets.{where}") from None
+        field, msg = first_error(exc, "budgets")
+        raise InputError(f"{field}: {msg}", field=field) from None
     dumped: dict[str, JsonValue] = own.model_dump(exclude_none=True)
     return dumped
 

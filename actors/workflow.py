@@ -32,7 +32,7 @@ from typing import Any, Protocol, runtime_checkable
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
 from actors.state import Reducer, replace
-from keel.errors import InputError, WorkflowError
+from keel.errors import InputError, WorkflowError, first_error
 from sandbox.tool import Tool
 
 END = "__end__"
@@ -337,9 +337,8 @@ class Workflow:
         try:
             model = self.inputs_model.model_validate(dict(inputs))
         except ValidationError as exc:
-            err = exc.errors()[0]
-            loc = ".".join(str(p) for p in err["loc"])
-            raise InputError(f"{err['msg']}", field=f"inputs.{loc}" if loc else "inputs") from None
+            field, msg = first_error(exc, "inputs")
+            raise InputError(msg, field=field) from None
         data: dict[str, JsonValue] = model.model_dump(mode="json")
         return data
 

@@ -35,6 +35,7 @@ from rich.table import Table
 
 import router  # noqa: F401  (before litellm: its price map stays local, nothing leaves loopback)
 from actors.workflow import END, NodeContext, NodeOutput, RetryPolicy, Workflow
+from sandbox import demo_service
 from sandbox.outbox import OutboxTool
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,15 +81,6 @@ workflow.edge("deliver", END)
 
 
 # -- helpers -------------------------------------------------------------------------------
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def start_scripted() -> tuple[Any, str]:
     from router.scripted import launch
 
@@ -150,7 +142,7 @@ def measure_keel(
             "ray": {"address": address},
             "orchestrator": {"node_num_cpus": 0.25},
             "workers": {"planner": 4, "executor": 4},
-            "router": router_config(base, free_port()),
+            "router": router_config(base, demo_service.free_port()),
         }
     )
     keel = Keel(config)

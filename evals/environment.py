@@ -8,7 +8,6 @@ scenario says. Everything measured afterwards comes from the run's ledger.
 from __future__ import annotations
 
 import shutil
-import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -39,13 +38,6 @@ class ScenarioRun(BaseModel):
     error: str = ""
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def seed_memory(keel: Any) -> None:
     """The runbooks the retriever ranks, in the deployment's memory."""
     from keel.incident import RUNBOOKS
@@ -65,7 +57,7 @@ def run_scenario(keel: Any, suite: Suite, sc: Scenario, base: Path, prefix: str)
     if root.exists():
         shutil.rmtree(root)
     demo_service.prepare(root, sc.fault)
-    port = free_port()
+    port = demo_service.free_port()
     proc = demo_service.start(root, port)
     started = time.monotonic()
     approval_errors: list[str] = []

@@ -21,7 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from keel.config import RunBudgets
-from keel.errors import InputError
+from keel.errors import InputError, first_error
 
 HERE = Path(__file__).resolve().parent
 BUNDLED = HERE / "suites"
@@ -201,10 +201,9 @@ def parse_suite(text: str, source: str = "suite") -> Suite:
     try:
         return Suite.model_validate(raw)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "suite"
+        where, msg = first_error(exc, default="suite")
         more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        raise InputError(f"{source}: {where}: {err['msg']}{more}", field=where) from None
+        raise InputError(f"{source}: {where}: {msg}{more}", field=where) from None
 
 
 def load_suite(ref: str) -> Suite:

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
 from actors.state import RunStatus
 from keel.config import RunBudgets
-from keel.errors import InputError, KeelError, RunStateError
+from keel.errors import InputError, KeelError, RunStateError, first_error
 from storage.runs import check_run_id
 
 Outcome = Literal["started", "skipped", "followed", "error"]
@@ -72,9 +72,8 @@ def read_tasks(path: Path, default_workflow: str | None) -> tuple[list[Task], li
                 raise ValueError("a task is a JSON object")
             task = Task.model_validate(raw)
         except ValidationError as exc:
-            err = exc.errors()[0]
-            where = ".".join(str(p) for p in err["loc"]) or "task"
-            bad.append(BadLine(line=n, reason=f"{where}: {err['msg']}"))
+            where, msg = first_error(exc, default="task")
+            bad.append(BadLine(line=n, reason=f"{where}: {msg}"))
             continue
         except ValueError as exc:
             bad.append(BadLine(line=n, reason=f"not a JSON object: {exc}"))

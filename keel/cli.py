@@ -186,7 +186,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     keel = Keel(load_config(args.config))
     _apply_storage(keel, args)
     url = keel.config.storage_url()
-    free_port = _free_port
     base = Path(".keel-demo").resolve() if "://" in url else Path(f"{url}-demo")
     memory = MemoryStore(keel.store.store)
     for item in RUNBOOKS:
@@ -202,7 +201,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             if root.exists():
                 shutil.rmtree(root)
             demo_service.prepare(root, fault)
-            port = free_port()
+            port = demo_service.free_port()
             proc = demo_service.start(root, port)
             try:
                 before = demo_service.health(port)
@@ -569,14 +568,6 @@ def cmd_cancel(args: argparse.Namespace) -> int:
         return _finish(keel.cancel(args.run_id, reason=args.reason))
     finally:
         keel.close()
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _apply_storage(keel: Any, args: argparse.Namespace) -> None:

@@ -52,6 +52,7 @@ class Keel:
         self._store: RunStore | None = None
         self._started_ray = False
         self._checked = False
+        self._handle: Any = None
         self._router_lock = threading.Lock()
 
     # -- plumbing ---------------------------------------------------------------------
@@ -125,11 +126,16 @@ class Keel:
 
             ray.shutdown()
             self._started_ray = False
+            self._handle = None
 
     def orchestrator(self) -> Any:
         from actors.orchestrator import get_orchestrator
 
         self.connect()
+        if self._handle is not None:
+            return self._handle
+        # Looked up (or created) once per client: a named detached actor's handle stays
+        # good across its restarts, and the lookup asks the GCS about every node.
         handle = get_orchestrator(self.settings(), self.config.orchestrator.name)
         if not self._checked:
             import ray
@@ -147,6 +153,7 @@ class Keel:
                     field="orchestrator.name",
                 )
             self._checked = True
+        self._handle = handle
         return handle
 
     def ensure_router(self) -> Any:
@@ -170,6 +177,7 @@ class Keel:
                 if isinstance(exc, KeelError) or time.monotonic() > deadline:
                     raise
                 log.info("orchestrator unavailable (%s); retrying", type(exc).__name__)
+                self._handle = None  # killed for good, it is created again on the next call
                 time.sleep(0.5)
 
     # -- runs -------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, model_validator
 
-from keel.errors import ConfigError
+from keel.errors import ConfigError, first_error
 
 
 class _Section(BaseModel):
@@ -275,6 +275,5 @@ def load_config(
     try:
         return KeelConfig.model_validate(raw)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(err["msg"], field=loc or "config") from None
+        field, msg = first_error(exc, default="config")
+        raise ConfigError(msg, field=field) from None

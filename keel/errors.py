@@ -7,7 +7,10 @@ intact; callers branch on ``code`` (stable) rather than on message text.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
 
 
 class ErrorCode(StrEnum):
@@ -203,3 +206,12 @@ class RouterError(KeelError):
     """Root of model router failures."""
 
     default_code = ErrorCode.ROUTER
+
+
+def first_error(exc: ValidationError, prefix: str = "", default: str = "") -> tuple[str, str]:
+    """The field path (``prefix.a.b``) and message of a pydantic error's first problem: what
+    every "bad input names its field" message is made of."""
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    field = ".".join(part for part in (prefix, loc) if part) or default or prefix
+    return field, str(err["msg"])

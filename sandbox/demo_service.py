@@ -167,6 +167,16 @@ if __name__ == "__main__":
     main()
 
 
+def free_port() -> int:
+    """A port nothing listens on yet, on 127.0.0.1 (for the service, or Serve's proxy)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
 def start(root: Path, port: int, *, timeout_s: float = 30.0) -> Any:
     """Start the service as a subprocess on 127.0.0.1 and wait until it answers."""
     import subprocess
