@@ -28,6 +28,7 @@ class ExecutorWorker:
     ) -> None:
         self.name = name
         self.policy = PolicyEngine(policy_model, policy_file)
+        self.inflight: set[str] = set()
 
     def _admit(self, msg: ExecuteRequest) -> None:
         errors = validate_args(tool_schema(msg.tool), msg.args)
@@ -53,5 +54,15 @@ class ExecutorWorker:
         if msg.verify_only:
             verdict = await asyncio.to_thread(msg.tool.verify, args, msg.key)
             return ExecuteResponse(verification=verdict.model_dump(mode="json"), worker=self.name)
-        result = await asyncio.to_thread(msg.tool.apply, args, msg.key)
+        # The apply runs on a thread that nothing can stop: its key stays in ``inflight``
+        # until the thread ends, even if the caller gave up, so reconciliation can tell a
+        # call that is still under way from one that is over.
+        call = asyncio.get_running_loop().run_in_executor(None, msg.tool.apply, args, msg.key)
+        self.inflight.add(msg.key)
+        call.add_done_callback(lambda _f: self.inflight.discard(msg.key))
+        result = await asyncio.shield(call)
         return ExecuteResponse(result=to_jsonable_python(result), worker=self.name)
+
+    async def running(self, key: str) -> bool:
+        """Whether an apply under ``key`` is still under way on this replica."""
+        return key in self.inflight

@@ -47,6 +47,10 @@ class OrchestratorSettings(_Msg):
     storage_url: str
     storage_options: dict[str, JsonValue] = Field(default_factory=dict)
     fsync: bool = True
+    name: str = Field(default="orchestrator", description="the actor's name in namespace keel")
+    lease_ttl_s: float = Field(default=15.0, gt=0.0, description="how long a lease vouches")
+    embedded: bool = Field(default=False, description="a local instance others may attach to")
+    host_pid: int | None = Field(default=None, description="the process that started Ray")
     max_concurrent_runs: int = Field(default=256, ge=1)
     node_num_cpus: float = Field(default=1.0, ge=0.0)
     sweep_interval_s: float = Field(default=5.0, gt=0.0)

@@ -3,6 +3,12 @@
 Ray restarts it without limit; each incarnation starts by loading every unfinished run
 from the checkpoint store and resuming it from its last good checkpoint. All the run logic
 lives in ``actors.engine``; this module is the actor shell around it.
+
+Its owner name (``<host>.<Ray cluster>.<actor name>``) outlives its restarts, so a new
+incarnation carries on its predecessor's runs at once; another cluster on the same store
+only takes them over once this one's lease has expired. The lease also tells a second
+``keel`` process on the same host and store where to find this instance (its Ray address),
+so it attaches here instead of starting a second driver.
 """
 
 from __future__ import annotations
@@ -10,13 +16,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import threading
 import time
 from typing import Any
 
 import ray
 
-from actors.engine import FaultPoint, RunEngine, RunView
+from actors.effects import Hooks
+from actors.engine import RunEngine, RunView
 from actors.messages import (
     ApproveRun,
     CancelRun,
@@ -31,6 +39,7 @@ from actors.tracing import RunTracer
 from keel.config import BudgetConfig
 from policy.engine import PolicyEngine
 from storage import open_store
+from storage.leases import Lease, Leases, owner_id
 from storage.runs import RunStore
 
 log = logging.getLogger("keel.orchestrator")
@@ -50,16 +59,17 @@ def _kick_recovery(handle: Any) -> None:
             time.sleep(1.0)
 
 
-def _crash(point: str) -> None:
-    log.error("fault injection at %s: exiting the orchestrator process", point)
-    os._exit(1)
+def instance_owner(name: str) -> str:
+    """This orchestrator's owner name: the same for every incarnation in this Ray cluster."""
+    ctx = ray.get_runtime_context()
+    return owner_id(socket.gethostname(), ctx.gcs_address.replace(":", "-"), name)
 
 
-@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)
-class Orchestrator:
-    """Ray actor; see the module docstring. Every method takes one typed message."""
+class OrchestratorActor:
+    """The actor's body (``Orchestrator`` is it as a Ray actor); see the module docstring.
+    Every method takes one typed message."""
 
-    def __init__(self, settings: OrchestratorSettings) -> None:
+    def __init__(self, settings: OrchestratorSettings, hooks: Hooks | None = None) -> None:
         from keel.workflows import load_workflow
 
         self.settings = settings
@@ -71,16 +81,26 @@ class Orchestrator:
         def resolve(ref: str) -> Any:
             return load_workflow(ref)
 
+        ctx = ray.get_runtime_context()
+        lease = Lease(
+            Leases(store),
+            instance_owner(settings.name),
+            ttl_s=settings.lease_ttl_s,
+            kind="embedded" if settings.embedded else "cluster",
+            address=ctx.gcs_address,
+            host_pid=settings.host_pid,
+        )
         self.engine = RunEngine(
             RunStore(store),
             RayNodeRunner(settings.node_num_cpus, env),
             resolve,
+            lease=lease,
             max_concurrent_runs=settings.max_concurrent_runs,
-            crash=_crash,
             context_env=env,
             policy=PolicyEngine(settings.policy_model, settings.policy_file),
             budgets=BudgetConfig.model_validate(settings.budgets),
             tracer=RunTracer(settings.tracing, settings.otlp_endpoint),
+            hooks=hooks,
         )
         self.recovered: list[str] | None = None
         self._recovery: asyncio.Task[list[str]] | None = None
@@ -157,9 +177,10 @@ class Orchestrator:
     async def active_runs(self) -> list[str]:
         return [rid for rid, run in self.engine.runs.items() if run.active]
 
-    async def arm_fault(self, point: FaultPoint, node: str, times: int = 1) -> None:
-        """Chaos testing only: crash this process the next time ``point`` is reached."""
-        self.engine.arm_fault(point, node, times)
+    async def release(self) -> None:
+        """Stop driving and give up the lease, so the next instance need not wait for it
+        to expire (a clean shutdown)."""
+        await self.engine.close()
 
     async def spans(self) -> list[dict[str, Any]]:
         """Finished spans, when tracing to memory (for tests and debugging)."""
@@ -181,23 +202,34 @@ class Orchestrator:
             "restarted": ctx.was_current_actor_reconstructed,
             "storage": self.settings.storage_url,
             "recovered": self.recovered,
+            "owner": self.engine.owner,
         }
 
 
-def get_orchestrator(settings: OrchestratorSettings, name: str = DEFAULT_NAME) -> Any:
+ACTOR_OPTIONS: dict[str, Any] = {"num_cpus": 0, "max_restarts": -1, "max_task_retries": 0}
+Orchestrator = ray.remote(**ACTOR_OPTIONS)(OrchestratorActor)
+
+
+def get_orchestrator(
+    settings: OrchestratorSettings, name: str = DEFAULT_NAME, cls: Any = None
+) -> Any:
     """The running orchestrator of this Ray cluster, created if there is none.
 
     It lives on the head node (Ray's ``node:__internal_head__`` resource), which lasts as
     long as the cluster: losing a worker node never takes the orchestrator with it. If its
     process dies anyway, Ray restarts it there and it recovers every unfinished run from
     storage."""
-    return Orchestrator.options(  # type: ignore[attr-defined]
-        name=name,
-        namespace=NAMESPACE,
-        lifetime="detached",
-        get_if_exists=True,
-        resources=_head_resource(),
-    ).remote(settings)
+    return (
+        (cls or Orchestrator)
+        .options(
+            name=name,
+            namespace=NAMESPACE,
+            lifetime="detached",
+            get_if_exists=True,
+            resources=_head_resource(),
+        )
+        .remote(settings)
+    )
 
 
 def _head_resource() -> dict[str, float]:

@@ -17,6 +17,7 @@ from ray.exceptions import (
 )
 
 from actors.worker_messages import ExecuteRequest, ExecuteResponse
+from actors.workers import pool
 from actors.workflow import Node, NodeContext, NodeOutput
 from keel.errors import ErrorCode, NodeError
 from sandbox.tool import Tool, Verification
@@ -82,22 +83,12 @@ class RayNodeRunner:
         )
         return await _await(ref, f"node {node.name}", node.timeout_s)
 
-    async def _execute(self, msg: ExecuteRequest, timeout_s: float | None) -> ExecuteResponse:
-        from actors.workers import pool
-
+    async def _execute(self, msg: ExecuteRequest) -> ExecuteResponse:
         # An apply lost in flight may have happened: it is never sent again blindly.
-        retry_lost = msg.verify_only
         try:
-            resp: ExecuteResponse = await asyncio.wait_for(
-                pool("executor", self.env).call("execute", msg, retry_lost=retry_lost),
-                timeout_s,
+            resp: ExecuteResponse = await pool("executor", self.env).call(
+                "execute", msg, retry_lost=msg.verify_only
             )
-        except TimeoutError:
-            raise NodeError(
-                f"tool {getattr(msg.tool, 'name', '?')} timed out after {timeout_s}s",
-                code=ErrorCode.NODE_TIMEOUT,
-                retryable=True,
-            ) from None
         except RayTaskError as exc:
             cause = exc.cause
             raise (cause if isinstance(cause, Exception) else exc) from None
@@ -108,24 +99,38 @@ class RayNodeRunner:
         tool: Tool,
         args: dict[str, Any],
         key: str,
-        timeout_s: float | None,
         *,
         role: str = "",
         approved_by: str | None = None,
     ) -> JsonValue:
         msg = ExecuteRequest(tool=tool, args=args, key=key, role=role, approved_by=approved_by)
-        resp = await self._execute(msg, timeout_s)
+        resp = await self._execute(msg)
         return resp.result
 
     async def verify_effect(self, tool: Tool, args: dict[str, Any], key: str) -> Verification:
-        resp = await self._execute(
-            ExecuteRequest(tool=tool, args=args, key=key, verify_only=True), 60.0
+        resp = await asyncio.wait_for(
+            self._execute(ExecuteRequest(tool=tool, args=args, key=key, verify_only=True)), 60.0
         )
         return Verification.model_validate(resp.verification)
 
+    async def effect_running(self, key: str) -> bool:
+        """Whether any executor replica still runs a call under ``key``; a replica that
+        does not answer has died, and its call with it."""
+        executors = pool("executor", self.env)
+        answers = await asyncio.gather(
+            *(h.running.remote(key) for h in executors.handles), return_exceptions=True
+        )
+        return any(a is True for a in answers)
+
 
 class InlineNodeRunner:
-    """Everything on the calling process's threads: for benchmarks and single-process use."""
+    """Everything on the calling process's threads: for benchmarks and single-process use.
+
+    A thread cannot be stopped, so an apply whose caller gave up keeps running; it stays
+    in ``running`` until its thread ends, which is what reconciliation asks about."""
+
+    def __init__(self) -> None:
+        self.running: set[str] = set()
 
     async def run_node(self, node: Node, state: BaseModel, ctx: NodeContext) -> Any:
         return await asyncio.wait_for(
@@ -137,15 +142,19 @@ class InlineNodeRunner:
         tool: Tool,
         args: dict[str, Any],
         key: str,
-        timeout_s: float | None,
         *,
         role: str = "",
         approved_by: str | None = None,
     ) -> JsonValue:
-        result: JsonValue = to_jsonable_python(
-            await asyncio.wait_for(asyncio.to_thread(tool.apply, args, key), timeout_s)
-        )
+        loop = asyncio.get_running_loop()
+        call = loop.run_in_executor(None, tool.apply, args, key)
+        self.running.add(key)
+        call.add_done_callback(lambda _f: self.running.discard(key))
+        result: JsonValue = to_jsonable_python(await asyncio.shield(call))
         return result
 
     async def verify_effect(self, tool: Tool, args: dict[str, Any], key: str) -> Verification:
         return await asyncio.to_thread(tool.verify, args, key)
+
+    async def effect_running(self, key: str) -> bool:
+        return key in self.running

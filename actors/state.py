@@ -109,15 +109,18 @@ class EffectResult(_Event):
     error: ErrorInfo | None = None
     reconciled: bool = False
     duration_s: float = 0.0
+    by: str | None = Field(default=None, description="the person who said it was applied")
 
 
 class EffectReconciled(_Event):
-    """On resume, the tool's ``verify()`` found the effect had not happened."""
+    """The effect is known not to have happened (the tool's ``verify()`` or a person said
+    so): it runs again, under the same key and with the same arguments."""
 
     type: Literal["effect_reconciled"] = "effect_reconciled"
     key: str
     applied: bool
     detail: str = ""
+    by: str | None = Field(default=None, description="the person who answered, if one did")
 
 
 class ModelCalled(_Event):
@@ -196,6 +199,15 @@ class RunResumed(_Event):
     reason: str = ""
 
 
+class OwnerChanged(_Event):
+    """Another engine took the run over, because its previous driver's lease had expired."""
+
+    type: Literal["owner_changed"] = "owner_changed"
+    previous: str | None
+    owner: str
+    reason: str = ""
+
+
 class RunFinished(_Event):
     type: Literal["run_finished"] = "run_finished"
     status: Literal[RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED]
@@ -217,6 +229,7 @@ Event = Annotated[
     | BudgetExceeded
     | RunPaused
     | RunResumed
+    | OwnerChanged
     | RunFinished,
     Field(discriminator="type"),
 ]
@@ -287,6 +300,14 @@ class RunState(BaseModel):
         """The effect intended for the current step whose outcome is not yet known."""
         for eff in self.effects.values():
             if eff.status == "pending" and eff.step == self.step and eff.node == self.next_node:
+                return eff
+        return None
+
+    def effect_to_retry(self) -> EffectRecord | None:
+        """The effect of the current step known not to have happened: it runs again as
+        recorded (same key, same arguments) rather than being proposed anew."""
+        for eff in self.effects.values():
+            if eff.status == "not_applied" and eff.step == self.step and eff.node == self.next_node:
                 return eff
         return None
 
@@ -426,6 +447,10 @@ def _resumed(state: RunState, ev: RunResumed, _: Channels) -> RunState:
     return state.model_copy(update={"status": RunStatus.RUNNING, "reason": ""})
 
 
+def _owner_changed(state: RunState, ev: OwnerChanged, _: Channels) -> RunState:
+    return state
+
+
 def _finished(state: RunState, ev: RunFinished, _: Channels) -> RunState:
     return state.model_copy(
         update={
@@ -451,6 +476,7 @@ REDUCERS: dict[str, Callable[[Any, Any, Channels], RunState]] = {
     "budget_exceeded": _budget_exceeded,
     "run_paused": _paused,
     "run_resumed": _resumed,
+    "owner_changed": _owner_changed,
     "run_finished": _finished,
 }
 

@@ -115,6 +115,7 @@ class Node:
     on_reject: str | None = None
     rejections_field: str | None = None
     tools: dict[str, Tool] | ToolSource | None = None
+    grace_s: float | None = None  # effects: how long past the timeout a late result counts
 
     @property
     def is_effect(self) -> bool:
@@ -221,6 +222,7 @@ class Workflow:
         rejections_field: str | None = None,
         retry: RetryPolicy | None = None,
         timeout_s: float | None = None,
+        grace_s: float | None = None,
     ) -> Callable[[NodeFn], NodeFn]:
         """Declare a side-effecting node: ``fn`` returns the tool's arguments (a proposal);
         given a list of tools, it returns ``{"tool": NAME, "args": {...}}`` choosing one.
@@ -230,6 +232,10 @@ class Workflow:
         intent, applies the tool once on the executor, and records the result. A rejected
         proposal goes to ``on_reject`` (typically the planner) with its errors written to
         ``rejections_field``; without ``on_reject`` it fails the run.
+
+        An apply that outlives ``timeout_s`` is waited for ``grace_s`` more (by default as
+        long again); a result that arrives then still counts. After that its outcome is
+        settled through the tool's ``verify()`` or by a person, never by applying again.
         """
 
         single: Tool | None = None
@@ -255,6 +261,7 @@ class Workflow:
                     on_reject,
                     rejections_field,
                     several,
+                    grace_s,
                 )
             )
             return fn

@@ -318,7 +318,7 @@ def cmd_approve(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from actors.engine import load_events
+    from actors.decisions import load_events
     from actors.replay import replay
     from keel.client import Keel
     from keel.workflows import load_workflow

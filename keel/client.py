@@ -2,6 +2,13 @@
 
 Reads (``runs``, ``show``) go straight to the checkpoint store and need no Ray; writes go
 through the orchestrator actor, so there is only ever one writer per run.
+
+On the embedded default (no Ray address configured) there is one Keel instance per store
+and host: the first client starts a local Ray and its orchestrator (the *host*); any other
+``keel`` process on the same store finds that instance through the orchestrator's lease
+record and attaches to it as another Ray driver, rather than starting a second driver. The
+host keeps the instance up until every attached process has gone; ``keel up`` hosts one in
+the background that outlives terminals.
 """
 
 from __future__ import annotations
@@ -16,7 +23,8 @@ from typing import Any, Literal
 
 from pydantic import JsonValue
 
-from actors.engine import RunView, load_events, new_run_id
+from actors.decisions import check_budgets, load_events, new_run_id
+from actors.engine import RunView
 from actors.messages import (
     ApproveRun,
     CancelRun,
@@ -30,7 +38,8 @@ from keel.config import KeelConfig, load_config
 from keel.errors import InputError, KeelError, RunStateError
 from keel.workflows import load_workflow, resolve_ref
 from storage import open_store
-from storage.runs import RunStore, check_run_id
+from storage.leases import Leases, OwnerRecord
+from storage.runs import PENDING, RunStore, check_run_id
 
 log = logging.getLogger("keel.client")
 
@@ -47,10 +56,12 @@ def _abs(path: str | None) -> str | None:
 class Keel:
     """A handle on one Keel deployment (its storage and its Ray cluster)."""
 
-    def __init__(self, config: KeelConfig | None = None) -> None:
+    def __init__(self, config: KeelConfig | None = None, *, orchestrator_class: Any = None) -> None:
         self.config = config or load_config()
+        self.orchestrator_class = orchestrator_class
         self._store: RunStore | None = None
         self._started_ray = False
+        self.attached: OwnerRecord | None = None
         self._checked = False
         self._handle: Any = None
         self._router_lock = threading.Lock()
@@ -80,7 +91,17 @@ class Keel:
             policy_file=_abs(self.config.policy.policy),
             tracing=self.config.telemetry.exporter,
             otlp_endpoint=self.config.telemetry.otlp_endpoint,
+            name=self.config.orchestrator.name,
+            lease_ttl_s=self.config.orchestrator.lease_ttl_s,
+            embedded=self.config.ray.address is None,
+            host_pid=os.getpid() if self._started_ray else None,
         )
+
+    def embedded_instance(self) -> OwnerRecord | None:
+        """The live embedded instance that drives this store on this host, if any."""
+        if self.config.ray.address is not None:
+            return None
+        return Leases(self.store.store).find_embedded()
 
     def connect(self) -> None:
         """Join the configured Ray cluster, or start a local one (the embedded default)."""
@@ -108,6 +129,16 @@ class Keel:
             "logging_level": logging.WARNING,
             "log_to_driver": False,
         }
+        running = self.embedded_instance() if address is None else None
+        if running is not None:
+            kwargs["address"] = running.address
+            log.info("attaching to the Keel instance at %s (pid %s)", running.address, running.pid)
+            try:
+                ray.init(**kwargs)
+                self.attached = running
+                return
+            except Exception as exc:  # it went away between the look and the attach
+                log.warning("cannot attach to %s (%s); starting a local instance", running, exc)
         if address is None:
             kwargs.update(
                 address="local",
@@ -119,14 +150,40 @@ class Keel:
             kwargs["address"] = address
         ray.init(**kwargs)
 
-    def close(self) -> None:
-        """Stop the local Ray instance if this client started it."""
-        if self._started_ray:
-            import ray
+    def attached_processes(self) -> int:
+        """How many other processes use the Ray instance this client started."""
+        import ray
 
+        if not ray.is_initialized():
+            return 0
+        mine = ray.get_runtime_context().get_job_id()
+        jobs = ray._private.state.jobs()  # type: ignore[no-untyped-call]  # the GCS job table
+        return sum(1 for j in jobs if not j.get("IsDead") and j.get("JobID") != mine)
+
+    def close(self, *, wait_for_attached: Callable[[int], None] | None = None) -> None:
+        """Leave Ray; stop the local instance if this client started it.
+
+        A host first waits while other ``keel`` processes are attached to its instance
+        (``wait_for_attached(n)`` is told how many, each time it looks), then gives up its
+        orchestrator's lease, so the next instance carries on its unfinished runs at once.
+        """
+        import ray
+
+        if self._started_ray:
+            while wait_for_attached is not None and (n := self.attached_processes()) > 0:
+                wait_for_attached(n)
+                time.sleep(1.0)
+            if self._handle is not None:
+                try:
+                    ray.get(self._handle.release.remote(), timeout=30)
+                except Exception as exc:
+                    log.warning("orchestrator did not release its lease: %s", exc)
             ray.shutdown()
             self._started_ray = False
-            self._handle = None
+        elif self.attached is not None:
+            ray.shutdown()
+            self.attached = None
+        self._handle = None
 
     def orchestrator(self) -> Any:
         from actors.orchestrator import get_orchestrator
@@ -136,7 +193,9 @@ class Keel:
             return self._handle
         # Looked up (or created) once per client: a named detached actor's handle stays
         # good across its restarts, and the lookup asks the GCS about every node.
-        handle = get_orchestrator(self.settings(), self.config.orchestrator.name)
+        handle = get_orchestrator(
+            self.settings(), self.config.orchestrator.name, self.orchestrator_class
+        )
         if not self._checked:
             import ray
 
@@ -194,8 +253,6 @@ class Keel:
         """Validate everything locally first (nothing is written for bad input), then
         ask the orchestrator to create the run. ``budgets`` (RunBudgets) tighten the
         deployment's limits for this run only."""
-        from actors.engine import check_budgets
-
         ref = resolve_ref(workflow, self.config.workflows)
         wf = load_workflow(ref)
         clean = wf.check_inputs(inputs or {})
@@ -314,6 +371,8 @@ class Keel:
         out = []
         for run_id in self.store.list_run_ids():
             entry = self.store.read_index(run_id)
+            if entry is not None and entry.get("status") == PENDING:
+                entry = self._settle_pending(run_id)
             if entry is None:
                 continue
             if status is not None and entry.get("status") != status:
@@ -322,6 +381,17 @@ class Keel:
                 continue
             out.append(entry)
         return sorted(out, key=lambda e: e.get("created_at", 0), reverse=True)
+
+    def _settle_pending(self, run_id: str) -> dict[str, Any] | None:
+        """An index entry written before its checkpoint 0: a run if the checkpoint exists
+        (its creator died before updating the entry), otherwise no run at all."""
+        from actors.decisions import summary
+
+        try:
+            view = self.show(run_id)
+        except KeelError:
+            return None
+        return summary(view.state)
 
     def show(self, run_id: str) -> RunView:
         """A run's state and ledger, folded from its checkpoints in storage."""

@@ -36,6 +36,13 @@ class OrchestratorConfig(_Section):
     name: str = "orchestrator"
     max_concurrent_runs: int = Field(default=256, ge=1, le=100_000)
     node_num_cpus: float = Field(default=1.0, ge=0.0)
+    lease_ttl_s: float = Field(
+        default=15.0,
+        ge=1.0,
+        le=3600.0,
+        description="how long an instance's lease on its runs lasts without renewal; another "
+        "instance on the same store takes its runs over only after that",
+    )
 
 
 class TierConfig(_Section):

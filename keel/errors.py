@@ -33,6 +33,9 @@ class ErrorCode(StrEnum):
     POLICY = "policy"
     ROUTER = "router"
     WORKER_LOST = "worker_lost"
+    OBJECT_EXISTS = "object_exists"
+    CONFLICT = "conflict"
+    RUN_OWNED = "run_owned"
 
 
 class KeelError(Exception):
@@ -141,6 +144,19 @@ class RunStateError(KeelError):
     default_code = ErrorCode.RUN_STATE
 
 
+class ConflictError(KeelError):
+    """The operation lost a race with another writer, or the target is held by someone else:
+    reload and look again before acting."""
+
+    default_code = ErrorCode.CONFLICT
+
+
+class RunOwnedError(ConflictError):
+    """Another live Keel instance drives this run; only it may write the run."""
+
+    default_code = ErrorCode.RUN_OWNED
+
+
 class NodeError(KeelError):
     """A node failed; ``retryable`` decides whether its retry policy applies."""
 
@@ -173,6 +189,14 @@ class ObjectNotFoundError(StorageError):
     """The object does not exist in the store."""
 
     default_code = ErrorCode.OBJECT_NOT_FOUND
+    default_retryable = False
+
+
+class ObjectExistsError(StorageError):
+    """A create-if-absent write found the object already there: another writer got it
+    first. For checkpoints this is the fence that keeps one driver per run."""
+
+    default_code = ErrorCode.OBJECT_EXISTS
     default_retryable = False
 
 

@@ -49,6 +49,7 @@ class PolicyEngine:
         self._stamp: tuple[float, int, float, int] | None = None
         self.version = ""
         self._enforcer: casbin.Enforcer | None = None
+        self._decisions: dict[tuple[str, str, str], Decision] = {}
         self.reload()
 
     def _file_stamp(self) -> tuple[float, int, float, int]:
@@ -72,11 +73,17 @@ class PolicyEngine:
             except Exception as exc:
                 raise ConfigError(f"policy files do not load: {exc}", field="policy") from None
             self._enforcer, self._stamp, self.version = enforcer, stamp, digest
+            self._decisions = {}
             return True
 
     def decide(self, subject: str, obj: str, action: str) -> Decision:
+        """The decision on one request. Decisions are a pure function of the request and
+        the policy files, so each is remembered until the files change."""
         self.reload()
         with self._lock:
+            cached = self._decisions.get((subject, obj, action))
+            if cached is not None:
+                return cached
             enforcer = self._enforcer
             assert enforcer is not None
             allowed, rule = enforcer.enforce_ex(subject, obj, action)
@@ -93,7 +100,7 @@ class PolicyEngine:
                 rule = ["p", *rule]
             else:
                 rule = ["default", "deny"]  # no rule matched
-            return Decision(
+            decision = Decision(
                 subject=subject,
                 object=obj,
                 action=action,
@@ -101,3 +108,7 @@ class PolicyEngine:
                 rule=[str(r) for r in rule],
                 policy_version=self.version,
             )
+            if len(self._decisions) >= 10_000:
+                self._decisions.clear()
+            self._decisions[(subject, obj, action)] = decision
+            return decision

@@ -3,6 +3,11 @@
 This module imports no backend library, so users can implement the protocol for their own
 store. Keys are ``/``-separated relative paths. There is no append and no rename, because
 S3 has neither: every write replaces a whole object atomically or not at all.
+
+``create`` is the one conditional write, and exactly-once rests on it: checkpoint N of a run
+is created only if it is absent, so of two drivers of one run only one can commit each step
+(an append with an expected version, as event stores do). A local directory does it with an
+exclusive link, S3 with a conditional PUT (``If-None-Match: *``).
 """
 
 from __future__ import annotations
@@ -21,6 +26,14 @@ class CheckpointStore(Protocol):
 
     def put(self, key: str, data: bytes) -> None:
         """Write ``data`` as the whole object ``key``, replacing any previous object."""
+        ...
+
+    def create(self, key: str, data: bytes) -> None:
+        """Write ``data`` as ``key`` only if no object ``key`` exists, all or nothing.
+
+        Raises:
+            ObjectExistsError: the object already exists; nothing was written.
+        """
         ...
 
     def get(self, key: str) -> bytes:

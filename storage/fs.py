@@ -1,4 +1,10 @@
-"""Any fsspec URL as a checkpoint store; ``s3://bucket/prefix`` goes through s3fs."""
+"""Any fsspec URL as a checkpoint store; ``s3://bucket/prefix`` goes through s3fs.
+
+The create-if-absent write that fences checkpoints is a conditional PUT on S3
+(``If-None-Match: *``, which s3fs sends for ``mode="create"``; AWS S3 and moto's server
+honour it, and the conformance suite checks it against the latter) and an exclusive open
+(``"xb"``) on filesystems that have one.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,7 @@ from typing import Any
 
 import fsspec
 
-from keel.errors import ObjectNotFoundError, StorageError
+from keel.errors import ObjectExistsError, ObjectNotFoundError, StorageError
 from storage.base import check_key
 
 
@@ -27,6 +33,7 @@ class FsspecStore:
         self._url = url
         self.fs = fs
         self.root = root.rstrip("/")
+        self._conditional_put = protocol in ("s3", "s3a")
 
     @property
     def url(self) -> str:
@@ -39,6 +46,21 @@ class FsspecStore:
         path = self._path(key)
         try:
             self.fs.pipe_file(path, data)
+        except Exception as exc:
+            raise StorageError(f"cannot write {key} to {self._url}: {exc}", key=key) from exc
+
+    def create(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        try:
+            if self._conditional_put:
+                self.fs.pipe_file(path, data, mode="create")
+            else:
+                with self.fs.open(path, "xb") as fh:
+                    fh.write(data)
+        except FileExistsError:
+            raise ObjectExistsError(
+                f"object {key} already exists in {self._url}", key=key
+            ) from None
         except Exception as exc:
             raise StorageError(f"cannot write {key} to {self._url}: {exc}", key=key) from exc
 

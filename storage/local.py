@@ -7,7 +7,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from keel.errors import ObjectNotFoundError, StorageError
+from keel.errors import ObjectExistsError, ObjectNotFoundError, StorageError
 from storage.base import check_key
 
 
@@ -27,6 +27,15 @@ class LocalStore:
         return self.root / check_key(key)
 
     def put(self, key: str, data: bytes) -> None:
+        self._write(key, data, exclusive=False)
+
+    def create(self, key: str, data: bytes) -> None:
+        self._write(key, data, exclusive=True)
+
+    def _write(self, key: str, data: bytes, *, exclusive: bool) -> None:
+        """Write a temporary file, then move it into place: ``rename`` replaces, ``link``
+        refuses an existing target (the exclusive create), and neither shows a partial
+        object."""
         path = self._path(key)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -37,11 +46,19 @@ class LocalStore:
                     if self.fsync:
                         fh.flush()
                         os.fsync(fh.fileno())
-                os.replace(tmp, path)
+                if exclusive:
+                    os.link(tmp, path)
+                    os.unlink(tmp)
+                else:
+                    os.replace(tmp, path)
+                if self.fsync:
+                    _fsync_dir(path.parent)
             except BaseException:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
                 raise
+        except FileExistsError:
+            raise ObjectExistsError(f"object {key} already exists", key=key) from None
         except OSError as exc:
             raise StorageError(f"cannot write {key} under {self.root}: {exc}", key=key) from exc
 
@@ -68,3 +85,12 @@ class LocalStore:
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self._path(key).unlink()
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a new directory entry durable, not only the file's bytes."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -5,11 +5,18 @@ Layout under the store root::
     runs/<run_id>/checkpoints/<n:08d>.ckpt   sealed; the ledger events committed at step n
     index/<run_id>.json                      sealed; a summary for fast listing (a hint:
                                              the checkpoints are the truth)
+    owners/<owner>.json                      sealed; the leases of the engines driving runs
     quarantine/<run_id>/<n:08d>-<ts>.ckpt    corrupt objects moved aside before a rewrite
 
 Each checkpoint holds only the events since the previous one, so bytes stored grow
 linearly with a run, and names the SHA-256 of its predecessor's body, so a checkpoint that
-follows a corrupt or missing one is never folded in by mistake.
+follows a corrupt or missing one is never folded in by mistake. It also names the owner that
+wrote it, and it is created only if absent: the checkpoint number is the fence that keeps
+one driver per run.
+
+A run exists exactly when its checkpoint 0 exists. Its index entry is written first, marked
+``pending``, so listing and recovery find every run whose checkpoint 0 was written; an
+entry whose checkpoint 0 never came is not a run and is skipped.
 """
 
 from __future__ import annotations
@@ -22,13 +29,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from keel.errors import CorruptObjectError, InputError, ObjectNotFoundError, SchemaVersionError
+from keel.errors import (
+    CorruptObjectError,
+    InputError,
+    ObjectExistsError,
+    ObjectNotFoundError,
+    RunNotFoundError,
+    SchemaVersionError,
+)
 from storage.base import CheckpointStore
 from storage.envelope import digest, open_sealed, seal
 
 log = logging.getLogger("keel.storage")
 
 SCHEMA_VERSION = 1
+PENDING = "pending"
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _CKPT = re.compile(r"/checkpoints/(\d{8})\.ckpt$")
 
@@ -58,6 +73,7 @@ class LoadedRun:
     events: list[dict[str, Any]] = field(default_factory=list)
     next_n: int = 0
     last_digest: str | None = None
+    owner: str | None = None
     skipped: list[SkippedObject] = field(default_factory=list)
 
 
@@ -79,14 +95,42 @@ class RunStore:
         return bool(self.store.list(f"runs/{check_run_id(run_id)}/checkpoints"))
 
     def append(
-        self, run_id: str, n: int, prev: str | None, events: Sequence[dict[str, Any]]
+        self,
+        run_id: str,
+        n: int,
+        prev: str | None,
+        events: Sequence[dict[str, Any]],
+        owner: str | None = None,
     ) -> str:
-        """Commit checkpoint ``n``; return its digest, which checkpoint ``n + 1`` names."""
+        """Create checkpoint ``n``; return its digest, which checkpoint ``n + 1`` names.
+
+        Raises:
+            ObjectExistsError: another writer created checkpoint ``n`` first: this writer
+                no longer drives the run. A retry of this very write that had landed
+                (an ambiguous failure) is recognised and counts as success.
+        """
         body = json.dumps(
-            {"schema": SCHEMA_VERSION, "run_id": run_id, "n": n, "prev": prev, "events": events},
+            {
+                "schema": SCHEMA_VERSION,
+                "run_id": run_id,
+                "n": n,
+                "prev": prev,
+                "owner": owner,
+                "events": events,
+            },
             separators=(",", ":"),
         ).encode()
-        self.store.put(self.checkpoint_key(run_id, n), seal(body, "checkpoint"))
+        key = self.checkpoint_key(run_id, n)
+        sealed = seal(body, "checkpoint")
+        try:
+            self.store.create(key, sealed)
+        except ObjectExistsError:
+            try:
+                if self.store.get(key) == sealed:
+                    return digest(body)
+            except ObjectNotFoundError:
+                pass
+            raise
         return digest(body)
 
     def load(self, run_id: str) -> LoadedRun:
@@ -96,8 +140,6 @@ class RunStore:
             RunNotFoundError: no checkpoint of this run exists.
             SchemaVersionError: a checkpoint was written by a newer Keel.
         """
-        from keel.errors import RunNotFoundError
-
         keys = self.store.list(f"runs/{check_run_id(run_id)}/checkpoints")
         numbered = sorted((int(m.group(1)), k) for k in keys if (m := _CKPT.search(k)))
         if not numbered:
@@ -119,6 +161,7 @@ class RunStore:
             out.events.extend(body["events"])
             out.last_digest = body_digest
             out.next_n = n + 1
+            out.owner = body.get("owner")
         for skipped in out.skipped:
             log.warning("skipped checkpoint %s: %s", skipped.key, skipped.reason)
         return out

@@ -7,17 +7,20 @@ import pytest
 
 from keel.client import Keel
 from keel.config import KeelConfig, OrchestratorConfig, StorageConfig
+from keel.testing.chaos import ChaosOrchestrator
 from tests.conftest import Backend
 
 
 def make_keel(backend: Backend) -> Keel:
+    """A client whose orchestrator can be told to crash at a fault point (``arm_fault``)."""
     return Keel(
         KeelConfig(
             storage=StorageConfig(url=backend.url, options=backend.options, fsync=False),
             orchestrator=OrchestratorConfig(
                 name=f"orch-{uuid.uuid4().hex[:8]}", node_num_cpus=0.25
             ),
-        )
+        ),
+        orchestrator_class=ChaosOrchestrator,
     )
 
 

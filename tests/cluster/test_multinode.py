@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from actors.engine import load_events
+from actors.decisions import load_events
 from actors.state import EffectIntent, RunFinished, RunStatus
 from storage import open_store
 from storage.runs import RunStore

@@ -13,6 +13,7 @@ from actors.state import EffectResult, RunStatus
 from keel.client import Keel
 from keel.config import KeelConfig, OrchestratorConfig, RouterConfig, StorageConfig
 from keel.incident import RUNBOOKS
+from keel.testing.chaos import ChaosOrchestrator
 from sandbox import demo_service
 from sandbox.bwrap import isolation
 from storage.memory import MemoryStore
@@ -42,7 +43,8 @@ def keel(router: int, tmp_path: Path) -> Iterator[Keel]:
             storage=StorageConfig(url=str(tmp_path / "store"), fsync=False),
             orchestrator=OrchestratorConfig(name=f"orch-{tmp_path.name}", node_num_cpus=0.25),
             router=RouterConfig(http_port=router),
-        )
+        ),
+        orchestrator_class=ChaosOrchestrator,
     )
     memory = MemoryStore(client.store.store)
     for item in RUNBOOKS:

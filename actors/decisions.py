@@ -1,0 +1,305 @@
+"""The engine's decisions as pure functions: no I/O, no clock but the one passed in.
+
+The run loop (``actors.engine``) and the effect protocol (``actors.effects``) call these to
+decide what a step produces; ``keel replay`` and the simulator call the same functions, so
+a rule changes in one place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+from pydantic import BaseModel, JsonValue, ValidationError
+from pydantic_core import to_jsonable_python
+
+from actors.state import (
+    ErrorInfo,
+    Event,
+    ModelCalled,
+    NodeCompleted,
+    NodeFailed,
+    PolicyDecided,
+    ProposalRejected,
+    RunFinished,
+    RunPaused,
+    RunState,
+    RunStatus,
+    fold,
+    parse_event,
+)
+from actors.workflow import Node, NodeContext, Workflow
+from keel.config import BudgetConfig, RunBudgets
+from keel.errors import InputError, KeelError, WorkflowError, first_error
+from policy.engine import Decision
+from sandbox.tool import Tool
+
+
+@dataclass(frozen=True)
+class Step:
+    """One attempt at one node of one run: what every step function needs, in one value."""
+
+    node: Node
+    ctx: NodeContext
+    started: float
+
+    @property
+    def key(self) -> str:
+        """The idempotency key of this step's effect."""
+        return effect_key(self.ctx.run_id, self.ctx.step, self.node.name, self.ctx.attempt)
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+
+def new_run_id() -> str:
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(4)}"
+
+
+def effect_key(run_id: str, step: int, node: str, attempt: int) -> str:
+    """The idempotency key of one logical effect: run, step, node and attempt."""
+    return f"{run_id}/{step}/{node}/{attempt}"
+
+
+def error_info(exc: BaseException) -> ErrorInfo:
+    if isinstance(exc, KeelError):
+        return ErrorInfo.model_validate(exc.to_dict())
+    if isinstance(exc, TimeoutError):
+        return ErrorInfo(type="TimeoutError", code="node_timeout", message=str(exc), retryable=True)
+    return ErrorInfo(
+        type=type(exc).__name__, code="node_failed", message=str(exc) or repr(exc), retryable=True
+    )
+
+
+def load_events(raw: Sequence[Mapping[str, Any]]) -> list[Event]:
+    return [parse_event(r) for r in raw]
+
+
+def as_updates(out: Any) -> dict[str, JsonValue]:
+    """Normalise what a node returned into JSON-safe state updates."""
+    if out is None:
+        return {}
+    if isinstance(out, BaseModel):
+        out = out.model_dump(mode="json", exclude_unset=True)
+    if not isinstance(out, Mapping):
+        raise WorkflowError(
+            f"a node must return a dict of state updates, not {type(out).__name__}",
+            field="updates",
+        )
+    result: dict[str, JsonValue] = to_jsonable_python(dict(out))
+    return result
+
+
+def resolve_proposal(
+    node: Node, out: Any
+) -> tuple[Tool | None, dict[str, Any], list[dict[str, str]]]:
+    """The tool and arguments an effect node proposes. A node with one tool returns the
+    arguments; a node offering several returns ``{"tool": NAME, "args": {...}}``."""
+    if node.tool is not None:
+        return node.tool, out if isinstance(out, dict) else {"_": out}, []
+    if not isinstance(out, dict) or not isinstance(out.get("tool"), str):
+        return None, {}, [{"field": "tool", "reason": "the proposal names no tool"}]
+    tool = node.tool_named(out["tool"])
+    if tool is None:
+        offered = node.tool_names()
+        return None, {}, [{"field": "tool", "reason": f"unknown tool {out['tool']!r}; {offered}"}]
+    args = out.get("args", {})
+    return tool, args if isinstance(args, dict) else {"_": args}, []
+
+
+def args_digest(args: dict[str, Any]) -> str:
+    """What an approval is bound to: these exact arguments."""
+    return hashlib.sha256(json.dumps(args, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def approved_by(state: RunState, step: Step, args: dict[str, Any]) -> str | None:
+    """Who approved exactly these arguments for this step, if anyone did."""
+    ap = state.approval or {}
+    if (
+        ap.get("approved") is True
+        and ap.get("step") == step.ctx.step
+        and ap.get("node") == step.node.name
+        and ap.get("args_digest") == args_digest(args)
+    ):
+        return str(ap.get("principal"))
+    return None
+
+
+def policy_event(decision: Decision, node: str, step: int) -> PolicyDecided:
+    return PolicyDecided(
+        node=node,
+        step=step,
+        subject=decision.subject,
+        object=decision.object,
+        action=decision.action,
+        effect=decision.effect,
+        rule=list(decision.rule),
+        policy_version=decision.policy_version,
+    )
+
+
+def check_budgets(budgets: Mapping[str, Any] | None) -> dict[str, JsonValue]:
+    """A run's own budgets, validated (an unknown or negative limit names its field)."""
+    if not budgets:
+        return {}
+    try:
+        own = RunBudgets.model_validate(dict(budgets))
+    except ValidationError as exc:
+        field, msg = first_error(exc, "budgets")
+        raise InputError(f"{field}: {msg}", field=field) from None
+    dumped: dict[str, JsonValue] = own.model_dump(exclude_none=True)
+    return dumped
+
+
+def limits(deployment: BudgetConfig, st: RunState) -> BudgetConfig:
+    """The deployment's budgets, tightened by the run's own."""
+    if not st.budgets:
+        return deployment
+    return deployment.tightened(RunBudgets.model_validate(st.budgets))
+
+
+def budget_crossed(
+    b: BudgetConfig, st: RunState, wf: Workflow, now: float
+) -> tuple[str, float, float] | None:
+    """The first budget this run has crossed (or would cross with its next step)."""
+    node = wf.nodes.get(st.next_node or "")
+    tool_calls = sum(1 for e in st.effects.values() if e.status in ("done", "failed"))
+    checks: list[tuple[str, float | None, float]] = [
+        ("max_steps", b.max_steps, st.step + 1),
+        (
+            "max_tool_calls",
+            b.max_tool_calls,
+            tool_calls + (1 if node is not None and node.is_effect else 0),
+        ),
+        ("max_model_calls", b.max_model_calls, st.usage.model_calls),
+        ("max_cost", b.max_cost, st.usage.cost),
+        ("max_wall_s", b.max_wall_s, round(now - st.created_at, 3)),
+    ]
+    for name, limit, value in checks:
+        if limit is not None and value > limit:
+            return name, float(limit), float(value)
+    return None
+
+
+def model_event(call: Any, node: str, step: int, worker: str) -> ModelCalled:
+    """A worker's ``ModelCall`` as a ledger event (the answer kept for replay, capped)."""
+    data = call.model_dump() if isinstance(call, BaseModel) else dict(call)
+    response = str(data.pop("content", ""))[:20_000]
+    return ModelCalled(node=node, step=step, worker=worker, response=response, **data)
+
+
+def completion(
+    wf: Workflow,
+    state: RunState,
+    step: Step,
+    updates: dict[str, JsonValue],
+    *,
+    worker: str = "task",
+    handoff: str | None = None,
+    duration_s: float = 0.0,
+) -> list[Event]:
+    """The events that complete a node: its updates, where the run goes next, and whether
+    the run ends or is handed to a person.
+
+    Raises:
+        WorkflowError: an update names no state field, or the routing failed.
+    """
+    fields = wf.state_model.model_fields
+    if wf.state_model.model_config.get("extra") != "allow":
+        for name in updates:
+            if name not in fields:
+                raise WorkflowError(
+                    f"node {step.node.name!r} returned unknown state field {name!r}",
+                    field=f"updates.{name}",
+                )
+    done = NodeCompleted(
+        node=step.node.name,
+        step=step.ctx.step,
+        attempt=step.ctx.attempt,
+        updates=updates,
+        next=None,
+        duration_s=duration_s,
+        worker=worker,
+    )
+    preview = fold(state, done, wf.channels)
+    nxt = wf.next_node(step.node.name, wf.state_of(preview.data))
+    events: list[Event] = [done.model_copy(update={"next": nxt})]
+    if handoff:
+        events.append(RunPaused(status=RunStatus.NEEDS_HUMAN, reason=handoff))
+    elif nxt is None:
+        events.append(RunFinished(status=RunStatus.SUCCEEDED))
+    return events
+
+
+def failure(step: Step, info: ErrorInfo, duration_s: float) -> tuple[list[Event], float | None]:
+    """The events for a failed attempt, and the delay before the next one (None: the run
+    fails)."""
+    node, ctx = step.node, step.ctx
+    retry = info.retryable and ctx.attempt < node.retry.attempts
+    delay = node.retry.delay(ctx.attempt) if retry else None
+    failed = NodeFailed(
+        node=node.name,
+        step=ctx.step,
+        attempt=ctx.attempt,
+        error=info,
+        retry_in_s=delay,
+        duration_s=duration_s,
+    )
+    if delay is not None:
+        return [failed], delay
+    finished = RunFinished(status=RunStatus.FAILED, error=info, reason=f"node {node.name} failed")
+    return [failed, finished], None
+
+
+def rejection(
+    state: RunState,
+    step: Step,
+    errors: list[dict[str, str]],
+    max_rejections: int,
+    duration_s: float,
+) -> list[Event]:
+    """A proposal failed validation or policy: back to the planner with the errors, or to a
+    person once there have been too many, or the run fails where nobody can re-plan."""
+    node, ctx = step.node, step.ctx
+    rejected = ProposalRejected(node=node.name, step=ctx.step, errors=errors)
+    summary_ = "; ".join(f"{e['field']}: {e['reason']}" for e in errors)[:500]
+    if state.rejections + 1 > max_rejections:
+        reason = (
+            f"{state.rejections + 1} proposals rejected (limit {max_rejections}); last: {summary_}"
+        )
+        return [rejected, RunPaused(status=RunStatus.NEEDS_HUMAN, reason=reason)]
+    if node.on_reject is not None:
+        updates: dict[str, JsonValue] = {}
+        if node.rejections_field:
+            updates[node.rejections_field] = cast(JsonValue, errors)
+        back = NodeCompleted(
+            node=node.name,
+            step=ctx.step,
+            attempt=ctx.attempt,
+            updates=updates,
+            next=node.on_reject,
+            duration_s=duration_s,
+            worker="validator",
+        )
+        return [rejected, back]
+    info = ErrorInfo(type="PolicyError", code="policy", message=f"proposal rejected: {summary_}")
+    return [rejected, RunFinished(status=RunStatus.FAILED, error=info, reason=info.message)]
+
+
+def summary(state: RunState, owner: str | None = None) -> dict[str, Any]:
+    """The index entry of a run: enough to list and filter runs without loading them."""
+    return {
+        "run_id": state.run_id,
+        "workflow": state.workflow,
+        "status": str(state.status),
+        "goal": state.goal[:200],
+        "created_at": state.created_at,
+        "updated_at": state.updated_at,
+        "reason": state.reason[:500],
+        "owner": owner,
+    }

@@ -1,0 +1,1 @@
+"""Helpers for testing Keel and workflows built on it: fault injection, simulation."""
