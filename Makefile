@@ -9,7 +9,7 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 
-.PHONY: demo test lint bench setup clean
+.PHONY: demo test lint bench soak setup clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -44,6 +44,10 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.orchestration
 	$(BIN)/python -m bench.router_overhead
 	$(BIN)/python -m bench.batch_throughput
+
+# The engine simulator at length: 100,000 seeded schedules (about 50 minutes on 2 cores).
+soak: $(STAMP)
+	$(BIN)/python -m keel.testing.simulation --schedules 100000 --workers 2
 
 clean:
 	rm -rf $(VENV) .keel .mypy_cache .pytest_cache .ruff_cache

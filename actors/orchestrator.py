@@ -89,6 +89,9 @@ class OrchestratorActor:
             kind="embedded" if settings.embedded else "cluster",
             address=ctx.gcs_address,
             host_pid=settings.host_pid,
+            # The process that started this local Ray: when it dies, the whole instance,
+            # executors included, dies with it. A cluster has no such process.
+            pid=settings.host_pid or 0,
         )
         self.engine = RunEngine(
             RunStore(store),

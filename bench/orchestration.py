@@ -86,23 +86,47 @@ grow.route(
 
 
 # -- Keel ---------------------------------------------------------------------------------
-async def _keel_engine_run(wf: Workflow, root: Path) -> float:
-    store = RunStore(LocalStore(root, fsync=True))
+class UnfencedStore(LocalStore):
+    """The local store as it was before checkpoints were fenced: every write, checkpoints
+    included, is temp file + fsync + rename (which replaces), with no directory fsync.
+    The baseline that fencing's cost is measured against, in the same run."""
+
+    def put(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+
+    create = put
+
+
+async def _keel_engine_run(wf: Workflow, root: Path, *, fenced: bool = True) -> float:
+    store = RunStore(LocalStore(root, fsync=True) if fenced else UnfencedStore(root))
     engine = RunEngine(store, InlineNodeRunner(), lambda _ref: wf)
+    await engine.start()
     t0 = time.perf_counter()
     st = await engine.create("bench", "", {})
     final = await engine.wait(st.run_id, 120)
     elapsed = time.perf_counter() - t0
     assert final.status == "succeeded", final
+    await engine.close()
     return elapsed
 
 
-def keel_engine(runs: int, nodes: int) -> list[float]:
-    times = []
+def keel_engine(runs: int, nodes: int) -> tuple[list[float], list[float]]:
+    """Per-node times with fenced checkpoints and with the unfenced baseline, alternating
+    run by run so both see the same machine."""
+    fenced, unfenced = [], []
     for _ in range(runs):
-        with tempfile.TemporaryDirectory() as tmp:
-            times.append(asyncio.run(_keel_engine_run(chain20_inline, Path(tmp))) / nodes)
-    return times
+        for fence, times in ((True, fenced), (False, unfenced)):
+            with tempfile.TemporaryDirectory() as tmp:
+                elapsed = asyncio.run(_keel_engine_run(chain20_inline, Path(tmp), fenced=fence))
+                times.append(elapsed / nodes)
+    return fenced, unfenced
 
 
 def keel_ray(runs: int, nodes: int, ref: str) -> list[float]:
@@ -237,8 +261,10 @@ def main() -> None:
         results["overhead"]["LangGraph, SqliteSaver, sync"] = summarise(
             langgraph_chain(args.runs, nodes)
         )
-    with console.status("Keel engine in-process, local dir, fsync"):
-        results["overhead"]["Keel engine, in-process"] = summarise(keel_engine(args.runs, nodes))
+    with console.status("Keel engine in-process, local dir, fsync (fenced and not)"):
+        fenced, unfenced = keel_engine(args.runs, nodes)
+        results["overhead"]["Keel engine, in-process"] = summarise(fenced)
+        results["overhead"]["Keel engine, in-process, unfenced baseline"] = summarise(unfenced)
     if not args.no_ray:
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         with console.status("Keel orchestrator actor on Ray, inline nodes"):
@@ -259,6 +285,12 @@ def main() -> None:
             name, f"{row['p50_ms']:.3f}", f"{row['p90_ms']:.3f}", f"{row['p50_ms'] / base:.2f}x"
         )
     console.print(table)
+    fence = (
+        results["overhead"]["Keel engine, in-process"]["p50_ms"]
+        / results["overhead"]["Keel engine, in-process, unfenced baseline"]["p50_ms"]
+    )
+    results["fencing_cost"] = fence
+    console.print(f"fenced / unfenced checkpoints, engine in-process, p50: {fence:.2f}x")
 
     marks = [25, 50, 100, 200]
     with console.status("checkpoint growth to 200 nodes"):

@@ -91,6 +91,9 @@ def read_tasks(path: Path, default_workflow: str | None) -> tuple[list[Task], li
     return tasks, bad
 
 
+TERMINAL = {s.value for s in RunStatus if s.terminal}
+
+
 def run_id_for(task: Task, prefix: str) -> str:
     return f"{prefix}{task.id}"
 
@@ -133,7 +136,8 @@ class Batch:
         done = {}
         for task in self.tasks:
             entry = self.keel.store.read_index(run_id_for(task, self.prefix))
-            if entry is not None and RunStatus(entry["status"]).terminal:
+            status = (entry or {}).get("status")
+            if entry is not None and status in TERMINAL:
                 done[task.id] = entry
         return done
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -131,16 +133,17 @@ def _follow(keel: Any, state: RunState, after_seq: int = 0) -> RunState:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from keel.client import Keel
-
     inputs = parse_inputs(args.input)
     budgets = {
         k if k.startswith("max_") else f"max_{k}": v
         for k, v in parse_inputs(args.budget, "--budget").items()
     }
-    keel = Keel(load_config(args.config))
-    _apply_storage(keel, args)
-    try:
+    with _client(args) as keel:
+        if args.detach and keel.config.ray.address is None:
+            # The run must outlive this command: make sure an instance hosts it.
+            from keel.instance import start_background
+
+            start_background(keel, _cli_storage_args(args))
         state = keel.start(
             args.workflow,
             args.goal,
@@ -149,12 +152,15 @@ def cmd_run(args: argparse.Namespace) -> int:
             principal=args.principal,
             budgets=budgets,
         )
+        if keel.attached is not None:
+            err.print(
+                f"keel: attached to the Keel instance already driving this store "
+                f"(Ray at {keel.attached.address}, pid {keel.attached.host_pid})"
+            )
         out.print(f"started run [bold]{state.run_id}[/bold] ({state.workflow})")
         if args.detach:
             return EXIT_OK
         return _finish(_follow(keel, state))
-    finally:
-        keel.close()
 
 
 SCENARIOS = {
@@ -281,31 +287,21 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from keel.client import Keel
-
-    keel = Keel(load_config(args.config))
-    _apply_storage(keel, args)
-    keel.show(args.run_id)  # unknown ids fail here, before Ray starts
-    try:
+    with _client(args) as keel:
+        keel.show(args.run_id)  # unknown ids fail here, before Ray starts
         state = keel.resume(args.run_id, reason=args.reason, effect=args.effect)
         out.print(f"resumed run [bold]{state.run_id}[/bold] at {state.next_node}")
         if args.detach:
             return EXIT_OK
         return _finish(_follow(keel, state))
-    finally:
-        keel.close()
 
 
 def cmd_approve(args: argparse.Namespace) -> int:
-    from keel.client import Keel
-
     approved = args.command == "approve"
     if not approved and not args.reason.strip():
         raise InputError("a rejection needs a reason", field="--reason")
-    keel = Keel(load_config(args.config))
-    _apply_storage(keel, args)
-    keel.show(args.run_id)
-    try:
+    with _client(args) as keel:
+        keel.show(args.run_id)
         state = keel.approve(
             args.run_id, principal=args.principal, approved=approved, reason=args.reason
         )
@@ -313,8 +309,6 @@ def cmd_approve(args: argparse.Namespace) -> int:
         if not approved or args.detach:
             return _finish(state) if not approved else EXIT_OK
         return _finish(_follow(keel, state))
-    finally:
-        keel.close()
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -541,7 +535,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
         with progress_bar(len(tasks), not args.no_progress) as tick:
             results = batch.run(tick)
     finally:
-        keel.close()
+        keel.close(wait_for_attached=_waiting)
     counts: dict[str, int] = {}
     for r in results:
         counts[r.status] = counts.get(r.status, 0) + 1
@@ -559,15 +553,81 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
+    with _client(args) as keel:
+        keel.show(args.run_id)
+        return _finish(keel.cancel(args.run_id, reason=args.reason))
+
+
+def _waiting(n: int) -> None:
+    err.print(
+        f"keel: waiting for {n} other keel process(es) using this instance to finish "
+        "(^C stops now; their runs continue from their checkpoints later)",
+        highlight=False,
+    )
+
+
+@contextmanager
+def _client(args: argparse.Namespace) -> Iterator[Any]:
+    """A client for the command's configuration, closed (and, for a host, kept up while
+    other processes use its instance) on the way out."""
     from keel.client import Keel
 
     keel = Keel(load_config(args.config))
     _apply_storage(keel, args)
-    keel.show(args.run_id)
     try:
-        return _finish(keel.cancel(args.run_id, reason=args.reason))
+        yield keel
     finally:
-        keel.close()
+        keel.close(wait_for_attached=_waiting)
+
+
+def _cli_storage_args(args: argparse.Namespace) -> list[str]:
+    """The global flags a background ``keel up`` needs to see the same store."""
+    flags = []
+    if args.config:
+        flags += ["--config", str(Path(args.config).resolve())]
+    if getattr(args, "storage", None):
+        flags += ["--storage", args.storage]
+    return flags
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from keel.instance import instance_log, serve_forever, start_background
+
+    with _client(args) as keel:
+        if args.detach:
+            rec = start_background(keel, _cli_storage_args(args))
+            out.print(
+                f"Keel instance up for {keel.config.storage_url()}: Ray at {rec.address}, "
+                f"pid {rec.host_pid}; log {instance_log(keel)}; stop it with `keel down`"
+            )
+            return EXIT_OK
+
+        def ready(running: Any) -> None:
+            if running is not None:
+                out.print(
+                    f"an instance already drives {keel.config.storage_url()}: Ray at "
+                    f"{running.address}, pid {running.host_pid}"
+                )
+            else:
+                out.print(
+                    f"Keel instance up for {keel.config.storage_url()} (pid {os.getpid()}); "
+                    "stop it with `keel down` or ^C",
+                )
+
+        serve_forever(keel, ready)
+    return EXIT_OK
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from keel.instance import stop_instance
+
+    with _client(args) as keel:
+        stopped = stop_instance(keel)
+    if stopped is None:
+        out.print("no Keel instance is running for this store")
+    else:
+        out.print(f"stopped the Keel instance (pid {stopped.host_pid})")
+    return EXIT_OK
 
 
 def _apply_storage(keel: Any, args: argparse.Namespace) -> None:
@@ -670,6 +730,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--from-runs", metavar="QUERY", help="recorded runs: all, or k=v,...")
     ev.add_argument("--swap", metavar="KIND=VALUE", help="tier=NAME, threshold=T:S, policy=CSV")
     ev.set_defaults(fn=cmd_eval)
+
+    up = sub.add_parser("up", help="host the embedded instance for this store until `keel down`")
+    up.add_argument("--detach", action="store_true", help="in the background")
+    up.set_defaults(fn=cmd_up)
+    down = sub.add_parser("down", help="stop the embedded instance that `keel up` started")
+    down.set_defaults(fn=cmd_down)
 
     cancel = sub.add_parser("cancel", help="cancel an unfinished run")
     cancel.add_argument("run_id")

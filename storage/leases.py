@@ -33,7 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from keel.errors import CorruptObjectError, ObjectNotFoundError
 from storage.base import CheckpointStore
@@ -70,7 +70,7 @@ class OwnerRecord(BaseModel):
     expires_at: float
     renewed_at: float
     host: str
-    pid: int
+    pid: int = Field(description="the process whose death ends all this owner's calls; 0: none")
     pid_started: float | None = None
     kind: OwnerKind = "process"
     address: str | None = None
@@ -90,8 +90,8 @@ def _started(pid: int) -> float | None:
 
 def process_alive(rec: OwnerRecord) -> bool:
     """Whether the record's process still runs, judged only on the same host."""
-    if rec.host != socket.gethostname():
-        return True  # another machine: only the expiry can tell
+    if rec.host != socket.gethostname() or rec.pid <= 0:
+        return True  # another machine, or no process vouched for: only the expiry can tell
     try:
         os.kill(rec.pid, 0)
     except ProcessLookupError:
@@ -199,7 +199,7 @@ class Lease:
         self.host_pid = host_pid
         self.host = host or socket.gethostname()
         self.pid = pid if pid is not None else os.getpid()
-        self._pid_started = _started(self.pid) if pid is None else None
+        self._pid_started = _started(self.pid) if self.pid > 0 else None
         self.expires_at = 0.0
 
     @property

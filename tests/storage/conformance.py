@@ -6,10 +6,13 @@ every backend (a local directory, and S3 on a real server process).
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from keel.errors import (
     CorruptObjectError,
+    ObjectExistsError,
     InputError,
     ObjectNotFoundError,
     RunNotFoundError,
@@ -112,8 +115,13 @@ def missing_middle_checkpoint_breaks_chain(store: CheckpointStore) -> None:
 def rewritten_checkpoint_unchains_stale_successors(store: CheckpointStore) -> None:
     runs = _three_checkpoints(store)
     first = runs.load("r")
-    # A writer that resumed from checkpoint 0 writes a different checkpoint 1.
-    runs.append("r", 1, runs.load("r").events and _digest_of(runs, 0), [{"seq": 2, "n": 10}])
+    # A writer that resumed from checkpoint 0 cannot replace checkpoint 1 (the fence) ...
+    with pytest.raises(ObjectExistsError):
+        runs.append("r", 1, _digest_of(runs, 0), [{"seq": 2, "n": 10}])
+    # ... but once checkpoint 1 was moved aside (quarantined as torn) it writes its own, and
+    # the old checkpoint 2, which follows the old 1, no longer chains.
+    store.delete(runs.checkpoint_key("r", 1))
+    runs.append("r", 1, _digest_of(runs, 0), [{"seq": 2, "n": 10}])
     loaded = runs.load("r")
     assert [e["n"] for e in loaded.events] == [0, 10]
     assert [s.key for s in loaded.skipped] == [runs.checkpoint_key("r", 2)]
@@ -180,6 +188,53 @@ def corrupt_memory_item_not_loaded(store: CheckpointStore) -> None:
         memory.get("document", "rb-2")
 
 
+def create_refuses_an_existing_object(store: CheckpointStore) -> None:
+    store.create("c/one", b"first")
+    with pytest.raises(ObjectExistsError) as info:
+        store.create("c/one", b"second")
+    assert info.value.context["key"] == "c/one"
+    assert store.get("c/one") == b"first"
+    store.put("c/two", b"x")
+    with pytest.raises(ObjectExistsError):
+        store.create("c/two", b"y")
+
+
+def racing_creates_have_one_winner(store: CheckpointStore) -> None:
+    """Eight writers create the same key at once: exactly one succeeds, and its bytes are
+    the object's."""
+    barrier = threading.Barrier(8)
+    won: list[int] = []
+
+    def writer(i: int) -> None:
+        barrier.wait()
+        try:
+            store.create("race/key", f"writer {i}".encode())
+            won.append(i)
+        except ObjectExistsError:
+            pass
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(won) == 1
+    assert store.get("race/key") == f"writer {won[0]}".encode()
+
+
+def checkpoint_numbers_are_fenced(store: CheckpointStore) -> None:
+    """Checkpoint n exists once: a second writer is refused, a retry of the very same write
+    (its reply lost) is recognised as done, and the writer's name is kept."""
+    runs = RunStore(store)
+    events = [{"type": "run_created", "seq": 1}]
+    first = runs.append("fenced", 0, None, events, "a@1")
+    assert runs.append("fenced", 0, None, events, "a@1") == first
+    with pytest.raises(ObjectExistsError):
+        runs.append("fenced", 0, None, [{"type": "other"}], "b@1")
+    loaded = runs.load("fenced")
+    assert loaded.owner == "a@1" and loaded.next_n == 1
+
+
 CHECKS = [
     put_get_roundtrip,
     put_replaces_whole_object,
@@ -198,4 +253,7 @@ CHECKS = [
     index_roundtrip_and_listing,
     memory_lives_apart_from_runs,
     corrupt_memory_item_not_loaded,
+    create_refuses_an_existing_object,
+    racing_creates_have_one_winner,
+    checkpoint_numbers_are_fenced,
 ]

@@ -1,0 +1,167 @@
+"""Two `keel` processes on one store, the way two terminals meet it: the second never
+drives the first one's runs. Sends are counted by the tool's own log, never the ledger."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from keel.config import KeelConfig, StorageConfig
+from storage import open_store
+from storage.leases import Leases
+from storage.runs import RunStore
+from tests.conftest import new_bucket, s3_options
+from tests.keel.sendflow import sent
+
+ROOT = Path(__file__).resolve().parents[2]
+RUNS = 110
+
+
+def keel_cli(*args: str, env: dict[str, str], **kw: object) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "keel.cli", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kw,  # type: ignore[call-overload]
+    )
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = 600) -> tuple[int, str]:
+    out, _ = proc.communicate(timeout=timeout)
+    return proc.returncode, out
+
+
+def base_env(storage: str, options: dict[str, object] | None = None) -> dict[str, str]:
+    env = {**os.environ, "KEEL_STORAGE": storage, "PYTHONPATH": str(ROOT)}
+    env.pop("KEEL_CONFIG", None)
+    if options:
+        env["KEEL_STORAGE_OPTIONS"] = json.dumps(options)
+    return env
+
+
+def write_tasks(tmp_path: Path, log: Path) -> Path:
+    lines = [
+        json.dumps(
+            {
+                "id": f"t{i}",
+                "workflow": "tests.keel.sendflow:flow",
+                "goal": f"message {i}",
+                "inputs": {"log": str(log), "think_s": 0.3},
+            }
+        )
+        for i in range(RUNS)
+    ]
+    path = tmp_path / "tasks.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["embedded", "two-rays-on-s3"])
+def test_a_second_process_mid_batch_never_sends_twice(
+    tmp_path: Path, where: str, request: pytest.FixtureRequest
+) -> None:
+    log = tmp_path / "sent.log"
+    if where == "embedded":
+        storage, options = str(tmp_path / "store"), None
+    else:
+        endpoint = request.getfixturevalue("s3_endpoint")
+        storage, options = f"s3://{new_bucket(endpoint)}/keel", s3_options(endpoint)
+    env = base_env(storage, options)
+    tasks = write_tasks(tmp_path, log)
+    results = tmp_path / "results.jsonl"
+    batch = keel_cli(
+        "batch",
+        str(tasks),
+        "--concurrency",
+        "6",
+        "--results",
+        str(results),
+        "--no-progress",
+        env=env,
+    )
+    deadline = time.monotonic() + 240
+    while len(sent(log)) < 15:  # well into the batch
+        assert batch.poll() is None, batch.communicate()[0][-3000:]
+        assert time.monotonic() < deadline, "the batch made no progress"
+        time.sleep(0.2)
+    second_env = dict(env)
+    if where != "embedded":
+        second_env["KEEL_RAY_ADDRESS"] = "local"  # a Ray instance of its own, same bucket
+    second = keel_cli(
+        "run",
+        "tests.keel.sendflow:flow",
+        "--goal",
+        "from the second terminal",
+        "--input",
+        f"log={log}",
+        "--run-id",
+        "second-1",
+        env=second_env,
+    )
+    code2, out2 = finish(second)
+    code1, out1 = finish(batch)
+    assert code2 == 0, out2[-3000:]
+    assert code1 == 0, out1[-3000:]
+    lines = sent(log)
+    counts = Counter(lines)
+    assert len(counts) == RUNS + 1, f"{len(counts)} distinct sends"
+    assert max(counts.values()) == 1, [k for k, n in counts.items() if n > 1]
+    store = open_store(storage, options)
+    owners = {r.owner for r in Leases(store).records()}
+    if where == "embedded":
+        assert "attached to the Keel instance" in out2, out2[-2000:]
+        assert len(owners) <= 1, owners  # one driver for the store
+    runs = RunStore(store)
+    second_owner = runs.load("second-1").owner
+    batch_owners = {runs.load(f"batch-t{i}").owner for i in range(RUNS)}
+    if where == "embedded":
+        assert batch_owners == {second_owner}
+    else:
+        assert second_owner not in batch_owners  # each instance drove its own runs only
+
+
+@pytest.mark.slow
+def test_run_detached_then_approve_from_another_terminal(tmp_path: Path) -> None:
+    log = tmp_path / "sent.log"
+    env = base_env(str(tmp_path / "store"))
+    try:
+        code, out = finish(
+            keel_cli(
+                "run",
+                "tests.keel.sendflow:approved",
+                "--detach",
+                "--run-id",
+                "held-1",
+                "--input",
+                f"log={log}",
+                env=env,
+            ),
+            timeout=300,
+        )
+        assert code == 0, out[-3000:]
+        runs = RunStore(open_store(str(tmp_path / "store")))
+        deadline = time.monotonic() + 120
+        while runs.read_index("held-1")["status"] != "awaiting_approval":  # type: ignore[index]
+            assert time.monotonic() < deadline, "the detached run did not reach its approval"
+            time.sleep(0.3)
+        assert sent(log) == []
+        code, out = finish(keel_cli("approve", "held-1", "--as", "alice", env=env), timeout=300)
+        assert code == 0, out[-3000:]
+        assert "succeeded" in out
+        assert len(sent(log)) == 1
+    finally:
+        code, out = finish(keel_cli("down", env=env), timeout=120)
+    assert code == 0 and "stopped the Keel instance" in out, out
+    keel_cfg = KeelConfig(storage=StorageConfig(url=str(tmp_path / "store")))
+    assert Leases(open_store(keel_cfg.storage_url())).find_embedded() is None
