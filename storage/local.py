@@ -6,6 +6,7 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
+from typing import BinaryIO
 
 from keel.errors import ObjectExistsError, ObjectNotFoundError, StorageError
 from storage.base import check_key
@@ -27,40 +28,61 @@ class LocalStore:
         return self.root / check_key(key)
 
     def put(self, key: str, data: bytes) -> None:
-        self._write(key, data, exclusive=False)
-
-    def create(self, key: str, data: bytes) -> None:
-        self._write(key, data, exclusive=True)
-
-    def _write(self, key: str, data: bytes, *, exclusive: bool) -> None:
-        """Write a temporary file, then move it into place: ``rename`` replaces, ``link``
-        refuses an existing target (the exclusive create), and neither shows a partial
-        object."""
+        """Write a temporary file, then rename it over the target: a crash mid-write
+        leaves the old object or the new one, never a mix."""
         path = self._path(key)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
             try:
                 with os.fdopen(fd, "wb") as fh:
-                    fh.write(data)
-                    if self.fsync:
-                        fh.flush()
-                        os.fsync(fh.fileno())
-                if exclusive:
-                    os.link(tmp, path)
-                    os.unlink(tmp)
-                else:
-                    os.replace(tmp, path)
-                if self.fsync:
-                    _fsync_dir(path.parent)
+                    self._write(fh, data)
+                os.replace(tmp, path)
             except BaseException:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
                 raise
+            self._sync_dir(path.parent)
+        except OSError as exc:
+            raise StorageError(f"cannot write {key} under {self.root}: {exc}", key=key) from exc
+
+    def create(self, key: str, data: bytes) -> None:
+        """An exclusive create (``O_EXCL``) at the final name. A crash mid-write leaves a
+        torn object there, which readers detect by its sealed size and checksum and the
+        run's next writer moves aside (see ``RunStore.quarantine``)."""
+        path = self._path(key)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except FileExistsError:
             raise ObjectExistsError(f"object {key} already exists", key=key) from None
         except OSError as exc:
+            raise StorageError(f"cannot create {key} under {self.root}: {exc}", key=key) from exc
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                self._write(fh, data)
+            self._sync_dir(path.parent)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                path.unlink()
             raise StorageError(f"cannot write {key} under {self.root}: {exc}", key=key) from exc
+
+    def _write(self, fh: BinaryIO, data: bytes) -> None:
+        fh.write(data)
+        if self.fsync:
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def _sync_dir(self, path: Path) -> None:
+        """Make a new directory entry durable, not only the file's bytes: a checkpoint
+        whose name is lost at a power cut would let a step run again."""
+        if not self.fsync:
+            return
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def get(self, key: str) -> bytes:
         path = self._path(key)
@@ -85,12 +107,3 @@ class LocalStore:
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self._path(key).unlink()
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a new directory entry durable, not only the file's bytes."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
