@@ -1,10 +1,16 @@
 """OS-isolated tool execution with bubblewrap (Linux namespaces) and resource limits.
 
-Every command runs with: a read-only view of the host's root, fresh /dev, /proc and a
-private writable /tmp (its scratch), only the declared working directory bind-mounted
-read-write, no network unless declared (a new, empty network namespace), its own PID,
-IPC and UTS namespaces, dying with its parent; and limits on wall time, address space,
-CPU seconds, file size and, through a pids cgroup where the host offers one, processes.
+It must hold with root outside, which is how Keel runs in most containers. Every command
+runs as uid 65534 in a new user namespace, with every capability dropped, no further user
+namespaces (``--disable-userns``) and a seccomp filter (``sandbox.seccomp``); in its own
+mount, PID, IPC, UTS and network namespaces, dying with its parent. It sees an empty root
+with only the system's programs and libraries (``/usr``, a few files of ``/etc``), this
+Python, a private ``/tmp`` (its scratch) and the one working directory it declares,
+read-only unless it writes; never ``$HOME``, ``~/.ray``, Keel's store or ``keel.yaml``.
+Its network namespace holds loopback only: the ``HOST:PORT`` destinations it declares are
+reached through a relay (``sandbox.netproxy``), and nothing else is. Limits: wall time,
+address space, CPU seconds, file size, and processes (a pids cgroup, v1 or v2, where the
+host offers one; ``RLIMIT_NPROC`` besides).
 
 When bubblewrap cannot run, ``BubblewrapSandbox`` refuses to run anything that writes and
 says why; read-only commands run unconfined only when the caller allows it, with a
@@ -20,6 +26,7 @@ import resource
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -27,57 +34,135 @@ from functools import lru_cache
 from pathlib import Path
 
 from keel.errors import ErrorCode, SandboxError
+from sandbox import seccomp
 from sandbox.base import KillReason, SandboxResult, SandboxSpec
+from sandbox.netproxy import HostRelay
 
 log = logging.getLogger("keel.sandbox")
 
 CGROUP_PIDS = Path("/sys/fs/cgroup/pids")
 
 
+SANDBOX_UID = 65534
+# Files of /etc a program may need; the rest of /etc (shadow, keys, keel.yaml) stays out.
+ETC = (
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "passwd",
+    "group",
+    "nsswitch.conf",
+    "localtime",
+    "hosts",
+    "ssl/certs",
+    "ca-certificates",
+    "alternatives",
+    "mime.types",
+)
+SYSTEM = ("/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32")
+
+
+def _base_flags() -> list[str]:
+    return [
+        "--die-with-parent",
+        "--new-session",
+        "--unshare-all",
+        "--unshare-user",
+        "--uid", str(SANDBOX_UID),
+        "--gid", str(SANDBOX_UID),
+        "--disable-userns",
+        "--cap-drop", "ALL",
+    ]  # fmt: skip
+
+
 @lru_cache(maxsize=1)
 def isolation() -> tuple[bool, str]:
-    """Whether bubblewrap can isolate a command here, and if not, why not."""
+    """Whether bubblewrap can isolate a command here (with every protection this module
+    promises), and if not, why not."""
     exe = shutil.which("bwrap")
     if exe is None:
         return False, "bubblewrap (bwrap) is not installed: apt-get install bubblewrap"
     probe = subprocess.run(
-        [exe, "--ro-bind", "/", "/", "--unshare-all", "--die-with-parent", "true"],
+        [exe, *_base_flags(), *_system_binds(), "true"],
         capture_output=True,
         text=True,
         timeout=30,
     )
     if probe.returncode != 0:
-        return False, f"bubblewrap cannot create namespaces here: {probe.stderr.strip()[:200]}"
+        return False, f"bubblewrap cannot isolate here: {probe.stderr.strip()[:200]}"
     return True, "bubblewrap"
 
 
 @lru_cache(maxsize=1)
-def _interpreter_paths() -> tuple[str, ...]:
-    """This Python's install trees that sit under /tmp, which the sandbox replaces with a
-    private scratch; everything else is already visible through the read-only root."""
-    import sys
-
-    found = []
-    for prefix in {sys.prefix, sys.base_prefix, os.path.dirname(os.path.realpath(sys.executable))}:
+def _system_binds() -> tuple[str, ...]:
+    """Read-only binds for the system's programs and libraries and this Python."""
+    binds: list[str] = []
+    for path in SYSTEM:
+        if os.path.islink(path):
+            binds += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            binds += ["--ro-bind", path, path]
+    for name in ETC:
+        path = f"/etc/{name}"
+        if os.path.exists(path):
+            binds += ["--ro-bind", path, path]
+    for prefix in sorted({sys.prefix, sys.base_prefix}):
+        binds += ["--ro-bind", prefix, prefix]
         real = os.path.realpath(prefix)
-        if real == "/tmp" or real.startswith("/tmp/"):
-            found.append(real)
-    return tuple(sorted(found))
+        if real != prefix:
+            binds += ["--ro-bind", real, real]
+    return tuple(binds)
+
+
+def _own_cgroup_v2() -> Path | None:
+    """This process's cgroup on a unified (v2) hierarchy, if there is one."""
+    root = Path("/sys/fs/cgroup")
+    if not (root / "cgroup.controllers").exists():
+        return None
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        if line.startswith("0::"):
+            return root / line[3:].lstrip("/")
+    return None
+
+
+def _user_processes() -> int:
+    """How many processes this user runs now (what ``RLIMIT_NPROC`` counts against)."""
+    uid, count = os.getuid(), 0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if entry.stat().st_uid == uid:
+                    count += 1
+    return count
 
 
 def _pids_cgroup(max_procs: int) -> Path | None:
-    """A fresh pids cgroup limited to ``max_procs``, where the host lets us make one."""
-    if not CGROUP_PIDS.is_dir() or not os.access(CGROUP_PIDS, os.W_OK):
-        return None
-    group = CGROUP_PIDS / f"keel-{uuid.uuid4().hex[:12]}"
-    try:
-        group.mkdir()
-        (group / "pids.max").write_text(str(max_procs))
-    except OSError:
+    """A fresh pids cgroup limited to ``max_procs``, where the host lets us make one: under
+    this process's own cgroup on v2, or in the pids hierarchy on v1."""
+    candidates: list[Path] = []
+    own = _own_cgroup_v2()
+    if own is not None:
         with contextlib.suppress(OSError):
-            group.rmdir()
-        return None
-    return group
+            control = own / "cgroup.subtree_control"
+            if "pids" not in control.read_text().split():
+                control.write_text("+pids")
+        candidates.append(own)
+    if CGROUP_PIDS.is_dir():
+        candidates.append(CGROUP_PIDS)
+    for parent in candidates:
+        if not os.access(parent, os.W_OK):
+            continue
+        group = parent / f"keel-{uuid.uuid4().hex[:12]}"
+        try:
+            group.mkdir()
+            (group / "pids.max").write_text(str(max_procs))
+        except OSError:
+            with contextlib.suppress(OSError):
+                group.rmdir()
+            continue
+        return group
+    log.warning("no pids cgroup here: only RLIMIT_NPROC limits a tool's processes")
+    return None
 
 
 def _drop_cgroup(group: Path | None) -> None:
@@ -118,29 +203,32 @@ class BubblewrapSandbox:
     def isolated(self) -> bool:
         return isolation()[0]
 
-    def argv(self, spec: SandboxSpec, scratch: str) -> list[str]:
+    def argv(
+        self, spec: SandboxSpec, scratch: str, seccomp_fd: int, relay: HostRelay | None = None
+    ) -> list[str]:
         cmd = [
             "bwrap",
-            "--die-with-parent",
-            "--new-session",
-            "--unshare-all",
-            "--ro-bind", "/", "/",
+            *_base_flags(),
+            "--seccomp", str(seccomp_fd),
+            *_system_binds(),
             "--dev", "/dev",
             "--proc", "/proc",
             "--bind", scratch, "/tmp",
             "--setenv", "HOME", "/tmp",
             "--setenv", "TMPDIR", "/tmp",
         ]  # fmt: skip
-        for path in _interpreter_paths():  # /tmp is private: keep Python visible if it lives there
-            cmd += ["--ro-bind", path, path]
-        if spec.network:
-            cmd.append("--share-net")
+        for path in spec.read_paths:
+            real = str(Path(path).resolve())
+            cmd += ["--ro-bind", real, real]
         if spec.workdir:
             workdir = str(Path(spec.workdir).resolve())
-            cmd += ["--bind", workdir, workdir, "--chdir", workdir]
+            cmd += ["--bind" if spec.writable else "--ro-bind", workdir, workdir]
+            cmd += ["--chdir", workdir]
+        cmd += ["--remount-ro", "/"]  # the new root itself: nothing to write there
         for key, value in spec.env.items():
             cmd += ["--setenv", key, value]
-        return [*cmd, "--", *spec.argv]
+        inner = relay.forwarder_argv(sys.executable, "/tmp") if relay is not None else []
+        return [*cmd, "--", *inner, *spec.argv]
 
     def run(self, spec: SandboxSpec, *, writes: bool = True) -> SandboxResult:
         ok, why = isolation()
@@ -154,13 +242,34 @@ class BubblewrapSandbox:
             log.warning(
                 "ISOLATION UNAVAILABLE (%s): running read-only %s unconfined", why, spec.argv
             )
+        if not ok and spec.connect:
+            raise SandboxError(
+                f"refusing to give {spec.argv[0]!r} network without isolation: {why}",
+                retryable=False,
+            )
         with tempfile.TemporaryDirectory(prefix="keel-sbx-") as scratch:
             os.chmod(scratch, 0o1777)
-            argv = self.argv(spec, scratch) if ok else list(spec.argv)
-            return self._execute(argv, spec, Path(scratch), isolated=ok)
+            if not ok:
+                return self._execute(list(spec.argv), spec, Path(scratch), isolated=False)
+            fd = seccomp.program_fd()
+            try:
+                if not spec.connect:
+                    argv = self.argv(spec, scratch, fd)
+                    return self._execute(argv, spec, Path(scratch), isolated=True, keep=(fd,))
+                with HostRelay(Path(scratch), spec.connect) as relay:
+                    argv = self.argv(spec, scratch, fd, relay)
+                    return self._execute(argv, spec, Path(scratch), isolated=True, keep=(fd,))
+            finally:
+                os.close(fd)
 
     def _execute(
-        self, argv: list[str], spec: SandboxSpec, scratch: Path, *, isolated: bool
+        self,
+        argv: list[str],
+        spec: SandboxSpec,
+        scratch: Path,
+        *,
+        isolated: bool,
+        keep: tuple[int, ...] = (),
     ) -> SandboxResult:
         group = _pids_cgroup(spec.max_procs) if isolated else None
         limits = [
@@ -168,6 +277,9 @@ class BubblewrapSandbox:
             (resource.RLIMIT_CPU, spec.cpu_s),
             (resource.RLIMIT_FSIZE, max(64 * 1024 * 1024, spec.output_cap * 4)),
             (resource.RLIMIT_CORE, 0),
+            # Counted per user, so on top of what the user already runs; the kernel ignores it
+            # for root (the pids cgroup is what holds there).
+            (resource.RLIMIT_NPROC, _user_processes() + spec.max_procs + 8),
         ]
 
         def limit() -> None:  # runs in the child, before exec
@@ -191,6 +303,7 @@ class BubblewrapSandbox:
                     stderr=err,
                     preexec_fn=limit,
                     start_new_session=True,
+                    pass_fds=keep,
                     env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"},
                 )
                 try:

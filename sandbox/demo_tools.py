@@ -118,12 +118,15 @@ class _SandboxedTool:
     def __init__(self) -> None:
         self.sandbox = BubblewrapSandbox()
 
-    def _run(self, argv: list[str], root: str, stdin: str = "") -> dict[str, Any]:
+    def _run(self, argv: list[str], a: ServiceTarget, stdin: str = "") -> dict[str, Any]:
+        """Run in the sandbox: the service directory is all it sees (writable only for a
+        write), and the service's port on loopback is all it can reach (if it talks)."""
         result = self.sandbox.run(
             SandboxSpec(
                 argv=argv,
-                workdir=root,
-                network=self.network,
+                workdir=a.root,
+                writable=self.action == "write",
+                connect=[f"127.0.0.1:{a.port}"] if self.network else [],
                 timeout_s=30,
                 stdin=stdin,
             ),
@@ -155,7 +158,7 @@ class ReadLogs(_SandboxedTool):
             "import json,sys; n=int(sys.argv[1]); "
             "print(json.dumps({'lines': open('service.log').read().splitlines()[-n:]}))"
         )
-        return self._run([PY, "-c", script, str(a.lines)], a.root)
+        return self._run([PY, "-c", script, str(a.lines)], a)
 
 
 class CheckHealth(_SandboxedTool):
@@ -166,7 +169,7 @@ class CheckHealth(_SandboxedTool):
 
     def apply(self, args: dict[str, Any], key: str) -> JsonValue:
         a = ServiceTarget.model_validate(args)
-        return self._run([PY, "-c", _HEALTH, str(a.port)], a.root)
+        return self._run([PY, "-c", _HEALTH, str(a.port)], a)
 
 
 class SnapshotConfig(_SandboxedTool):
@@ -180,7 +183,7 @@ class SnapshotConfig(_SandboxedTool):
             "import hashlib,json; b=open('service.json','rb').read(); "
             "print(json.dumps({'content': b.decode(), 'sha256': hashlib.sha256(b).hexdigest()}))"
         )
-        return self._run([PY, "-c", script], a.root)
+        return self._run([PY, "-c", script], a)
 
 
 class _Writer(_SandboxedTool):
@@ -210,7 +213,7 @@ class RestartService(_Writer):
     def apply(self, args: dict[str, Any], key: str) -> JsonValue:
         a = RestartArgs.model_validate(args)
         argv = [PY, "-c", _RESTART, a.config_action, str(a.max_connections or 0), str(a.port)]
-        return self._run([*argv, _marker(key)], a.root)
+        return self._run([*argv, _marker(key)], a)
 
 
 class RestoreSnapshot(_Writer):
@@ -224,7 +227,7 @@ class RestoreSnapshot(_Writer):
         if hashlib.sha256(a.content.encode()).hexdigest() != a.sha256:
             raise SandboxError("snapshot content does not match its checksum", retryable=False)
         argv = [PY, "-c", _RESTART, "write", "0", str(a.port), _marker(key)]
-        return self._run(argv, a.root, stdin=a.content)
+        return self._run(argv, a, stdin=a.content)
 
 
 _DELETE = """
@@ -253,4 +256,4 @@ class DeleteDataFile(_Writer):
 
     def apply(self, args: dict[str, Any], key: str) -> JsonValue:
         a = DeleteDataArgs.model_validate(args)
-        return self._run([PY, "-c", _DELETE, a.file, _marker(key)], a.root)
+        return self._run([PY, "-c", _DELETE, a.file, _marker(key)], a)

@@ -63,7 +63,7 @@ def test_network_when_declared(box: BubblewrapSandbox) -> None:
     srv.listen(1)
     port = srv.getsockname()[1]
     code = f"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=5)"
-    result = box.run(SandboxSpec(argv=[PY, "-c", code], network=True))
+    result = box.run(SandboxSpec(argv=[PY, "-c", code], connect=[f"127.0.0.1:{port}"]))
     srv.close()
     assert result.ok, result.stderr
 
@@ -79,7 +79,7 @@ def test_writes_outside_scratch_fail_and_host_is_unchanged(
         f"echo changed > {outside}; echo $? ; echo x > /etc/keel-test; "
         f"echo scratch > /tmp/s && cat /tmp/s; echo mine > {work}/out.txt"
     )
-    result = box.run(SandboxSpec(argv=["sh", "-c", script], workdir=str(work)))
+    result = box.run(SandboxSpec(argv=["sh", "-c", script], workdir=str(work), writable=True))
     assert "Read-only file system" in result.stderr
     assert outside.read_text() == "original"
     assert not Path("/etc/keel-test").exists()
