@@ -46,7 +46,7 @@ def test_remounting_the_root_read_write_fails_and_the_host_is_unchanged(
     box: BubblewrapSandbox, tmp_path: Path
 ) -> None:
     victim = Path(f"/etc/keel-escape-{uuid.uuid4().hex[:8]}")
-    code, out = run(
+    _code, out = run(
         box,
         f"mount -o remount,bind,rw / ; mount -o remount,rw /usr ; echo pwned > {victim}; "
         "echo pwned > /usr/keel-escape; echo done",
@@ -57,7 +57,7 @@ def test_remounting_the_root_read_write_fails_and_the_host_is_unchanged(
 
 
 def test_no_nested_user_namespace_or_mount_syscalls(box: BubblewrapSandbox) -> None:
-    code, out = run(box, "unshare -Ur true; echo unshare=$?")
+    _code, out = run(box, "unshare -Ur true; echo unshare=$?")
     assert "unshare=0" not in out
     script = (
         "import ctypes, os\n"
@@ -91,7 +91,7 @@ def test_secrets_on_the_host_are_not_visible(box: BubblewrapSandbox, tmp_path: P
     work.mkdir()
     try:
         targets = [str(token), str(store / "runs" / "ledger"), str(config), "/etc/shadow"]
-        code, out = run(
+        _code, out = run(
             box,
             "; ".join(f"cat {t} 2>&1" for t in targets) + f"; ls {home} 2>&1; ls /work 2>&1",
             workdir=str(work),
@@ -107,7 +107,7 @@ def test_a_read_tool_cannot_write_its_directory(box: BubblewrapSandbox, tmp_path
     work = tmp_path / "svc"
     work.mkdir()
     (work / "service.json").write_text('{"ok": true}')
-    code, out = run(box, "echo broken > service.json; cat service.json", workdir=str(work))
+    _code, out = run(box, "echo broken > service.json; cat service.json", workdir=str(work))
     assert "Read-only file system" in out
     assert (work / "service.json").read_text() == '{"ok": true}'
 
@@ -151,7 +151,7 @@ def test_a_networked_tool_reaches_only_what_it_declared(
     allowed, forbidden, reached = two_listeners
     script = (
         "import socket\n"
-        "for port in (%d, %d):\n"
+        f"for port in ({allowed}, {forbidden}):\n"
         "    try:\n"
         "        s = socket.create_connection(('127.0.0.1', port), timeout=3)\n"
         "        print(port, 'ok', s.recv(5))\n"
@@ -162,7 +162,7 @@ def test_a_networked_tool_reaches_only_what_it_declared(
         "    print('outside ok')\n"
         "except OSError as e:\n"
         "    print('outside refused', e)\n"
-    ) % (allowed, forbidden)
+    )
     result = box.run(
         SandboxSpec(argv=[PY, "-c", script], connect=[f"127.0.0.1:{allowed}"], timeout_s=20)
     )

@@ -12,8 +12,8 @@ import pytest
 
 from keel.errors import (
     CorruptObjectError,
-    ObjectExistsError,
     InputError,
+    ObjectExistsError,
     ObjectNotFoundError,
     RunNotFoundError,
     SchemaVersionError,
