@@ -112,6 +112,48 @@ def resolve_proposal(
     return tool, args if isinstance(args, dict) else {"_": args}, []
 
 
+def bind_inputs(
+    node: Node, args: dict[str, Any], inputs: Mapping[str, Any]
+) -> tuple[dict[str, Any], list[dict[str, str]]]:
+    """The proposal's arguments with the node's bound ones set from the run's inputs, and
+    an error for each bound argument the proposal tried to choose otherwise."""
+    out, errors = dict(args), []
+    for arg, name in node.bind.items():
+        bound = inputs.get(name)
+        if arg in args and args[arg] != bound:
+            errors.append(
+                {
+                    "field": f"args.{arg}",
+                    "reason": f"bound to the run's input {name!r}: a proposal cannot choose it",
+                }
+            )
+        out[arg] = bound
+    return out, errors
+
+
+def normalise_args(
+    tool: Tool, args: dict[str, Any], roots: Sequence[str] | None
+) -> tuple[dict[str, Any], list[dict[str, str]]]:
+    """The arguments as the tool's own model reads them (defaults filled in, validators run
+    with the deployment's tool roots in the validation context): what policy judges, a
+    person approves and the tool receives. Or every error, each naming its field."""
+    model = getattr(tool, "args_model", None)
+    if model is None:
+        return args, []
+    try:
+        parsed = model.model_validate(args, context={"roots": list(roots or [])})
+    except ValidationError as exc:
+        return args, [
+            {
+                "field": ".".join(["args", *(str(p) for p in err["loc"])]),
+                "reason": str(err["msg"])[:300],
+            }
+            for err in exc.errors()
+        ]
+    normal: dict[str, Any] = parsed.model_dump(mode="json")
+    return normal, []
+
+
 def args_digest(args: dict[str, Any]) -> str:
     """What an approval is bound to: these exact arguments."""
     return hashlib.sha256(json.dumps(args, sort_keys=True).encode()).hexdigest()[:16]

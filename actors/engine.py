@@ -25,6 +25,7 @@ from actors.decisions import (
     approved_by,
     args_digest,
     as_updates,
+    bind_inputs,
     budget_crossed,
     check_budgets,
     completion,
@@ -33,6 +34,7 @@ from actors.decisions import (
     limits,
     model_event,
     new_run_id,
+    normalise_args,
     policy_event,
     rejection,
     resolve_proposal,
@@ -65,7 +67,7 @@ from keel.errors import (
     WorkflowError,
 )
 from policy.engine import Decision, PolicyEngine
-from sandbox.tool import Tool, tool_action, tool_schema
+from sandbox.tool import Tool, tool_action, tool_object, tool_resource, tool_schema
 from storage.leases import Lease, Leases, split_owner
 from storage.runs import PENDING, RunStore, check_run_id
 
@@ -103,11 +105,13 @@ class RunEngine:
         budgets: BudgetConfig | None = None,
         tracer: RunTracer | None = None,
         hooks: Hooks | None = None,
+        tool_roots: list[str] | None = None,
         blocking: Blocking = on_thread,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Any] = asyncio.sleep,
     ) -> None:
         self.tracer = tracer or RunTracer("none")
+        self.tool_roots = tool_roots
         self.context_env = dict(context_env or {})
         self.policy = policy or PolicyEngine()
         self.budgets = budgets or BudgetConfig()
@@ -224,7 +228,7 @@ class RunEngine:
         """Create a run, commit checkpoint 0, start driving it, and return its state."""
         await self.start()
         wf = self.resolve(workflow_ref)
-        clean_inputs = wf.check_inputs(inputs)
+        clean_inputs = wf.check_inputs(inputs, self.tool_roots)
         own = check_budgets(budgets)
         allowed = self.policy.decide(principal, f"run:{wf.name}", "start")
         if allowed.effect != "allow":
@@ -582,11 +586,14 @@ class RunEngine:
         if tool is None:
             await self._reject(run, step, errors, [])
             return
-        errors = [e.model_dump() for e in validate_args(tool_schema(tool), args)]
+        args, errors = bind_inputs(node, args, st.inputs)
+        errors += [e.model_dump() for e in validate_args(tool_schema(tool), args)]
+        if not errors:
+            args, errors = normalise_args(tool, args, self.tool_roots)
         checks: list[Event] = []
         who: str | None = None
         if not errors:
-            decision = self.policy.decide(node.role, f"tool:{tool.name}", tool_action(tool))
+            decision = self.policy.decide(node.role, tool_object(tool, args), tool_action(tool))
             checks.append(policy_event(decision, node.name, step.ctx.step))
             if decision.effect == "deny":
                 rule = ", ".join(decision.rule)
@@ -610,17 +617,22 @@ class RunEngine:
         decision: Decision,
         checks: list[Event],
     ) -> None:
+        resource = tool_resource(tool, args)
         request: dict[str, Any] = {
             "node": step.node.name,
             "step": step.ctx.step,
             "tool": tool.name,
+            "resource": resource,
+            "object": decision.object,
             "args": args,
             "args_digest": args_digest(args),
             "rule": list(decision.rule),
             "approved": None,
         }
+        # The person sees everything the action will be given, as it will be given it.
         reason = (
-            f"{tool.name} {json.dumps(args, sort_keys=True)[:200]} needs a person's approval "
+            f"{tool.name} on {resource or 'no named resource'} with "
+            f"{json.dumps(args, sort_keys=True)} needs a person's approval "
             f"(rule [{', '.join(decision.rule)}]): keel approve {step.ctx.run_id}"
         )
         pause = RunPaused(status=RunStatus.AWAITING_APPROVAL, reason=reason, approval=request)

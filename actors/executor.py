@@ -12,11 +12,12 @@ import asyncio
 import ray
 from pydantic_core import to_jsonable_python
 
+from actors.decisions import normalise_args
 from actors.validator import validate_args
 from actors.worker_messages import ExecuteRequest, ExecuteResponse
 from keel.errors import InputError, PolicyError
 from policy.engine import PolicyEngine
-from sandbox.tool import tool_action, tool_schema
+from sandbox.tool import tool_action, tool_object, tool_schema
 
 ROLE = "executor"
 
@@ -24,22 +25,30 @@ ROLE = "executor"
 @ray.remote
 class ExecutorWorker:
     def __init__(
-        self, name: str, policy_model: str | None = None, policy_file: str | None = None
+        self,
+        name: str,
+        policy_model: str | None = None,
+        policy_file: str | None = None,
+        tool_roots: list[str] | None = None,
     ) -> None:
         self.name = name
         self.policy = PolicyEngine(policy_model, policy_file)
+        self.tool_roots = list(tool_roots or [])
         self.inflight: set[str] = set()
 
     def _admit(self, msg: ExecuteRequest) -> None:
-        errors = validate_args(tool_schema(msg.tool), msg.args)
+        errors = [e.model_dump() for e in validate_args(tool_schema(msg.tool), msg.args)]
+        if not errors:
+            _, errors = normalise_args(msg.tool, dict(msg.args), self.tool_roots)
         if errors:
             first = errors[0]
             raise InputError(
-                f"refused unvalidated arguments: {first.reason}",
-                field=first.field,
-                errors=[e.model_dump() for e in errors],
+                f"refused unvalidated arguments: {first['reason']}",
+                field=first["field"],
+                errors=errors,
             )
-        decision = self.policy.decide(msg.role, f"tool:{msg.tool.name}", tool_action(msg.tool))
+        obj = tool_object(msg.tool, dict(msg.args))
+        decision = self.policy.decide(msg.role, obj, tool_action(msg.tool))
         if decision.effect == "deny" or (decision.effect == "approve" and not msg.approved_by):
             raise PolicyError(
                 f"{msg.role or 'no role'} may not {decision.action} {decision.object} "

@@ -51,6 +51,7 @@ class OrchestratorSettings(_Msg):
     lease_ttl_s: float = Field(default=15.0, gt=0.0, description="how long a lease vouches")
     embedded: bool = Field(default=False, description="a local instance others may attach to")
     host_pid: int | None = Field(default=None, description="the process that started Ray")
+    tool_roots: list[str] = Field(default_factory=list, description="where tools may act")
     max_concurrent_runs: int = Field(default=256, ge=1)
     node_num_cpus: float = Field(default=1.0, ge=0.0)
     sweep_interval_s: float = Field(default=5.0, gt=0.0)
@@ -72,6 +73,7 @@ class OrchestratorSettings(_Msg):
             "router": dict(self.router),
             "policy_model": self.policy_model,
             "policy_file": self.policy_file,
+            "tool_roots": list(self.tool_roots),
         }
 
 

@@ -104,6 +104,7 @@ class OrchestratorActor:
             budgets=BudgetConfig.model_validate(settings.budgets),
             tracer=RunTracer(settings.tracing, settings.otlp_endpoint),
             hooks=hooks,
+            tool_roots=list(settings.tool_roots),
         )
         self.recovered: list[str] | None = None
         self._recovery: asyncio.Task[list[str]] | None = None

@@ -51,7 +51,11 @@ def _spec(role: str, env: Mapping[str, Any]) -> tuple[Any, tuple[Any, ...]]:
     if role == "executor":
         from actors.executor import ExecutorWorker
 
-        return ExecutorWorker, (env.get("policy_model"), env.get("policy_file"))
+        return ExecutorWorker, (
+            env.get("policy_model"),
+            env.get("policy_file"),
+            list(env.get("tool_roots") or []),
+        )
     from actors.validator import ValidatorWorker
 
     return ValidatorWorker, ()

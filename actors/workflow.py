@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Annotated, Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
@@ -36,6 +37,39 @@ from keel.errors import InputError, WorkflowError, first_error
 from sandbox.tool import Tool
 
 END = "__end__"
+
+
+class _Confined:
+    """Marks an input that names a host path a tool will act on (see ``ConfinedPath``)."""
+
+    def __repr__(self) -> str:
+        return "CONFINED"
+
+
+CONFINED = _Confined()
+ConfinedPath = Annotated[str, CONFINED]
+"""A run input naming a host path: it must lie under the deployment's tool roots
+(``sandbox.roots``), checked where the run is created, once symbolic links and ``..`` are
+resolved."""
+
+
+def confine(path: str, roots: Sequence[str], field: str) -> str:
+    """``path`` resolved, if it lies under one of ``roots``.
+
+    Raises:
+        InputError: naming ``field``, when it does not.
+    """
+    real = os.path.realpath(path)
+    for root in roots:
+        base = os.path.realpath(root)
+        if real == base or real.startswith(base.rstrip(os.sep) + os.sep):
+            return real
+    raise InputError(
+        f"{path!r} is outside the directories tools may act on ({', '.join(roots) or 'none'}; "
+        "set sandbox.roots)",
+        field=field,
+    )
+
 
 NodeFn = Callable[[Any, "NodeContext"], Any]
 RouterFn = Callable[[Any], str]
@@ -116,6 +150,7 @@ class Node:
     rejections_field: str | None = None
     tools: dict[str, Tool] | ToolSource | None = None
     grace_s: float | None = None  # effects: how long past the timeout a late result counts
+    bind: Mapping[str, str] = field(default_factory=dict)  # effects: argument -> run input
 
     @property
     def is_effect(self) -> bool:
@@ -223,6 +258,7 @@ class Workflow:
         retry: RetryPolicy | None = None,
         timeout_s: float | None = None,
         grace_s: float | None = None,
+        bind: Mapping[str, str] | None = None,
     ) -> Callable[[NodeFn], NodeFn]:
         """Declare a side-effecting node: ``fn`` returns the tool's arguments (a proposal);
         given a list of tools, it returns ``{"tool": NAME, "args": {...}}`` choosing one.
@@ -236,6 +272,11 @@ class Workflow:
         An apply that outlives ``timeout_s`` is waited for ``grace_s`` more (by default as
         long again); a result that arrives then still counts. After that its outcome is
         settled through the tool's ``verify()`` or by a person, never by applying again.
+
+        ``bind`` maps tool arguments to run inputs (``{"root": "root"}``): those arguments
+        always take the input's value, and a proposal that names a different one is
+        rejected. So the target of an action is fixed when the run starts (by whoever was
+        allowed to start it), never chosen by the model.
         """
 
         single: Tool | None = None
@@ -262,6 +303,7 @@ class Workflow:
                     rejections_field,
                     several,
                     grace_s,
+                    dict(bind or {}),
                 )
             )
             return fn
@@ -329,8 +371,14 @@ class Workflow:
         return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
 
     # -- running ----------------------------------------------------------------------
-    def check_inputs(self, inputs: Mapping[str, Any]) -> dict[str, JsonValue]:
-        """Validate run inputs against the declared inputs model; errors name the field."""
+    def check_inputs(
+        self, inputs: Mapping[str, Any], roots: Sequence[str] | None = None
+    ) -> dict[str, JsonValue]:
+        """Validate run inputs against the declared inputs model; errors name the field.
+
+        With ``roots``, every input declared ``ConfinedPath`` must resolve (symbolic links
+        and ``..`` followed) to a place under one of them, and is stored resolved.
+        """
         if self.inputs_model is None:
             return dict(inputs)
         if self.inputs_model.model_config.get("extra") != "allow":
@@ -347,6 +395,10 @@ class Workflow:
             field, msg = first_error(exc, "inputs")
             raise InputError(msg, field=field) from None
         data: dict[str, JsonValue] = model.model_dump(mode="json")
+        if roots is not None:
+            for name, info in self.inputs_model.model_fields.items():
+                if CONFINED in info.metadata and data.get(name) is not None:
+                    data[name] = confine(str(data[name]), roots, f"inputs.{name}")
         return data
 
     def initial_data(self) -> dict[str, JsonValue]:

@@ -95,6 +95,7 @@ class Keel:
             lease_ttl_s=self.config.orchestrator.lease_ttl_s,
             embedded=self.config.ray.address is None,
             host_pid=os.getpid() if self._started_ray else None,
+            tool_roots=self.config.tool_roots(),
         )
 
     def embedded_instance(self) -> OwnerRecord | None:
@@ -255,7 +256,7 @@ class Keel:
         deployment's limits for this run only."""
         ref = resolve_ref(workflow, self.config.workflows)
         wf = load_workflow(ref)
-        clean = wf.check_inputs(inputs or {})
+        clean = wf.check_inputs(inputs or {}, self.config.tool_roots())
         own = check_budgets(budgets) or None
         chosen = run_id is not None
         run_id = check_run_id(run_id) if run_id is not None else new_run_id()

@@ -203,7 +203,25 @@ class RunBudgets(_Section):
 
 class PolicyConfig(_Section):
     model: str | None = Field(default=None, description="Casbin model file (default: shipped)")
-    policy: str | None = Field(default=None, description="policy CSV (default: shipped)")
+    policy: str | None = Field(
+        default_factory=lambda: os.environ.get("KEEL_POLICY") or None,
+        description="policy CSV (default: $KEEL_POLICY, else the shipped one)",
+    )
+
+
+def _default_roots() -> list[str]:
+    env = os.environ.get("KEEL_TOOL_ROOTS")
+    return [r for r in env.split(os.pathsep) if r] if env else []
+
+
+class SandboxConfig(_Section):
+    """Where tools may act. Every run input declared ``ConfinedPath`` (the incident
+    workflow's service directory, the demo's outbox) must lie under one of ``roots``; a
+    sandboxed tool sees that one directory and nothing else of the host. Empty: beside a
+    local store, ``<store>-demo`` and ``<store>/outbox``. ``KEEL_TOOL_ROOTS`` (paths joined
+    by ``:``) sets them from the environment."""
+
+    roots: list[str] = Field(default_factory=_default_roots)
 
 
 class TelemetryConfig(_Section):
@@ -228,6 +246,7 @@ class KeelConfig(_Section):
     workers: WorkersConfig = Field(default_factory=WorkersConfig)
     budgets: BudgetConfig = Field(default_factory=BudgetConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     api: APIConfig = Field(default_factory=APIConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
@@ -235,6 +254,14 @@ class KeelConfig(_Section):
     workflows: dict[str, str] = Field(
         default_factory=dict, description="extra workflow names -> module:attr"
     )
+
+    def tool_roots(self) -> list[str]:
+        """The directories tools may act on, absolute."""
+        roots = list(self.sandbox.roots)
+        url = self.storage_url()
+        if not roots and "://" not in url:
+            roots = [f"{url}-demo", f"{url}/outbox"]
+        return [str(Path(r).expanduser().resolve()) for r in roots]
 
     def storage_url(self) -> str:
         """The storage URL with a local path made absolute (actors run elsewhere)."""

@@ -12,14 +12,14 @@ from typing import Annotated, Any
 from pydantic import BaseModel
 
 from actors.state import append
-from actors.workflow import END, NodeContext, RetryPolicy, Workflow
+from actors.workflow import END, ConfinedPath, NodeContext, RetryPolicy, Workflow
 from sandbox.outbox import OutboxTool
 
 SEVERE = ("down", "outage", "data loss", "breach", "500", "crash")
 
 
 class TicketInputs(BaseModel):
-    outbox: str = ".keel/outbox"
+    outbox: ConfinedPath = ".keel/outbox"
     reporter: str = "someone@example.com"
 
 
@@ -67,7 +67,9 @@ workflow.route(
 )
 
 
-@workflow.effect(OutboxTool("pager"), role="mitigate", result_field="deliveries")
+@workflow.effect(
+    OutboxTool("pager"), role="mitigate", result_field="deliveries", bind={"outbox": "outbox"}
+)
 def page_oncall(state: TicketState, ctx: NodeContext) -> dict[str, Any]:
     return {"outbox": ctx.inputs["outbox"], "to": "on-call", "body": f"SEV: {state.summary}"}
 
@@ -75,7 +77,9 @@ def page_oncall(state: TicketState, ctx: NodeContext) -> dict[str, Any]:
 workflow.edge("page_oncall", "file_note")
 
 
-@workflow.effect(OutboxTool("notes"), role="mitigate", result_field="deliveries")
+@workflow.effect(
+    OutboxTool("notes"), role="mitigate", result_field="deliveries", bind={"outbox": "outbox"}
+)
 def file_note(state: TicketState, ctx: NodeContext) -> dict[str, Any]:
     body = f"[{state.category}/{state.severity}] {state.summary}"
     return {"outbox": ctx.inputs["outbox"], "to": str(ctx.inputs["reporter"]), "body": body}

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
 from actors.state import append
-from actors.workflow import END, NodeContext, NodeOutput, RetryPolicy, Workflow
+from actors.workflow import END, ConfinedPath, NodeContext, NodeOutput, RetryPolicy, Workflow
 from sandbox.demo_tools import (
     CheckHealth,
     DeleteDataFile,
@@ -59,8 +59,12 @@ RUNBOOKS = [
 
 
 class IncidentInputs(BaseModel):
-    root: str = Field(min_length=1)
+    """The service the run acts on, fixed when the run starts: every tool's target is bound
+    to these, never taken from a proposal."""
+
+    root: ConfinedPath = Field(min_length=1)
     port: int = Field(ge=1024, le=65535)
+    service: Literal["checkout"] = "checkout"
 
 
 class IncidentState(BaseModel):
@@ -87,15 +91,18 @@ workflow = Workflow(
 )
 
 
+TARGET = {"root": "root", "port": "port", "service": "service"}
+
+
 def _target(ctx: NodeContext) -> dict[str, Any]:
-    return {"root": ctx.inputs["root"], "port": ctx.inputs["port"]}
+    return {name: ctx.inputs[name] for name in TARGET if name in ctx.inputs}
 
 
 def _problems(state: IncidentState) -> list[str]:
     return [str(p) for p in state.health_before.get("problems") or []]
 
 
-@workflow.effect(ReadLogs(), role="diagnose", result_field="logs")
+@workflow.effect(ReadLogs(), role="diagnose", result_field="logs", bind=TARGET)
 def read_logs(state: IncidentState, ctx: NodeContext) -> dict[str, Any]:
     return {**_target(ctx), "lines": 30}
 
@@ -103,7 +110,9 @@ def read_logs(state: IncidentState, ctx: NodeContext) -> dict[str, Any]:
 workflow.edge("read_logs", "health_before")
 
 
-@workflow.effect(CheckHealth(), "health_before", role="diagnose", result_field="health_before")
+@workflow.effect(
+    CheckHealth(), "health_before", role="diagnose", result_field="health_before", bind=TARGET
+)
 def health_before(state: IncidentState, ctx: NodeContext) -> dict[str, Any]:
     return _target(ctx)
 
@@ -227,7 +236,9 @@ def plan(state: IncidentState, ctx: NodeContext) -> Any:
 workflow.edge("plan", "snapshot")
 
 
-@workflow.effect(SnapshotConfig(), "snapshot", role="mitigate", result_field="snapshot")
+@workflow.effect(
+    SnapshotConfig(), "snapshot", role="mitigate", result_field="snapshot", bind=TARGET
+)
 def snapshot(state: IncidentState, ctx: NodeContext) -> dict[str, Any]:
     return _target(ctx)
 
@@ -243,6 +254,7 @@ workflow.edge("snapshot", "mitigate")
     on_reject="plan",
     rejections_field="errors",
     timeout_s=60,
+    bind=TARGET,
 )
 def mitigate(state: IncidentState, ctx: NodeContext) -> dict[str, Any]:
     return dict(state.proposal or {})
@@ -251,7 +263,9 @@ def mitigate(state: IncidentState, ctx: NodeContext) -> dict[str, Any]:
 workflow.edge("mitigate", "health_after")
 
 
-@workflow.effect(CheckHealth(), "health_after", role="diagnose", result_field="health_after")
+@workflow.effect(
+    CheckHealth(), "health_after", role="diagnose", result_field="health_after", bind=TARGET
+)
 def health_after(state: IncidentState, ctx: NodeContext) -> dict[str, Any]:
     return _target(ctx)
 
@@ -271,7 +285,9 @@ def resolved(state: IncidentState, ctx: NodeContext) -> dict[str, Any]:
 workflow.edge("resolved", END)
 
 
-@workflow.effect(RestoreSnapshot(), "rollback", role="mitigate", result_field="rollback")
+@workflow.effect(
+    RestoreSnapshot(), "rollback", role="mitigate", result_field="rollback", bind=TARGET
+)
 def rollback(state: IncidentState, ctx: NodeContext) -> dict[str, Any]:
     snap = state.snapshot
     return {**_target(ctx), "content": snap.get("content", ""), "sha256": snap.get("sha256", "")}

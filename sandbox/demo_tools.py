@@ -14,12 +14,12 @@ import json
 import sys
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationInfo, field_validator
 
 from keel.errors import SandboxError
 from sandbox.base import SandboxSpec
 from sandbox.bwrap import BubblewrapSandbox
-from sandbox.tool import Verification
+from sandbox.tool import Verification, confined
 
 PY = sys.executable
 
@@ -78,11 +78,19 @@ print(json.dumps({"restarted": True, "config": digest, "action": action}))
 
 
 class ServiceTarget(BaseModel):
+    """Which service a tool acts on. The incident workflow binds all three from the run's
+    inputs, so a proposal can never point a tool at another directory or port."""
+
     model_config = ConfigDict(extra="forbid")
 
     root: str = Field(min_length=1, max_length=4096)
     port: int = Field(ge=1024, le=65535)
     service: Literal["checkout"] = "checkout"
+
+    @field_validator("root")
+    @classmethod
+    def _confined(cls, value: str, info: ValidationInfo) -> str:
+        return confined(value, info)
 
 
 class ReadLogsArgs(ServiceTarget):
@@ -109,6 +117,7 @@ def _marker(key: str) -> str:
 
 class _SandboxedTool:
     resources: tuple[str, ...] = ()
+    resource_args: tuple[str, ...] = ("service",)  # policy sees tool:NAME:SERVICE
     name = ""
     description = ""
     action: Literal["read", "write"] = "read"

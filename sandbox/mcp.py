@@ -1,28 +1,29 @@
 """Tools over the Model Context Protocol, governed exactly like native tools.
 
-``MCPTools(url)`` imports the tools of an MCP server (streamable HTTP, official ``mcp``
-SDK) into a workflow: each becomes a ``Tool`` whose argument schema is the server's
-``inputSchema`` (validated before anything runs), whose policy action is ``read`` when the
-server marks it read-only and ``write`` otherwise, and which runs on the executor like any
-other tool. MCP has no way to ask "did this call happen?", so ``verify`` answers
-``unknown`` and a crash between intent and result hands the run to a person.
+``MCPTools(url, read_only=[...])`` imports the tools of an MCP server (streamable HTTP,
+official ``mcp`` SDK) into a workflow: each becomes a ``Tool`` whose argument schema is the
+server's ``inputSchema`` (validated before anything runs) and which runs on the executor
+like any other tool. Every imported tool is a ``write`` (so it needs a person's approval
+unless policy exempts it) unless Keel's side names it in ``read_only``: a server's own
+``readOnlyHint`` is a claim by the server, and is never trusted. MCP has no way to ask "did
+this call happen?", so ``verify`` answers ``unknown`` and a crash between intent and result
+hands the run to a person.
 
-``registry_app(tools)`` serves Keel's own tools as an MCP server.
+``keel.mcp_gateway`` serves Keel's own tools over MCP, through the same gate as every run.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
-from pydantic import BaseModel, JsonValue
+from pydantic import JsonValue
 
 from keel.errors import SandboxError
-from sandbox.tool import Tool, Verification, tool_action, tool_schema
+from sandbox.tool import Tool, Verification, tool_schema
 
 
 def _run(url: str, fn: Any) -> Any:
@@ -92,8 +93,9 @@ class MCPTools:
     """The tools of one MCP server, listed on first use (so a workflow can name the server
     at import time, before the server is reachable)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, read_only: Sequence[str] = ()) -> None:
         self.url = url
+        self.read_only = frozenset(read_only)
         self._tools: dict[str, MCPTool] | None = None
 
     def load(self) -> dict[str, MCPTool]:
@@ -105,13 +107,12 @@ class MCPTools:
             listed = _run(self.url, listing)
             tools = {}
             for t in listed.tools:
-                read_only = bool(getattr(t.annotations, "read_only_hint", False))
                 tools[t.name] = MCPTool(
                     self.url,
                     t.name,
                     t.description or "",
                     dict(t.input_schema),
-                    "read" if read_only else "write",
+                    "read" if t.name in self.read_only else "write",
                 )
             self._tools = tools
         return self._tools
@@ -123,46 +124,8 @@ class MCPTools:
         return sorted(self.load())
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"url": self.url, "_tools": None}  # listings are not shipped between processes
+        # Listings are not shipped between processes; the allow-list is.
+        return {"url": self.url, "read_only": self.read_only, "_tools": None}
 
 
-def _as_function(tool: Tool) -> Any:
-    """A plain function with the tool's arguments as its signature, for MCPServer."""
-    model: type[BaseModel] | None = getattr(tool, "args_model", None)
-
-    def call(**kwargs: Any) -> Any:
-        return tool.apply(kwargs, key=f"mcp:{tool.name}:{json.dumps(kwargs, sort_keys=True)}")
-
-    params = []
-    annotations: dict[str, Any] = {"return": Any}
-    for name, field in model.model_fields.items() if model else []:
-        default = inspect.Parameter.empty if field.is_required() else field.default
-        params.append(
-            inspect.Parameter(
-                name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=field.annotation
-            )
-        )
-        annotations[name] = field.annotation
-    call.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
-    call.__annotations__ = annotations
-    call.__name__ = tool.name
-    return call
-
-
-def registry_app(tools: Sequence[Tool], name: str = "keel") -> Any:
-    """An ASGI app serving ``tools`` over MCP (streamable HTTP at ``/mcp``)."""
-    from mcp.server.mcpserver import MCPServer
-    from mcp.types import ToolAnnotations
-
-    server = MCPServer(name)
-    for tool in tools:
-        server.add_tool(
-            _as_function(tool),
-            name=tool.name,
-            description=getattr(tool, "description", "") or tool.name,
-            annotations=ToolAnnotations(read_only_hint=tool_action(tool) == "read"),
-        )
-    return server.streamable_http_app()
-
-
-__all__ = ["MCPTool", "MCPTools", "registry_app", "tool_schema"]
+__all__ = ["MCPTool", "MCPTools", "tool_schema"]

@@ -13,13 +13,29 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import JsonValue
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationInfo, field_validator
 
-from sandbox.tool import Verification
+from sandbox.tool import Verification, confined
+
+
+class OutboxArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    outbox: str = Field(min_length=1, description="the directory messages are written to")
+    to: str | None = Field(default=None, max_length=500)
+    body: str | None = Field(default=None, max_length=100_000)
+
+    @field_validator("outbox")
+    @classmethod
+    def _confined(cls, value: str, info: ValidationInfo) -> str:
+        return confined(value, info)
 
 
 class OutboxTool:
     """Writes ``{"to": ..., "body": ...}`` messages into ``args["outbox"]``."""
+
+    action = "write"
+    args_model = OutboxArgs
 
     def __init__(self, name: str = "outbox") -> None:
         self.name = name

@@ -6,9 +6,11 @@ intent and recording its result, it asks the tool instead of running the effect 
 
 from __future__ import annotations
 
+import os
+import re
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, JsonValue
+from pydantic import BaseModel, ConfigDict, JsonValue, ValidationInfo
 
 
 class Verification(BaseModel):
@@ -44,6 +46,40 @@ def tool_action(tool: Any) -> ToolAction:
     """What a tool does to the world, for policy: ``read`` or ``write`` (the default)."""
     action = getattr(tool, "action", "write")
     return "read" if action == "read" else "write"
+
+
+_RESOURCE = re.compile(r"[^a-z0-9._-]")
+
+
+def tool_resource(tool: Any, args: dict[str, Any]) -> str | None:
+    """The resource a call acts on, from the arguments the tool names in ``resource_args``
+    (each bound from the run's inputs, never chosen by a proposal): lower case, with
+    anything but letters, digits, ``.``, ``_`` and ``-`` replaced."""
+    names = getattr(tool, "resource_args", ()) or ()
+    if not names:
+        return None
+    parts = [_RESOURCE.sub("_", str(args.get(n, "")).strip().lower())[:64] for n in names]
+    return "/".join(parts)
+
+
+def tool_object(tool: Any, args: dict[str, Any]) -> str:
+    """What policy is asked about: ``tool:NAME``, or ``tool:NAME:RESOURCE``."""
+    resource = tool_resource(tool, args)
+    return f"tool:{tool.name}" + (f":{resource}" if resource else "")
+
+
+def confined(path: str, info: ValidationInfo) -> str:
+    """A path argument's validator: with tool roots in the validation context (the engine
+    and the executor give them), the path must resolve to a place under one of them."""
+    roots = (info.context or {}).get("roots")
+    if roots is None:
+        return path
+    real = os.path.realpath(path)
+    for root in roots:
+        base = os.path.realpath(root)
+        if real == base or real.startswith(base.rstrip(os.sep) + os.sep):
+            return path
+    raise ValueError(f"{path!r} is outside the directories tools may act on")
 
 
 def tool_schema(tool: Any) -> dict[str, Any] | None:

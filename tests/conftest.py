@@ -8,6 +8,10 @@ import os
 # Before Ray is imported anywhere: keep every Ray service on loopback.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# Tools may act only under the tool roots: the tests' services and outboxes live under /tmp.
+os.environ.setdefault("KEEL_TOOL_ROOTS", "/tmp")
+# The shipped policy, plus approval exemptions for the suite's own harmless test tools.
+os.environ.setdefault("KEEL_POLICY", os.path.join(os.path.dirname(__file__), "policy.csv"))
 
 
 import logging
@@ -27,6 +31,7 @@ from storage import open_store
 from storage.base import CheckpointStore
 from tests.fakes import free_port, scripted, scripted_server, serve_port  # noqa: F401
 
+TEST_POLICY = os.environ["KEEL_POLICY"]
 S3_KEY = "keel-test"
 S3_SECRET = "keel-test-secret"
 

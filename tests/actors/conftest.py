@@ -6,9 +6,9 @@ from collections.abc import Iterator
 import pytest
 
 from keel.client import Keel
-from keel.config import KeelConfig, OrchestratorConfig, StorageConfig
+from keel.config import KeelConfig, OrchestratorConfig, PolicyConfig, StorageConfig
 from keel.testing.chaos import ChaosOrchestrator
-from tests.conftest import Backend
+from tests.conftest import TEST_POLICY, Backend
 
 
 def make_keel(backend: Backend) -> Keel:
@@ -19,6 +19,7 @@ def make_keel(backend: Backend) -> Keel:
             orchestrator=OrchestratorConfig(
                 name=f"orch-{uuid.uuid4().hex[:8]}", node_num_cpus=0.25
             ),
+            policy=PolicyConfig(policy=TEST_POLICY),
         ),
         orchestrator_class=ChaosOrchestrator,
     )

@@ -28,10 +28,12 @@ from actors.state import (
 from actors.workflow import END, NodeContext, Workflow
 from keel.demo import workflow as demo
 from keel.errors import RunOwnedError, RunStateError, WorkerLostError
+from policy.engine import PolicyEngine
 from sandbox.tool import Verification
 from storage.leases import Lease, Leases
 from storage.local import LocalStore
 from storage.runs import PENDING, RunStore
+from tests.conftest import TEST_POLICY
 
 
 class SendArgs(BaseModel):
@@ -90,6 +92,7 @@ def send_flow(tool: SlowSend, *, timeout_s: float | None = None, grace_s: float 
 
 
 def engine(store: RunStore, wf: Workflow, runner: Any = None, **kw: Any) -> RunEngine:
+    kw.setdefault("policy", PolicyEngine(None, TEST_POLICY))
     return RunEngine(store, runner or InlineNodeRunner(), lambda _ref: wf, **kw)
 
 

@@ -379,7 +379,8 @@ def _mcp_tools() -> Any:
 
     from sandbox.mcp import MCPTools
 
-    return MCPTools(os.environ.get("KEEL_TEST_MCP_URL", "http://127.0.0.1:9/mcp"))
+    url = os.environ.get("KEEL_TEST_MCP_URL", "http://127.0.0.1:9/mcp")
+    return MCPTools(url, read_only=["read_status"])  # the server's own hints are not trusted
 
 
 mcp_flow = Workflow("mcp_flow", state=McpState, inputs=McpInputs)

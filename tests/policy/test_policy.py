@@ -18,8 +18,17 @@ TABLE = [
     ("diagnose", "tool:restore_config", "write", "deny"),
     ("diagnose", "tool:restart_service", "write", "deny"),
     ("mitigate", "tool:read_logs", "read", "allow"),
-    ("mitigate", "tool:restore_config", "write", "allow"),
+    # every write a rule does not exempt needs a person
+    ("mitigate", "tool:restore_config", "write", "approve"),
     ("mitigate", "tool:restart_service", "write", "approve"),
+    ("mitigate", "tool:restart_service:checkout", "write", "approve"),
+    ("mitigate", "tool:restore_snapshot:checkout", "write", "allow"),
+    ("mitigate", "tool:pager", "write", "allow"),
+    ("mcp", "tool:send_message", "write", "approve"),
+    ("mcp", "tool:drop_database", "write", "deny"),
+    # names are normalised before matching
+    ("mitigate", "tool:Delete_Data", "write", "deny"),
+    ("Mitigate", "TOOL:DROP_table", "write", "deny"),
     ("mitigate", "tool:drop_database", "write", "deny"),
     ("mitigate", "tool:delete_logs", "write", "deny"),
     ("planner", "tool:read_logs", "read", "deny"),
@@ -40,7 +49,7 @@ def test_shipped_policy_table(subject: str, obj: str, action: str, effect: str) 
     assert decision.effect == effect
     assert decision.rule, "every decision names the rule that decided it"
     if effect == "approve":
-        assert decision.rule[0] == "p2"
+        assert decision.rule[0] in ("p2", "default")
 
 
 def test_decision_names_rule_and_version() -> None:
@@ -60,7 +69,7 @@ def test_policy_reloads_without_restart(tmp_path: Path) -> None:
     time.sleep(0.01)
     policy.write_text("p, diagnose, tool:*, write, allow\n" + policy.read_text())
     after = engine.decide("diagnose", "tool:restore_config", "write")
-    assert after.effect == "allow" and after.policy_version != before.policy_version
+    assert after.effect == "approve" and after.policy_version != before.policy_version
 
 
 def test_broken_policy_files_name_the_field(tmp_path: Path) -> None:
