@@ -23,6 +23,7 @@ import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import BaseModel, Field, JsonValue
 
 from actors.state import RunStatus
@@ -76,15 +77,15 @@ class _Caller:
             )
             state = self.keel.watch(state.run_id, timeout_s=self.wait_s)
         except KeelError as exc:
-            raise ValueError(f"refused: {exc}") from None
+            raise ToolError(f"refused: {exc}") from None
         if state.status == RunStatus.SUCCEEDED:
             return state.data.get("result")
         if state.status == RunStatus.AWAITING_APPROVAL:
-            raise ValueError(
+            raise ToolError(
                 f"held for a person's approval: run {state.run_id} "
                 f"(keel approve {state.run_id}); nothing has been done yet"
             )
-        raise ValueError(f"run {state.run_id} {state.status}: {state.reason}")
+        raise ToolError(f"run {state.run_id} {state.status}: {state.reason}")
 
 
 def _signature(tool: Tool) -> tuple[inspect.Signature, dict[str, Any]]:
@@ -152,7 +153,7 @@ def _function(caller: _Caller, tool: Tool) -> Any:
         request = ctx.request_context.request
         principal = (getattr(request, "scope", {}) or {}).get("state", {}).get("keel_principal")
         if not principal:
-            raise ValueError("a valid API key is required")
+            raise ToolError("a valid API key is required")
         return await asyncio.to_thread(caller.call, principal, tool.name, kwargs)
 
     signature, annotations = _signature(tool)

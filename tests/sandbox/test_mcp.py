@@ -7,20 +7,18 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import BaseModel
 
 from actors.state import PolicyDecided, ProposalRejected, RunStatus
 from keel.client import Keel
-from sandbox.mcp import MCPTools, registry_app
+from sandbox.mcp import MCPTools
 from tests.actors.conftest import make_keel, stop_orchestrator
-from tests.conftest import Backend, free_port
+from tests.conftest import Backend
 
 ROOT = Path(__file__).resolve().parents[2]
 URL = os.environ["KEEL_TEST_MCP_URL"]
@@ -63,7 +61,11 @@ def keel(ray_session: None, tmp_path: Path, mcp_server: str) -> Iterator[Keel]:
 def test_server_tools_appear_in_the_registry(mcp_server: str) -> None:
     tools = MCPTools(mcp_server).load()
     assert sorted(tools) == ["drop_database", "read_status"]
-    assert tools["read_status"].action == "read" and tools["drop_database"].action == "write"
+    # The server marks read_status read-only; that is its claim, not Keel's: only the tools
+    # Keel's side allow-lists are reads.
+    assert tools["read_status"].action == "write" and tools["drop_database"].action == "write"
+    trusted = MCPTools(mcp_server, read_only=["read_status"]).load()
+    assert trusted["read_status"].action == "read" and trusted["drop_database"].action == "write"
     assert tools["read_status"].parameters["required"] == ["service"]
 
 
@@ -97,46 +99,3 @@ def test_malformed_mcp_arguments_are_rejected(keel: Keel) -> None:
     rejected = next(e for e in events if isinstance(e, ProposalRejected))
     assert "args.service" in {e["field"] for e in rejected.errors}
     assert not (MARKERS / "read_status").exists()
-
-
-class EchoArgs(BaseModel):
-    text: str
-    times: int = 1
-
-
-class Echo:
-    name = "echo"
-    description = "say it again"
-    action = "read"
-    args_model = EchoArgs
-
-    def apply(self, args: dict[str, Any], key: str) -> Any:
-        return {"echo": args["text"] * int(args.get("times", 1))}
-
-    def verify(self, args: dict[str, Any], key: str) -> Any:
-        raise NotImplementedError
-
-
-def test_keel_registry_served_over_mcp() -> None:
-    import uvicorn
-
-    port = free_port()
-    config = uvicorn.Config(
-        registry_app([Echo()]), host="127.0.0.1", port=port, log_level="warning"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{port}/mcp"
-        deadline = time.monotonic() + 20
-        while not server.started:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        tools = MCPTools(url).load()
-        assert list(tools) == ["echo"] and tools["echo"].action == "read"
-        assert tools["echo"].parameters["required"] == ["text"]
-        assert tools["echo"].apply({"text": "ab", "times": 2}, "k") == {"echo": "abab"}
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
