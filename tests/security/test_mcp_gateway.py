@@ -64,12 +64,14 @@ def call(url: str, key: str, tool: str, args: dict[str, Any]) -> tuple[bool, str
         import httpx2
 
         client = httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=60)
-        async with streamable_http_client(url, http_client=client) as streams:
-            async with ClientSession(streams[0], streams[1]) as session:
-                await session.initialize()
-                result = await session.call_tool(tool, args)
-                text = " ".join(getattr(c, "text", "") for c in result.content)
-                return bool(result.is_error), text
+        async with (
+            streamable_http_client(url, http_client=client) as streams,
+            ClientSession(streams[0], streams[1]) as session,
+        ):
+            await session.initialize()
+            result = await session.call_tool(tool, args)
+            text = " ".join(getattr(c, "text", "") for c in result.content)
+            return bool(result.is_error), text
 
     return asyncio.run(go())
 
