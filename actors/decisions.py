@@ -343,5 +343,6 @@ def summary(state: RunState, owner: str | None = None) -> dict[str, Any]:
         "created_at": state.created_at,
         "updated_at": state.updated_at,
         "reason": state.reason[:500],
+        "principal": state.principal,
         "owner": owner,
     }

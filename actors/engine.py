@@ -364,6 +364,7 @@ class RunEngine:
         st = run.state
         if st.status.terminal:
             raise RunStateError(f"run {run_id} already {st.status}", field="run_id")
+        self._allowed(by, st, "resume")
         events = await self._writable(run)
         if effect is not None:
             if run.active:
@@ -390,6 +391,7 @@ class RunEngine:
         run = await self.load(run_id)
         if run.state.status.terminal:
             raise RunStateError(f"run {run_id} already {run.state.status}", field="run_id")
+        self._allowed(by, run.state, "cancel")
         events = await self._writable(run)
         if run.task is not None and not run.task.done():
             run.task.cancel()
@@ -397,6 +399,15 @@ class RunEngine:
         finished = RunFinished(status=RunStatus.CANCELLED, reason=reason or f"cancelled by {by}")
         await self._commit(run, [*events, finished])
         return run.state
+
+    def _allowed(self, principal: str, st: RunState, action: str) -> None:
+        decision = self.policy.decide(principal, f"run:{st.workflow}", action)
+        if decision.effect != "allow":
+            raise PolicyError(
+                f"{principal} may not {action} runs of {st.workflow} "
+                f"(rule [{', '.join(decision.rule)}])",
+                field="principal",
+            )
 
     async def view(self, run_id: str) -> RunView:
         run = await self.load(run_id)
@@ -649,7 +660,7 @@ class RunEngine:
         self, run_id: str, principal: str, approved: bool, reason: str = ""
     ) -> RunState:
         """A person's answer to an action held for approval; policy decides whether this
-        principal may give it (a refusal is recorded too)."""
+        principal may give it (a refusal writes nothing)."""
         await self.start()
         run = await self.load(run_id)
         st = run.state
@@ -657,16 +668,18 @@ class RunEngine:
         if st.status != RunStatus.AWAITING_APPROVAL or ap.get("approved") is not None:
             raise RunStateError(f"run {run_id} is not awaiting approval", field="run_id")
         takeover = await self._writable(run)
-        decision = self.policy.decide(principal, f"run:{st.workflow}", "approve")
         node, step = str(ap["node"]), int(cast(int, ap["step"]))
-        check = policy_event(decision, node, step)
+        # Approving one's own request needs a right of its own (approve_own). A refusal
+        # writes nothing: a caller cannot grow a waiting run's ledger by asking.
+        action = "approve_own" if principal == st.principal else "approve"
+        decision = self.policy.decide(principal, f"run:{st.workflow}", action)
         if decision.effect != "allow":
-            await self._commit(run, [*takeover, check])
+            why = "approve their own runs of" if action == "approve_own" else "approve runs of"
             raise PolicyError(
-                f"{principal} may not approve runs of {st.workflow} "
-                f"(rule [{', '.join(decision.rule)}])",
+                f"{principal} may not {why} {st.workflow} (rule [{', '.join(decision.rule)}])",
                 field="principal",
             )
+        check = policy_event(decision, node, step)
         answer = ApprovalDecided(
             node=node,
             step=step,

@@ -237,6 +237,15 @@ class APIConfig(_Section):
     keys: dict[str, str] = Field(
         default_factory=dict, description="sha256(api key) -> principal; keys never stored"
     )
+    workflows: list[str] = Field(
+        default_factory=list,
+        description="workflows the API may start, by name or module:attr (default: the "
+        "bundled ones and those under `workflows`)",
+    )
+    rate_limit: str = Field(default="600/minute", description="requests per API key")
+    refused_approval_limit: str = Field(
+        default="10/minute", description="refused approvals per principal"
+    )
     replicas: ReplicaConfig = Field(default_factory=ReplicaConfig)
 
 

@@ -3,25 +3,50 @@
 Mounted at ``/v1/runs`` on Serve's 127.0.0.1 proxy. Every request carries an API key
 (``Authorization: Bearer KEY`` or ``X-API-Key``); keys are stored hashed in configuration
 and map to principals, and policy decides what each principal may do. Errors are
-``application/problem+json`` naming the field and the reason.
+``application/problem+json`` naming the field and the reason, and say nothing about where
+or how Keel stores things.
+
+Tenancy: a run belongs to the principal that started it. A principal lists and reads its
+own runs, and others' only where policy grants ``read_any`` on the workflow; a run it may
+not see answers 404, as a run that does not exist does. Only workflows offered to the API
+(``api.workflows``; by default the bundled ones and those named in ``workflows``) can be
+started, and permission is checked before any workflow code is imported. Requests are
+rate-limited per key, refused approvals more tightly per principal, and bodies are counted
+as they arrive, whatever ``Content-Length`` claims.
 """
 
 import asyncio
 import hashlib
 import json
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
+from limits import parse
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 from ray import serve
 
 from keel.config import RunBudgets
-from keel.errors import InputError, KeelError, PolicyError, RunNotFoundError, RunStateError
+from keel.errors import (
+    ConflictError,
+    InputError,
+    KeelError,
+    PolicyError,
+    RunNotFoundError,
+    RunStateError,
+)
+from keel.workflows import BUILTIN
+from storage.runs import check_run_id
 
+log = logging.getLogger("keel.api")
 APP_NAME = "keel-runs"
+# A bundled workflow's runs are named after the workflow itself (``run:incident``).
+BUILTIN_NAMES = {name: name for name in BUILTIN}
 ROUTE_PREFIX = "/v1/runs"
 MAX_BODY = 1_000_000
 runs_api = FastAPI(title="Keel runs API", version="1")
@@ -65,12 +90,13 @@ def keel_problem(exc: KeelError) -> JSONResponse:
     if isinstance(exc, PolicyError):
         return problem(403, "forbidden", exc.message, exc.field)
     if isinstance(exc, RunNotFoundError):
-        return problem(404, "not found", exc.message, exc.field)
-    if isinstance(exc, RunStateError):
+        return problem(404, "not found", "no such run", "run_id")
+    if isinstance(exc, RunStateError | ConflictError):
         return problem(409, "conflict", exc.message, exc.field)
     if isinstance(exc, InputError) or exc.field:
         return problem(400, "bad request", exc.message, exc.field)
-    return problem(502, "upstream error", exc.message)
+    log.error("runs API: %s", exc)  # the details stay in the server's log
+    return problem(502, "upstream error", "the request could not be completed; try again")
 
 
 @runs_api.exception_handler(RequestValidationError)
@@ -85,24 +111,77 @@ async def _keel(request: Request, exc: KeelError) -> JSONResponse:
     return keel_problem(exc)
 
 
-@runs_api.middleware("http")
-async def _limits_and_auth(request: Request, call_next: Any) -> Any:
-    size = int(request.headers.get("content-length") or 0)
-    if size > MAX_BODY:
-        return problem(413, "body too large", f"{size} bytes; at most {MAX_BODY}", "body")
-    scope = request.scope
-    if scope["path"].rstrip("/") == scope.get("root_path", "").rstrip("/"):
-        scope["path"] = scope.get("root_path", "").rstrip("/") + "/"  # /v1/runs is the collection
-    return await call_next(request)
+class _BodyLimit:
+    """Reads a request body in full before the app sees it, counting bytes as they stream
+    in (chunked bodies carry no Content-Length, and a Content-Length can lie), and answers
+    413 the moment it passes ``MAX_BODY``."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if scope["path"].rstrip("/") == scope.get("root_path", "").rstrip("/"):
+            scope["path"] = scope.get("root_path", "").rstrip("/") + "/"  # the collection
+        declared = dict(scope.get("headers") or []).get(b"content-length", b"0")
+        if declared.isdigit() and int(declared) > MAX_BODY:
+            await _too_large(scope, send)
+            return
+        body, more = b"", True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > MAX_BODY:
+                await _too_large(scope, send)
+                return
+        replayed = False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal replayed
+            if replayed:
+                following: dict[str, Any] = await receive()  # disconnects, for streaming
+                return following
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
+async def _too_large(scope: dict[str, Any], send: Any) -> None:
+    response = problem(413, "body too large", f"at most {MAX_BODY} bytes", "body")
+
+    async def nothing() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    await response(scope, nothing, send)
+
+
+runs_api.add_middleware(_BodyLimit)
 
 
 class _Unauthorized(KeelError):
     pass
 
 
+class _TooMany(KeelError):
+    pass
+
+
 @runs_api.exception_handler(_Unauthorized)
 async def _unauthorized(request: Request, exc: _Unauthorized) -> JSONResponse:
     return problem(401, "unauthorized", "a valid API key is required", "authorization")
+
+
+@runs_api.exception_handler(_TooMany)
+async def _too_many(request: Request, exc: _TooMany) -> JSONResponse:
+    response = problem(429, "too many requests", exc.message, exc.field)
+    response.headers["Retry-After"] = "60"
+    return response
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=100)
@@ -119,6 +198,12 @@ class RunsAPI:
 
         # One enforcer per replica; it re-reads the files itself when they change.
         self.policy = PolicyEngine(self.keel.config.policy.model, self.keel.config.policy.policy)
+        api = self.keel.config.api
+        self.offered = set(api.workflows) or {*BUILTIN, *self.keel.config.workflows}
+        # Per replica, in memory: with N replicas a key gets up to N times the rate.
+        self.limiter = MovingWindowRateLimiter(MemoryStorage())
+        self.per_key = parse(api.rate_limit)
+        self.per_refusal = parse(api.refused_approval_limit)
 
     def _orchestrator(self) -> Any:
         if self._orch is None:
@@ -131,9 +216,12 @@ class RunsAPI:
         auth = request.headers.get("authorization", "")
         key = auth.removeprefix("Bearer ").strip() if auth.startswith("Bearer ") else ""
         key = key or request.headers.get("x-api-key", "")
-        principal = self.keys.get(hash_key(key)) if key else None
+        hashed = hash_key(key) if key else ""
+        principal = self.keys.get(hashed) if key else None
         if principal is None:
             raise _Unauthorized("a valid API key is required", field="authorization")
+        if not self.limiter.hit(self.per_key, "key", hashed):
+            raise _TooMany(f"more than {self.per_key} requests for this key", field="authorization")
         return principal
 
     async def _may(self, principal: str, workflow: str, action: str) -> None:
@@ -141,14 +229,30 @@ class RunsAPI:
         if decision.effect != "allow":
             raise PolicyError(f"{principal} may not {action} runs of {workflow}", field="principal")
 
+    def _sees(self, principal: str, row: Mapping[str, Any]) -> bool:
+        """A principal sees its own runs, and others' where policy grants ``read_any``."""
+        if row.get("principal") == principal:
+            return True
+        obj = f"run:{row.get('workflow', '')}"
+        return self.policy.decide(principal, obj, "read_any").effect == "allow"
+
     @runs_api.post("/", status_code=201)
     async def start(self, body: StartBody, request: Request) -> Any:
         from actors.messages import StartRun
         from keel.workflows import load_workflow, resolve_ref
 
         principal = self._principal(request)
+        if body.workflow not in self.offered:
+            raise PolicyError(
+                f"workflow {body.workflow!r} is not offered over the API (api.workflows)",
+                field="workflow",
+            )
+        # Permission first, on the name as offered: nothing is imported for a caller who
+        # may not start it.
+        name = BUILTIN_NAMES.get(body.workflow, body.workflow)
+        await self._may(principal, name, "start")
         ref = resolve_ref(body.workflow, self.keel.config.workflows)
-        clean = load_workflow(ref).check_inputs(body.inputs)
+        clean = load_workflow(ref).check_inputs(body.inputs, self.keel.config.tool_roots())
         budgets = body.budgets.model_dump(exclude_none=True) if body.budgets else None
         msg = StartRun(
             workflow=ref, goal=body.goal, inputs=clean, principal=principal, budgets=budgets
@@ -165,24 +269,29 @@ class RunsAPI:
         limit: int = Query(default=50, ge=1, le=500),
         offset: int = Query(default=0, ge=0),
     ) -> Any:
-        self._principal(request)
+        principal = self._principal(request)
         rows = await asyncio.to_thread(self.keel.runs, status, workflow)
+        rows = [r for r in rows if self._sees(principal, r)]
         return {"runs": rows[offset : offset + limit], "total": len(rows)}
 
-    async def _view(self, run_id: str, request: Request) -> Any:
+    async def _view(self, run_id: str, request: Request) -> tuple[str, Any]:
         principal = self._principal(request)
+        check_run_id(run_id)
         view = await asyncio.to_thread(self.keel.show, run_id)
+        row = {"principal": view.state.principal, "workflow": view.state.workflow}
+        if not self._sees(principal, row):
+            raise RunNotFoundError("no such run", field="run_id")  # not even that it exists
         await self._may(principal, view.state.workflow, "read")
-        return view
+        return principal, view
 
     @runs_api.get("/{run_id}")
     async def get_run(self, run_id: str, request: Request) -> Any:
-        view = await self._view(run_id, request)
+        _, view = await self._view(run_id, request)
         return {"state": view.state.model_dump(mode="json"), "warnings": view.warnings}
 
     @runs_api.get("/{run_id}/events")
     async def events(self, run_id: str, request: Request, follow: bool = False) -> Any:
-        view = await self._view(run_id, request)
+        _, view = await self._view(run_id, request)
         if not follow:
             return {"events": [e.model_dump(mode="json") for e in view.events]}
         return StreamingResponse(self._stream(run_id), media_type="text/event-stream")
@@ -207,21 +316,28 @@ class RunsAPI:
     async def approval(self, run_id: str, body: ApprovalBody, request: Request) -> Any:
         from actors.messages import ApproveRun
 
-        principal = self._principal(request)
-        await asyncio.to_thread(self.keel.show, run_id)
+        principal, _ = await self._view(run_id, request)
+        if not self.limiter.test(self.per_refusal, "refused", principal):
+            raise _TooMany(
+                f"more than {self.per_refusal} refused approvals for {principal}",
+                field="principal",
+            )
         msg = ApproveRun(
             run_id=run_id, principal=principal, approved=body.approved, reason=body.reason
         )
-        state = await self._orchestrator().approve.remote(msg)
+        try:
+            state = await self._orchestrator().approve.remote(msg)
+        except PolicyError:
+            self.limiter.hit(self.per_refusal, "refused", principal)  # counted, not stored
+            raise
         return state.model_dump(mode="json")
 
     @runs_api.post("/{run_id}/cancel")
     async def cancel(self, run_id: str, body: CancelBody, request: Request) -> Any:
         from actors.messages import CancelRun
 
-        principal = self._principal(request)
-        view = await asyncio.to_thread(self.keel.show, run_id)
-        await self._may(principal, view.state.workflow, "start")
+        principal, view = await self._view(run_id, request)
+        await self._may(principal, view.state.workflow, "cancel")
         state = await self._orchestrator().cancel.remote(
             CancelRun(run_id=run_id, by=principal, reason=body.reason)
         )

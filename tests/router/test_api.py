@@ -10,12 +10,12 @@ from typing import Any
 import httpx
 import pytest
 
-from keel.config import KeelConfig, OrchestratorConfig, StorageConfig
+from keel.config import APIConfig, KeelConfig, OrchestratorConfig, StorageConfig
 from router.api import deploy_runs_api, hash_key
 from tests.actors.conftest import stop_orchestrator
 from tests.actors.workflows import counter
 
-KEYS = {"alice-key": "alice", "bob-key": "bob"}
+KEYS = {"alice-key": "alice", "bob-key": "bob", "dave-key": "dave"}
 GOOD = {"path": "count.json", "service": "checkout"}
 
 
@@ -29,6 +29,7 @@ def api(serve_port: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[s
     config = KeelConfig(
         storage=StorageConfig(url=str(store), fsync=False),
         orchestrator=OrchestratorConfig(name="orch-api", node_num_cpus=0.25),
+        api=APIConfig(workflows=["demo", "tests.actors.workflows:restart"]),
     )
     deploy_runs_api(config.model_dump(mode="json"), {hash_key(k): p for k, p in KEYS.items()})
     yield f"http://127.0.0.1:{serve_port}/v1/runs"
@@ -81,10 +82,14 @@ def test_start_follow_approve_over_http(api: str, tmp_path: Path) -> None:
     )
     assert counter(tmp_path / "count.json") == 0
 
+    own = httpx.post(
+        f"{api}/{run_id}/approval", json={"approved": True}, headers=as_("alice"), timeout=30
+    )
+    assert own.status_code == 403 and "their own" in own.json()["detail"]  # four eyes
     ok = httpx.post(
         f"{api}/{run_id}/approval",
         json={"approved": True, "reason": "change window"},
-        headers=as_("alice"),
+        headers=as_("dave"),
         timeout=30,
     )
     assert ok.status_code == 200, ok.text
@@ -100,7 +105,7 @@ def test_start_follow_approve_over_http(api: str, tmp_path: Path) -> None:
         ("post", "", {"workflow": "demo"}, {}, 401, "authorization"),
         ("post", "", {"workflow": "demo"}, {"X-API-Key": "wrong"}, 401, "authorization"),
         ("post", "", {"goal": "x"}, as_("alice"), 400, "workflow"),
-        ("post", "", {"workflow": "nope"}, as_("alice"), 400, "workflow"),
+        ("post", "", {"workflow": "nope"}, as_("alice"), 403, "workflow"),
         ("post", "", {"workflow": "demo", "inputs": {"x": 1}}, as_("alice"), 400, "inputs.x"),
         ("post", "", {"workflow": "demo", "extra": 1}, as_("alice"), 400, "extra"),
         (

@@ -11,7 +11,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 
 from keel.client import Keel
-from keel.config import KeelConfig, OrchestratorConfig, StorageConfig
+from keel.config import APIConfig, KeelConfig, OrchestratorConfig, StorageConfig
 from router.api import deploy_runs_api, hash_key
 from tests.actors.conftest import stop_orchestrator
 
@@ -24,6 +24,7 @@ def api_url(serve_port: int, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     config = KeelConfig(
         storage=StorageConfig(url=str(store), fsync=False),
         orchestrator=OrchestratorConfig(name="orch-fuzz", node_num_cpus=0.25),
+        api=APIConfig(workflows=["demo"]),
     )
     # The fuzzer acts as bob, a viewer: it can probe every endpoint but never start a run
     # (whose tools would write wherever the random inputs point) or approve one.
