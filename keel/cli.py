@@ -22,6 +22,7 @@ from actors.engine import RunView
 from actors.state import Event, RunState, RunStatus
 from keel.config import load_config
 from keel.errors import InputError, KeelError
+from keel.identity import acting_principal
 
 EXIT_OK, EXIT_RUN_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -126,7 +127,7 @@ def _finish(state: RunState) -> int:
 
 
 def _follow(keel: Any, state: RunState, after_seq: int = 0) -> RunState:
-    with out.status(f"running {state.workflow} ({state.run_id})", spinner="dots"):
+    with out.status(f"running {escape(state.workflow)} ({state.run_id})", spinner="dots"):
         return keel.watch(  # type: ignore[no-any-return]
             state.run_id, lambda evs, _st: print_events(evs), after_seq=after_seq
         )
@@ -149,7 +150,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             args.goal,
             inputs,
             run_id=args.run_id,
-            principal=args.principal,
+            principal=acting_principal(keel.config, args.principal),
             budgets=budgets,
         )
         if keel.attached is not None:
@@ -157,7 +158,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 f"keel: attached to the Keel instance already driving this store "
                 f"(Ray at {keel.attached.address}, pid {keel.attached.host_pid})"
             )
-        out.print(f"started run [bold]{state.run_id}[/bold] ({state.workflow})")
+        out.print(f"started run [bold]{state.run_id}[/bold] ({escape(state.workflow)})")
         if args.detach:
             return EXIT_OK
         return _finish(_follow(keel, state))
@@ -251,11 +252,11 @@ def cmd_runs(args: argparse.Namespace) -> int:
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.get("created_at", 0)))
         style = _status_style(r["status"])
         table.add_row(
-            r["run_id"],
-            r["workflow"],
-            f"[{style}]{r['status']}[/{style}]",
+            escape(r["run_id"]),
+            escape(r["workflow"]),
+            f"[{style}]{escape(r['status'])}[/{style}]",
             created,
-            r.get("reason") or r.get("goal", ""),
+            escape(r.get("reason") or r.get("goal", "")),
         )
     out.print(table if rows else "no runs")
     return EXIT_OK
@@ -268,19 +269,23 @@ def cmd_show(args: argparse.Namespace) -> int:
     _apply_storage(keel, args)
     view: RunView = keel.show(args.run_id)
     for warning in view.warnings:
-        err.print(f"warning: {warning}")
+        err.print(f"warning: {escape(warning)}")
     if args.json:
         print(view.model_dump_json(indent=2))
         return EXIT_OK
     st = view.state
     style = _status_style(st.status)
     out.print(
-        f"run [bold]{st.run_id}[/bold]  workflow {st.workflow}  [{style}]{st.status}[/{style}]"
+        f"run [bold]{escape(st.run_id)}[/bold]  workflow {escape(st.workflow)}  "
+        f"[{style}]{st.status}[/{style}]"
     )
-    out.print(f"  goal: {st.goal}")
-    out.print(f"  current node: {st.next_node or '-'}   steps: {st.step}")
+    out.print(f"  goal: {escape(st.goal)}  (started by {escape(st.principal)})")
+    out.print(f"  current node: {escape(st.next_node or '-')}   steps: {st.step}")
     if st.reason:
-        out.print(f"  reason: {st.reason}")
+        out.print(f"  reason: {escape(st.reason)}")
+    if st.status == RunStatus.AWAITING_APPROVAL and st.approval:
+        # Everything the action will be given, as it will be given it.
+        out.print(f"  pending approval: {escape(json.dumps(st.approval, sort_keys=True))}")
     out.print("timeline:")
     print_events(view.events)
     return EXIT_OK
@@ -289,7 +294,8 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_resume(args: argparse.Namespace) -> int:
     with _client(args) as keel:
         keel.show(args.run_id)  # unknown ids fail here, before Ray starts
-        state = keel.resume(args.run_id, reason=args.reason, effect=args.effect)
+        by = acting_principal(keel.config, None)
+        state = keel.resume(args.run_id, by=by, reason=args.reason, effect=args.effect)
         out.print(f"resumed run [bold]{state.run_id}[/bold] at {state.next_node}")
         if args.detach:
             return EXIT_OK
@@ -302,10 +308,9 @@ def cmd_approve(args: argparse.Namespace) -> int:
         raise InputError("a rejection needs a reason", field="--reason")
     with _client(args) as keel:
         keel.show(args.run_id)
-        state = keel.approve(
-            args.run_id, principal=args.principal, approved=approved, reason=args.reason
-        )
-        out.print(f"{'approved' if approved else 'rejected'} by {args.principal}")
+        who = acting_principal(keel.config, args.principal)
+        state = keel.approve(args.run_id, principal=who, approved=approved, reason=args.reason)
+        out.print(f"{'approved' if approved else 'rejected'} by {escape(who)}")
         if not approved or args.detach:
             return _finish(state) if not approved else EXIT_OK
         return _finish(_follow(keel, state))
@@ -555,7 +560,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
 def cmd_cancel(args: argparse.Namespace) -> int:
     with _client(args) as keel:
         keel.show(args.run_id)
-        return _finish(keel.cancel(args.run_id, reason=args.reason))
+        by = acting_principal(keel.config, None)
+        return _finish(keel.cancel(args.run_id, by=by, reason=args.reason))
 
 
 def _waiting(n: int) -> None:
@@ -655,7 +661,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--input", action="append", default=[], metavar="KEY=VALUE")
     run.add_argument("--run-id", help="choose the run id (default: generated)")
     run.add_argument("--detach", action="store_true", help="return once the run is created")
-    run.add_argument("--as", dest="principal", default="local", help="who starts it (policy)")
+    run.add_argument(
+        "--as", dest="principal", default=None, help="act as this principal (policy: act_as)"
+    )
     run.add_argument(
         "--budget",
         action="append",
@@ -690,7 +698,9 @@ def build_parser() -> argparse.ArgumentParser:
     for verb, text in (("approve", "approve"), ("reject", "reject")):
         ap = sub.add_parser(verb, help=f"{text} the action a run is waiting on")
         ap.add_argument("run_id")
-        ap.add_argument("--as", dest="principal", default="local", help="who decides")
+        ap.add_argument(
+            "--as", dest="principal", default=None, help="act as this principal (policy: act_as)"
+        )
         ap.add_argument("--reason", default="", help="why (required to reject)")
         ap.add_argument("--detach", action="store_true")
         ap.set_defaults(fn=cmd_approve)

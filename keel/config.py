@@ -125,6 +125,11 @@ class RouterConfig(_Section):
     cooldown_s: float = Field(default=30.0, ge=0.0)
     http_port: int = Field(default=8000, ge=1, le=65535)
     replicas: ReplicaConfig = Field(default_factory=ReplicaConfig)
+    keys: dict[str, str] = Field(
+        default_factory=dict,
+        description="sha256(api key) -> principal for the HTTP endpoints; when any is set "
+        "(as every cluster deployment must), a request without one is refused",
+    )
 
     def uses_local_model(self) -> bool:
         return any(t.api_base == "local" for t in self.resolved_tiers())
@@ -249,6 +254,13 @@ class APIConfig(_Section):
     replicas: ReplicaConfig = Field(default_factory=ReplicaConfig)
 
 
+class CLIConfig(_Section):
+    users: dict[str, str] = Field(
+        default_factory=dict,
+        description="operating-system user -> principal; empty: everyone is `local`",
+    )
+
+
 class KeelConfig(_Section):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     router: RouterConfig = Field(default_factory=RouterConfig)
@@ -258,6 +270,7 @@ class KeelConfig(_Section):
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     api: APIConfig = Field(default_factory=APIConfig)
+    cli: CLIConfig = Field(default_factory=CLIConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     orchestrator: OrchestratorConfig = Field(default_factory=OrchestratorConfig)
     workflows: dict[str, str] = Field(

@@ -5,11 +5,12 @@ HTTP: ``POST /v1/chat/completions`` (OpenAI-compatible, so any OpenAI client can
 (explains the choice without calling a model). Workers call it through a Serve handle.
 """
 
+import hashlib
 import time
 import uuid
 from typing import Any
 
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI, Header, HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
@@ -84,16 +85,32 @@ def _http_error(exc: KeelError) -> HTTPException:
     return HTTPException(status, detail=exc.to_dict())
 
 
+def _authorised(keys: dict[str, str], authorization: str | None) -> None:
+    """With keys configured, an HTTP caller must present one (``Authorization: Bearer``).
+    The embedded default has none and listens on 127.0.0.1 only; Serve handles (Keel's own
+    workers) never pass through here."""
+    if not keys:
+        return
+    token = (authorization or "").removeprefix("Bearer ").strip()
+    if not token or hashlib.sha256(token.encode()).hexdigest() not in keys:
+        raise HTTPException(status_code=401, detail="a valid API key is required")
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=64)
 @serve.ingress(api)
 class ModelRouter:
     """One router replica: a ``ModelGateway`` behind HTTP and a Serve handle."""
 
     def __init__(self, config: dict[str, Any]) -> None:
-        self.gateway = ModelGateway(RouterConfig.model_validate(config))
+        router = RouterConfig.model_validate(config)
+        self.gateway = ModelGateway(router)
+        self.keys = dict(router.keys)
 
     @api.post("/v1/chat/completions")
-    async def chat(self, body: ChatCompletionBody) -> dict[str, Any]:
+    async def chat(
+        self, body: ChatCompletionBody, authorization: str | None = Header(default=None)
+    ) -> dict[str, Any]:
+        _authorised(self.keys, authorization)
         try:
             call = await self.gateway.complete(body.to_route())
         except KeelError as exc:
@@ -101,7 +118,10 @@ class ModelRouter:
         return completion_body(call)
 
     @api.post("/v1/route")
-    async def explain(self, body: ChatCompletionBody) -> RouteDecision:
+    async def explain(
+        self, body: ChatCompletionBody, authorization: str | None = Header(default=None)
+    ) -> RouteDecision:
+        _authorised(self.keys, authorization)
         try:
             return self.gateway.route(body.to_route())
         except KeelError as exc:
