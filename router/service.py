@@ -91,8 +91,9 @@ def _authorised(keys: dict[str, str], authorization: str | None) -> None:
     workers) never pass through here."""
     if not keys:
         return
-    token = (authorization or "").removeprefix("Bearer ").strip()
-    if not token or hashlib.sha256(token.encode()).hexdigest() not in keys:
+    scheme, _, token = (authorization or "").partition(" ")
+    token = token.strip()
+    if scheme != "Bearer" or not token or hashlib.sha256(token.encode()).hexdigest() not in keys:
         raise HTTPException(status_code=401, detail="a valid API key is required")
 
 
