@@ -15,6 +15,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, JsonValue
@@ -50,18 +51,23 @@ class NodeRunner(Protocol):
     async def run_node(self, node: Node, state: BaseModel, ctx: NodeContext) -> Any: ...
 
     async def apply_effect(
-        self,
-        tool: Tool,
-        args: dict[str, Any],
-        key: str,
-        *,
-        role: str = "",
-        approved_by: str | None = None,
+        self, tool: Tool, args: dict[str, Any], key: str, *, site: ToolSite
     ) -> JsonValue: ...
 
-    async def verify_effect(self, tool: Tool, args: dict[str, Any], key: str) -> Verification: ...
+    async def verify_effect(
+        self, tool: Tool, args: dict[str, Any], key: str, *, site: ToolSite
+    ) -> Verification: ...
 
     async def effect_running(self, key: str) -> bool: ...
+
+
+@dataclass(frozen=True)
+class ToolSite:
+    """Where a tool is declared: a runner that executes elsewhere (the executor pool) names
+    the tool by this, and never ships the tool object."""
+
+    workflow_ref: str
+    node: str
 
 
 class LeaseLost(RunOwnedError):
@@ -108,7 +114,6 @@ class EffectProtocol:
         tool: Tool,
         args: dict[str, Any],
         before: list[Event],
-        approved_by: str | None,
         key: str | None = None,
     ) -> None:
         """Record the intent (with the checks that allowed it), then apply it."""
@@ -125,7 +130,7 @@ class EffectProtocol:
         )
         await self.log.commit(run, [*before, intent])
         await self.hooks.at("after_intent", step.node.name)
-        await self.apply(run, step, tool, key, args, approved_by)
+        await self.apply(run, step, tool, key, args)
 
     def _check_lease(self, run: LiveRun) -> None:
         """An effect starts only while this engine's lease holds for half a term, and only
@@ -151,16 +156,14 @@ class EffectProtocol:
         tool: Tool,
         key: str,
         args: dict[str, Any],
-        approved_by: str | None,
     ) -> None:
         """Apply under the node's deadline; a call that outlives it (and its grace) is
         settled through ``verify``, never retried under a new key."""
         node = step.node
         self._check_lease(run)
         t0 = time.monotonic()
-        call = asyncio.ensure_future(
-            self.runner.apply_effect(tool, args, key, role=node.role, approved_by=approved_by)
-        )
+        site = ToolSite(run.state.workflow_ref, node.name)
+        call = asyncio.ensure_future(self.runner.apply_effect(tool, args, key, site=site))
         try:
             result = await _within(call, node.timeout_s, node.grace_s)
         except WorkerLostError as exc:
@@ -229,7 +232,8 @@ class EffectProtocol:
             wait_s = step.node.grace_s if step.node.grace_s is not None else 0.0
         still_running = await self._running(key, wait_s)
         try:
-            verdict = await self.runner.verify_effect(tool, dict(pending.args), key)
+            site = ToolSite(run.state.workflow_ref, step.node.name)
+            verdict = await self.runner.verify_effect(tool, dict(pending.args), key, site=site)
         except Exception as exc:
             verdict = Verification(status="unknown", detail=f"verify() failed: {exc}")
         if verdict.status == "applied":

@@ -589,8 +589,7 @@ class RunEngine:
                 await self.effects.reconcile(run, step, tool, pending)
             else:
                 again = dict(pending.args)
-                by = approved_by(st, step, again)
-                await self.effects.intend_and_apply(run, step, tool, again, [], by, pending.key)
+                await self.effects.intend_and_apply(run, step, tool, again, [], pending.key)
             return
         out = to_jsonable_python(await self._run_node(run, step))
         tool, args, errors = resolve_proposal(node, out)
@@ -602,22 +601,19 @@ class RunEngine:
         if not errors:
             args, errors = normalise_args(tool, args, self.tool_roots)
         checks: list[Event] = []
-        who: str | None = None
         if not errors:
             decision = self.policy.decide(node.role, tool_object(tool, args), tool_action(tool))
             checks.append(policy_event(decision, node.name, step.ctx.step))
             if decision.effect == "deny":
                 rule = ", ".join(decision.rule)
                 errors = [{"field": "tool", "reason": f"denied by policy rule [{rule}]"}]
-            elif decision.effect == "approve":
-                who = approved_by(st, step, args)
-                if who is None:
-                    await self._ask_approval(run, step, tool, args, decision, checks)
-                    return
+            elif decision.effect == "approve" and approved_by(st, step, args) is None:
+                await self._ask_approval(run, step, tool, args, decision, checks)
+                return
         if errors:
             await self._reject(run, step, errors, checks)
             return
-        await self.effects.intend_and_apply(run, step, tool, args, checks, who)
+        await self.effects.intend_and_apply(run, step, tool, args, checks)
 
     async def _ask_approval(
         self,

@@ -16,6 +16,7 @@ from ray.exceptions import (
     WorkerCrashedError,
 )
 
+from actors.effects import ToolSite
 from actors.worker_messages import ExecuteRequest, ExecuteResponse
 from actors.workers import pool
 from actors.workflow import Node, NodeContext, NodeOutput
@@ -95,22 +96,26 @@ class RayNodeRunner:
         return resp
 
     async def apply_effect(
-        self,
-        tool: Tool,
-        args: dict[str, Any],
-        key: str,
-        *,
-        role: str = "",
-        approved_by: str | None = None,
+        self, tool: Tool, args: dict[str, Any], key: str, *, site: ToolSite
     ) -> JsonValue:
-        msg = ExecuteRequest(tool=tool, args=args, key=key, role=role, approved_by=approved_by)
+        msg = ExecuteRequest(
+            workflow_ref=site.workflow_ref, node=site.node, tool=tool.name, args=args, key=key
+        )
         resp = await self._execute(msg)
         return resp.result
 
-    async def verify_effect(self, tool: Tool, args: dict[str, Any], key: str) -> Verification:
-        resp = await asyncio.wait_for(
-            self._execute(ExecuteRequest(tool=tool, args=args, key=key, verify_only=True)), 60.0
+    async def verify_effect(
+        self, tool: Tool, args: dict[str, Any], key: str, *, site: ToolSite
+    ) -> Verification:
+        msg = ExecuteRequest(
+            workflow_ref=site.workflow_ref,
+            node=site.node,
+            tool=tool.name,
+            args=args,
+            key=key,
+            verify_only=True,
         )
+        resp = await asyncio.wait_for(self._execute(msg), 60.0)
         return Verification.model_validate(resp.verification)
 
     async def effect_running(self, key: str) -> bool:
@@ -138,13 +143,7 @@ class InlineNodeRunner:
         )
 
     async def apply_effect(
-        self,
-        tool: Tool,
-        args: dict[str, Any],
-        key: str,
-        *,
-        role: str = "",
-        approved_by: str | None = None,
+        self, tool: Tool, args: dict[str, Any], key: str, *, site: ToolSite
     ) -> JsonValue:
         loop = asyncio.get_running_loop()
         call = loop.run_in_executor(None, tool.apply, args, key)
@@ -153,7 +152,9 @@ class InlineNodeRunner:
         result: JsonValue = to_jsonable_python(await asyncio.shield(call))
         return result
 
-    async def verify_effect(self, tool: Tool, args: dict[str, Any], key: str) -> Verification:
+    async def verify_effect(
+        self, tool: Tool, args: dict[str, Any], key: str, *, site: ToolSite
+    ) -> Verification:
         return await asyncio.to_thread(tool.verify, args, key)
 
     async def effect_running(self, key: str) -> bool:

@@ -97,14 +97,24 @@ class ValidateResponse(_Msg):
 
 
 class ExecuteRequest(_Msg):
-    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+    """What the executor is asked to run: a tool named by where it is declared (workflow
+    and node), never a tool object; the executor finds it in its own registry, takes the
+    role from the node, and an approval from the run's ledger."""
 
-    tool: Any
+    workflow_ref: str = Field(min_length=1, max_length=300)
+    node: str = Field(min_length=1, max_length=200)
+    tool: str = Field(min_length=1, max_length=200)
     args: dict[str, JsonValue]
-    key: str
-    role: str = ""
-    approved_by: str | None = None
+    key: str = Field(pattern=r"^[A-Za-z0-9._-]+/\d+/[^/]+/\d+$")
     verify_only: bool = False
+
+    @property
+    def run_id(self) -> str:
+        return self.key.split("/")[0]
+
+    @property
+    def step(self) -> int:
+        return int(self.key.split("/")[1])
 
 
 class ExecuteResponse(_Msg):

@@ -55,6 +55,8 @@ def _spec(role: str, env: Mapping[str, Any]) -> tuple[Any, tuple[Any, ...]]:
             env.get("policy_model"),
             env.get("policy_file"),
             list(env.get("tool_roots") or []),
+            env.get("storage_url"),
+            dict(env.get("storage_options") or {}),
         )
     from actors.validator import ValidatorWorker
 

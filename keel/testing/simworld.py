@@ -175,8 +175,7 @@ class SimRunner:
         args: dict[str, Any],
         key: str,
         *,
-        role: str = "",
-        approved_by: str | None = None,
+        site: Any = None,
     ) -> JsonValue:
         rng, faults, proc = self.world.rng, self.world.faults, self.process
         loop = asyncio.get_running_loop()
@@ -205,7 +204,9 @@ class SimRunner:
         finally:
             proc.inflight.discard(key)
 
-    async def verify_effect(self, tool: Any, args: dict[str, Any], key: str) -> Verification:
+    async def verify_effect(
+        self, tool: Any, args: dict[str, Any], key: str, *, site: Any = None
+    ) -> Verification:
         await asyncio.sleep(self.world.rng.choice((0.0, 0.01)))
         if self.world.rng.random() < self.world.faults.verify_unknown:
             return Verification(status="unknown", detail="the tool could not tell")

@@ -245,12 +245,12 @@ class LosesItsExecutor(InlineNodeRunner):
         self.apply_first = apply_first
         self.calls = 0
 
-    async def apply_effect(self, tool, args, key, *, role="", approved_by=None):  # type: ignore[no-untyped-def]
+    async def apply_effect(self, tool, args, key, *, site):  # type: ignore[no-untyped-def]
         self.calls += 1
         if self.calls > 1:
-            return await super().apply_effect(tool, args, key, role=role)
+            return await super().apply_effect(tool, args, key, site=site)
         if self.apply_first:
-            await super().apply_effect(tool, args, key, role=role)
+            await super().apply_effect(tool, args, key, site=site)
         raise WorkerLostError("executor lost during execute (ActorDiedError)")
 
 
