@@ -56,7 +56,7 @@ from actors.state import (
 from actors.tracing import RunTracer
 from actors.validator import validate_args
 from actors.workflow import NodeContext, NodeOutput, Workflow
-from keel.config import BudgetConfig
+from keel.config import BudgetConfig, SandboxConfig
 from keel.errors import (
     ObjectExistsError,
     PolicyError,
@@ -111,7 +111,8 @@ class RunEngine:
         sleep: Callable[[float], Any] = asyncio.sleep,
     ) -> None:
         self.tracer = tracer or RunTracer("none")
-        self.tool_roots = tool_roots
+        # Where tools may act; by default what ``sandbox.roots`` says (KEEL_TOOL_ROOTS).
+        self.tool_roots = tool_roots if tool_roots is not None else SandboxConfig().roots
         self.context_env = dict(context_env or {})
         self.policy = policy or PolicyEngine()
         self.budgets = budgets or BudgetConfig()

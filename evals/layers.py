@@ -258,6 +258,8 @@ def score_scenario(keel: Any, sc: Any, run: ScenarioRun) -> ScenarioResult:
             error=run.error,
         )
     m = trajectory_metrics(keel.show(run.run_id).events)
+    if run.approval_errors:  # a refused answer writes nothing to the ledger; the harness saw it
+        m = m.model_copy(update={"approval_refused": True})
     misses = check(m, sc.expect, run.health_after == 200)
     return ScenarioResult(
         scenario=sc.id,

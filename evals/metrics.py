@@ -48,7 +48,10 @@ class TrajectoryMetrics(BaseModel):
     escalations: int = Field(description="times the run was handed to a person")
     approvals_asked: int
     approvals_granted: int
-    approval_refused: bool = Field(description="policy refused someone's approval answer")
+    approval_refused: bool = Field(
+        description="policy refused someone's approval answer (recorded by the caller: a "
+        "refusal writes nothing to the run's ledger)"
+    )
     rejections: int
     proposals: int = Field(description="proposals checked (applied or rejected)")
     invalid_proposals: int = Field(description="rejected for their arguments, not by policy")

@@ -256,10 +256,10 @@ class Keel:
         deployment's limits for this run only."""
         ref = resolve_ref(workflow, self.config.workflows)
         wf = load_workflow(ref)
-        clean = wf.check_inputs(inputs or {}, self.config.tool_roots())
-        own = check_budgets(budgets) or None
         chosen = run_id is not None
         run_id = check_run_id(run_id) if run_id is not None else new_run_id()
+        own = check_budgets(budgets) or None
+        clean = wf.check_inputs(inputs or {}, self.config.tool_roots())
         msg = StartRun(
             workflow=ref,
             goal=goal,

@@ -25,8 +25,9 @@ from actors.worker_messages import ExecuteRequest, ToolSpec
 from keel.client import Keel
 from keel.config import BudgetConfig, KeelConfig, OrchestratorConfig, StorageConfig
 from keel.errors import InputError, PolicyError
+from keel.workflows import load_workflow
 from tests.actors.conftest import stop_orchestrator
-from tests.actors.workflows import TOOLS, RestartService, counter
+from tests.actors.workflows import TOOLS, counter
 
 GOOD = {"path": "count.json", "service": "checkout"}
 
@@ -108,8 +109,8 @@ def test_restart_waits_for_approval_across_an_orchestrator_restart(
     events = keel.show(st.run_id).events
     approvals = [e for e in events if isinstance(e, ApprovalDecided)]
     assert [(a.principal, a.approved) for a in approvals] == [("alice", True)]
-    refusals = [e for e in events if isinstance(e, PolicyDecided) and e.subject == "bob"]
-    assert refusals and refusals[0].effect == "deny"
+    # bob's refusal wrote nothing: asking cannot grow a waiting run's ledger.
+    assert not [e for e in events if isinstance(e, PolicyDecided) and e.subject == "bob"]
 
 
 def test_rejected_restart_never_runs(keel: Keel, tmp_path: Path) -> None:
@@ -124,17 +125,21 @@ def test_executor_refuses_what_did_not_pass(keel: Keel, tmp_path: Path) -> None:
     """Defence in depth: called directly, the executor validates and checks policy itself."""
     from actors.workers import pool
 
-    executor = pool("executor", {})
+    executor = pool("executor", keel.settings().node_env())
     path = str(tmp_path / "direct.json")
-    cases: list[tuple[dict[str, Any], str, str | None, type[Exception], str]] = [
-        ({"path": path}, "mitigate", "alice", InputError, "args"),
-        ({"path": path, "service": "x" * 100}, "mitigate", "alice", InputError, "args.service"),
-        ({"path": path, "service": "checkout"}, "diagnose", None, PolicyError, "role"),
-        ({"path": path, "service": "checkout"}, "mitigate", None, PolicyError, "role"),
+    cases: list[tuple[str, dict[str, Any], type[Exception], str]] = [
+        ("restart", {"path": path}, InputError, "args"),
+        ("restart", {"path": path, "service": "x" * 100}, InputError, "args.service"),
+        # the node's own role decides: diagnose may not write at all
+        ("diagnose_writes", {"path": path, "service": "checkout"}, PolicyError, "role"),
+        # and a restart needs an approval the run's ledger does not hold
+        ("restart", {"path": path, "service": "checkout"}, PolicyError, "role"),
     ]
-    for args, role, approved_by, error, field in cases:
+    for name, args, error, field in cases:
+        workflow = wf(name)
+        tool = load_workflow(workflow).nodes["act"].tool_names()[0]
         msg = ExecuteRequest(
-            tool=RestartService(), args=args, key=f"k-{role}", role=role, approved_by=approved_by
+            workflow_ref=workflow, node="act", tool=tool, args=args, key=f"k-{name}/0/act/1"
         )
         with pytest.raises(error) as info:
             executor.call_sync("execute", msg)

@@ -36,7 +36,7 @@ from tests.actors.conftest import stop_orchestrator
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.skipif(not isolation()[0], reason=isolation()[1])
-KEYS = {hash_key("alice-key"): "alice", hash_key("bob-key"): "bob"}
+KEYS = {hash_key("alice-key"): "alice", hash_key("bob-key"): "bob", hash_key("dave-key"): "dave"}
 
 
 @pytest.fixture
@@ -102,9 +102,11 @@ def test_demo_run_over_the_api(stack: tuple[str, Keel, Path, int]) -> None:
     assert state["state"]["status"] == "awaiting_approval"
 
     ok = httpx.post(
-        f"{api}/{run_id}/approval", json={"approved": True, "reason": "incident channel"},
-        headers={"X-API-Key": "alice-key"}, timeout=30,
-    )  # fmt: skip
+        f"{api}/{run_id}/approval",
+        json={"approved": True, "reason": "incident channel"},
+        headers={"X-API-Key": "dave-key"},
+        timeout=30,
+    )  # fmt: skip  (four eyes: alice started it, dave approves)
     assert ok.status_code == 200, ok.text
     deadline = time.monotonic() + 180
     while True:
