@@ -16,17 +16,17 @@ from typing import Any
 import ray
 from pydantic_core import to_jsonable_python
 
-from actors.decisions import args_digest, load_events, normalise_args
-from actors.state import ApprovalDecided
-from actors.validator import validate_args
-from actors.worker_messages import ExecuteRequest, ExecuteResponse
-from actors.workflow import Node
+from keel.actors.validator import validate_args
+from keel.actors.worker_messages import ExecuteRequest, ExecuteResponse
+from keel.core.registry import load_workflow
+from keel.core.state import ApprovalDecided
+from keel.core.tool import Tool, tool_action, tool_object, tool_schema
+from keel.core.workflow import Node
 from keel.errors import InputError, KeelError, PolicyError
-from keel.workflows import load_workflow
-from policy.engine import PolicyEngine
-from sandbox.tool import Tool, tool_action, tool_object, tool_schema
-from storage import open_store
-from storage.runs import RunStore
+from keel.policy.engine import PolicyEngine
+from keel.runtime.decisions import args_digest, load_events, normalise_args
+from keel.storage import open_store
+from keel.storage.runs import RunStore
 
 ROLE = "executor"
 

@@ -23,9 +23,7 @@ from typing import Any
 
 import ray
 
-from actors.effects import Hooks
-from actors.engine import RunEngine, RunView
-from actors.messages import (
+from keel.actors.messages import (
     ApproveRun,
     CancelRun,
     OrchestratorSettings,
@@ -33,14 +31,16 @@ from actors.messages import (
     StartRun,
     WatchRun,
 )
-from actors.runner import RayNodeRunner
-from actors.state import RunState
-from actors.tracing import RunTracer
+from keel.actors.runner import RayNodeRunner
+from keel.actors.tracing import RunTracer
 from keel.config import BudgetConfig
-from policy.engine import PolicyEngine
-from storage import open_store
-from storage.leases import Lease, Leases, owner_id
-from storage.runs import RunStore
+from keel.core.state import RunState
+from keel.policy.engine import PolicyEngine
+from keel.runtime.effects import Hooks
+from keel.runtime.engine import RunEngine, RunView
+from keel.storage import open_store
+from keel.storage.leases import Lease, Leases, owner_id
+from keel.storage.runs import RunStore
 
 log = logging.getLogger("keel.orchestrator")
 HEAD_RESOURCE = "node:__internal_head__"
@@ -70,7 +70,7 @@ class OrchestratorActor:
     Every method takes one typed message."""
 
     def __init__(self, settings: OrchestratorSettings, hooks: Hooks | None = None) -> None:
-        from keel.workflows import load_workflow
+        from keel.core.registry import load_workflow
 
         self.settings = settings
         store = open_store(
@@ -140,7 +140,7 @@ class OrchestratorActor:
 
     async def start_run(self, msg: StartRun) -> RunState:
         self._start_recovery()
-        from keel.workflows import resolve_ref
+        from keel.core.registry import resolve_ref
 
         ref = resolve_ref(msg.workflow, self.settings.workflows)
         return await self.engine.create(

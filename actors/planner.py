@@ -14,7 +14,7 @@ import jsonschema
 import ray
 from pydantic import ValidationError
 
-from actors.worker_messages import (
+from keel.actors.worker_messages import (
     ClassifyRequest,
     ClassifyResponse,
     FieldError,
@@ -22,7 +22,7 @@ from actors.worker_messages import (
     PlanResponse,
     Proposal,
 )
-from router.messages import ChatMessage, ModelCall, RouteRequest
+from keel.core.calls import ChatMessage, ModelCall, RouteRequest
 
 ROLE = "planner"
 
@@ -63,7 +63,7 @@ class PlannerWorker:
         """The router's Serve handle; deploys the router if this cluster has none (after
         a whole-cluster restart, say), so a resumed run finds its models again."""
         if self._router is None:
-            from router.service import ensure_router
+            from keel.router.service import ensure_router
 
             self._router = ensure_router(self.router_config)
         return self._router

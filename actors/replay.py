@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 from pydantic_core import to_jsonable_python
 
-from actors.state import (
+from keel.core.state import (
     Event,
     ModelCalled,
     NodeCompleted,
@@ -26,8 +26,8 @@ from actors.state import (
     RunState,
     fold,
 )
-from actors.workflow import NodeContext, NodeOutput, Workflow
-from policy.engine import PolicyEngine
+from keel.core.workflow import NodeContext, NodeOutput, Workflow
+from keel.policy.engine import PolicyEngine
 
 RECORDED: contextvars.ContextVar[list[ModelCalled] | None] = contextvars.ContextVar(
     "keel_replay_calls", default=None
@@ -68,9 +68,9 @@ class ReplayPool:
         self.role = role
 
     def call_sync(self, method: str, msg: Any) -> Any:
-        from actors.planner import _label, label_schema, parse_proposal
-        from actors.worker_messages import ClassifyResponse, PlanResponse
-        from router.messages import ModelCall
+        from keel.actors.planner import _label, label_schema, parse_proposal
+        from keel.actors.worker_messages import ClassifyResponse, PlanResponse
+        from keel.core.calls import ModelCall
 
         calls = RECORDED.get() or []
         if self.role != "planner" or not calls:

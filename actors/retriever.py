@@ -17,9 +17,9 @@ from typing import Any
 import ray
 from rank_bm25 import BM25Plus
 
-from actors.worker_messages import RetrievedItem, RetrieveRequest, RetrieveResponse
-from storage import open_store
-from storage.memory import MemoryItem, MemoryStore
+from keel.actors.worker_messages import RetrievedItem, RetrieveRequest, RetrieveResponse
+from keel.storage import open_store
+from keel.storage.memory import MemoryItem, MemoryStore
 
 ROLE = "retriever"
 _TOKEN = re.compile(r"[a-z0-9]+")

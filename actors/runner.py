@@ -16,12 +16,12 @@ from ray.exceptions import (
     WorkerCrashedError,
 )
 
-from actors.effects import ToolSite
-from actors.worker_messages import ExecuteRequest, ExecuteResponse
-from actors.workers import pool
-from actors.workflow import Node, NodeContext, NodeOutput
+from keel.actors.worker_messages import ExecuteRequest, ExecuteResponse
+from keel.actors.workers import pool
+from keel.core.tool import Tool, Verification
+from keel.core.workflow import Node, NodeContext, NodeOutput
 from keel.errors import ErrorCode, NodeError
-from sandbox.tool import Tool, Verification
+from keel.runtime.effects import ToolSite
 
 
 def _invoke(fn: Any, state: BaseModel, ctx: NodeContext) -> Any:

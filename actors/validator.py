@@ -7,7 +7,13 @@ from typing import Any
 import jsonschema
 import ray
 
-from actors.worker_messages import FieldError, Proposal, ToolSpec, ValidateRequest, ValidateResponse
+from keel.actors.worker_messages import (
+    FieldError,
+    Proposal,
+    ToolSpec,
+    ValidateRequest,
+    ValidateResponse,
+)
 
 ROLE = "validator"
 

@@ -6,8 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
-from router.messages import ModelCall
-from storage.memory import MemoryKind
+from keel.core.calls import ModelCall
+from keel.storage.memory import MemoryKind
 
 
 class _Msg(BaseModel):

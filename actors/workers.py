@@ -11,7 +11,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from actors.pool import WorkerPool
+from keel.actors.pool import WorkerPool
 
 ROLES = ("planner", "retriever", "executor", "validator")
 _POOLS: dict[tuple[str, int, str], WorkerPool] = {}
@@ -20,7 +20,7 @@ _POOLS: dict[tuple[str, int, str], WorkerPool] = {}
 def pool(role: str, env: Mapping[str, Any]) -> Any:
     """The pool of ``role`` (created on first use in this process); during a replay, a
     stand-in that answers from the ledger and calls nothing."""
-    from actors.replay import RECORDED, ReplayPool
+    from keel.actors.replay import RECORDED, ReplayPool
 
     if RECORDED.get() is not None:
         return ReplayPool(role)
@@ -41,15 +41,15 @@ def pool(role: str, env: Mapping[str, Any]) -> Any:
 
 def _spec(role: str, env: Mapping[str, Any]) -> tuple[Any, tuple[Any, ...]]:
     if role == "planner":
-        from actors.planner import PlannerWorker
+        from keel.actors.planner import PlannerWorker
 
         return PlannerWorker, (env.get("router"),)
     if role == "retriever":
-        from actors.retriever import RetrieverWorker
+        from keel.actors.retriever import RetrieverWorker
 
         return RetrieverWorker, (env["storage_url"], dict(env.get("storage_options") or {}))
     if role == "executor":
-        from actors.executor import ExecutorWorker
+        from keel.actors.executor import ExecutorWorker
 
         return ExecutorWorker, (
             env.get("policy_model"),
@@ -58,6 +58,6 @@ def _spec(role: str, env: Mapping[str, Any]) -> tuple[Any, tuple[Any, ...]]:
             env.get("storage_url"),
             dict(env.get("storage_options") or {}),
         )
-    from actors.validator import ValidatorWorker
+    from keel.actors.validator import ValidatorWorker
 
     return ValidatorWorker, ()

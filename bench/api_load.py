@@ -91,7 +91,7 @@ def main() -> None:
 
     from keel.client import Keel
     from keel.config import KeelConfig, StorageConfig
-    from router.api import deploy_runs_api, hash_key
+    from keel.server.runs_api import deploy_runs_api, hash_key
 
     tmp = tempfile.mkdtemp(prefix="keel-load-")
     config = KeelConfig(storage=StorageConfig(url=f"{tmp}/store", fsync=True))

@@ -33,10 +33,10 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
-import router  # noqa: F401  (before litellm: its price map stays local, nothing leaves loopback)
-from actors.workflow import END, NodeContext, NodeOutput, RetryPolicy, Workflow
-from sandbox import demo_service
-from sandbox.outbox import OutboxTool
+import keel.router  # noqa: F401  (before litellm: its price map stays local, nothing leaves loopback)
+from keel.core.workflow import END, NodeContext, NodeOutput, RetryPolicy, Workflow
+from keel.examples import demo_service
+from keel.examples.outbox import OutboxTool
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / ".out"
@@ -60,8 +60,8 @@ workflow = Workflow("bench-job", state=JobState, inputs=JobInputs, uses_models=T
 
 @workflow.node(retry=RetryPolicy(attempts=3, backoff_s=0.1), timeout_s=60)
 def classify(state: JobState, ctx: NodeContext) -> Any:
-    from actors.worker_messages import ClassifyRequest
-    from actors.workers import pool
+    from keel.actors.worker_messages import ClassifyRequest
+    from keel.actors.workers import pool
 
     resp = pool("planner", ctx.env).call_sync(
         "classify", ClassifyRequest(text=ctx.goal, labels=LABELS)
@@ -82,7 +82,7 @@ workflow.edge("deliver", END)
 
 # -- helpers -------------------------------------------------------------------------------
 def start_scripted() -> tuple[Any, str]:
-    from router.scripted import launch
+    from keel.testing.scripted import launch
 
     proc, base = launch()
     for model in ("small-model", "large-model"):

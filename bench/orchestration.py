@@ -32,12 +32,12 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
-from actors.engine import RunEngine
-from actors.runner import InlineNodeRunner
-from actors.state import append
-from actors.workflow import END, NodeContext, Workflow
-from storage.local import LocalStore
-from storage.runs import RunStore
+from keel.actors.runner import InlineNodeRunner
+from keel.core.state import append
+from keel.core.workflow import END, NodeContext, Workflow
+from keel.runtime.engine import RunEngine
+from keel.storage.local import LocalStore
+from keel.storage.runs import RunStore
 
 console = Console()
 MESSAGE = "x" * 256

@@ -59,10 +59,10 @@ async def run(n: int, rps_requests: int, concurrency: int) -> dict[str, Any]:
     from ray import serve
 
     from keel.config import RouterConfig, TierConfig
-    from router import rules
-    from router.gateway import ModelGateway
-    from router.messages import ChatMessage, RouteRequest
-    from router.service import deploy
+    from keel.core.calls import ChatMessage, RouteRequest
+    from keel.router import rules
+    from keel.router.gateway import ModelGateway
+    from keel.router.service import deploy
 
     rules.register()
     ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from evals.report import NOISY, Report, direction, fmt
+from keel.evals.report import NOISY, Report, direction, fmt
 
 Verdict = Literal["improved", "regressed", "unchanged", "changed", "new", "gone"]
 

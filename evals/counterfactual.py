@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from actors.state import Event, ModelCalled, PolicyDecided
+from keel.core.state import Event, ModelCalled, PolicyDecided
 from keel.errors import InputError
 
 SwapKind = Literal["tier", "threshold", "policy"]
@@ -115,7 +115,7 @@ class CounterfactualReport(BaseModel):
 
 def _decision(content: str, request: dict[str, Any]) -> str:
     """What an answer decides, in a form two answers can be compared by."""
-    from actors.planner import parse_proposal
+    from keel.actors.planner import parse_proposal
 
     if request.get("kind") == "classify":
         try:
@@ -134,7 +134,7 @@ def _decision(content: str, request: dict[str, Any]) -> str:
 
 def _reask(keel: Any, calls: list[tuple[str, ModelCalled, str]]) -> list[tuple[Any, float]]:
     """Ask each (run, recorded call, tier) again, pinned to that tier."""
-    from router.messages import RouteRequest
+    from keel.core.calls import RouteRequest
 
     handle = keel.ensure_router()
     out = []
@@ -181,7 +181,7 @@ def replay_runs(keel: Any, query_text: str, swap_text: str) -> CounterfactualRep
 
 
 def _policy_changes(keel: Any, ledgers: dict[str, list[Event]], path: str) -> list[Change]:
-    from policy.engine import PolicyEngine
+    from keel.policy.engine import PolicyEngine
 
     engine = PolicyEngine(keel.config.policy.model, path)
     out = []
@@ -206,8 +206,8 @@ def _policy_changes(keel: Any, ledgers: dict[str, list[Event]], path: str) -> li
 def _model_changes(
     keel: Any, ledgers: dict[str, list[Event]], swap: Swap, tiers_cfg: list[Any]
 ) -> tuple[list[Change], dict[str, float]]:
-    from router.complexity import choose
-    from router.messages import RouteRequest
+    from keel.core.calls import RouteRequest
+    from keel.router.complexity import choose
 
     todo: list[tuple[str, ModelCalled, str]] = []
     unrecorded = 0

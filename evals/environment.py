@@ -14,9 +14,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from actors.state import RunStatus
-from evals.suite import Scenario, Suite
+from keel.core.state import RunStatus
 from keel.errors import KeelError, PolicyError
+from keel.evals.suite import Scenario, Suite
 
 # How long one scenario may take before the harness gives up on it (it is then reported
 # as a miss, with the run left as it is for a person to look at).
@@ -40,8 +40,8 @@ class ScenarioRun(BaseModel):
 
 def seed_memory(keel: Any) -> None:
     """The runbooks the retriever ranks, in the deployment's memory."""
-    from keel.incident import RUNBOOKS
-    from storage.memory import MemoryStore
+    from keel.examples.incident import RUNBOOKS
+    from keel.storage.memory import MemoryStore
 
     memory = MemoryStore(keel.store.store)
     for item in RUNBOOKS:
@@ -51,7 +51,7 @@ def seed_memory(keel: Any) -> None:
 def run_scenario(keel: Any, suite: Suite, sc: Scenario, base: Path, prefix: str) -> ScenarioRun:
     """Run one scenario to the point where the system stops (finished, or waiting for a
     person the scenario does not play), and stop its service."""
-    from sandbox import demo_service
+    from keel.examples import demo_service
 
     root = base / sc.id
     if root.exists():

@@ -18,8 +18,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from evals.environment import ScenarioRun, run_scenario, seed_memory
-from evals.metrics import (
+from keel.evals.environment import ScenarioRun, run_scenario, seed_memory
+from keel.evals.metrics import (
     TrajectoryMetrics,
     check,
     mean,
@@ -28,7 +28,7 @@ from evals.metrics import (
     safety_violations,
     trajectory_metrics,
 )
-from evals.suite import Suite
+from keel.evals.suite import Suite
 
 Tick = Callable[[str], None]
 
@@ -73,9 +73,9 @@ class LayerOutput(BaseModel):
 
 def tool_specs() -> dict[str, Any]:
     """The demo environment's tools, as the planner and the validator see them."""
-    from actors.worker_messages import ToolSpec
-    from keel.incident import MITIGATION_TOOLS
-    from sandbox.demo_tools import CheckHealth, ReadLogs, RestoreSnapshot, SnapshotConfig
+    from keel.actors.worker_messages import ToolSpec
+    from keel.examples.demo_tools import CheckHealth, ReadLogs, RestoreSnapshot, SnapshotConfig
+    from keel.examples.incident import MITIGATION_TOOLS
 
     tools = [*MITIGATION_TOOLS, ReadLogs(), CheckHealth(), SnapshotConfig(), RestoreSnapshot()]
     return {
@@ -91,8 +91,14 @@ def tool_specs() -> dict[str, Any]:
 
 # -- bottom: the model tiers ------------------------------------------------------------
 def model_layer(keel: Any, suite: Suite, tick: Tick) -> LayerOutput:
-    from actors.planner import _label, classify_request, label_schema, parse_proposal, plan_request
-    from actors.worker_messages import ClassifyRequest, PlanRequest
+    from keel.actors.planner import (
+        _label,
+        classify_request,
+        label_schema,
+        parse_proposal,
+        plan_request,
+    )
+    from keel.actors.worker_messages import ClassifyRequest, PlanRequest
 
     out = LayerOutput()
     if not suite.models:
@@ -145,12 +151,12 @@ def model_layer(keel: Any, suite: Suite, tick: Tick) -> LayerOutput:
 
 # -- middle: the components -------------------------------------------------------------
 def component_layer(keel: Any, suite: Suite, tick: Tick) -> LayerOutput:
-    from actors.validator import check as check_proposal
-    from actors.worker_messages import RetrieveRequest
-    from actors.workers import pool
-    from policy.engine import PolicyEngine
-    from router.complexity import choose
-    from router.messages import ChatMessage, RouteRequest
+    from keel.actors.validator import check as check_proposal
+    from keel.actors.worker_messages import RetrieveRequest
+    from keel.actors.workers import pool
+    from keel.core.calls import ChatMessage, RouteRequest
+    from keel.policy.engine import PolicyEngine
+    from keel.router.complexity import choose
 
     out = LayerOutput()
     comp = suite.components

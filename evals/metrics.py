@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from actors.state import (
+from keel.core.state import (
     ApprovalDecided,
     BudgetExceeded,
     EffectIntent,
@@ -25,7 +25,7 @@ from actors.state import (
     RunPaused,
     RunStatus,
 )
-from evals.suite import Expect
+from keel.evals.suite import Expect
 
 ROLLBACK_TOOLS = frozenset({"restore_snapshot"})
 

@@ -14,8 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from evals.layers import CaseResult, ScenarioResult
-from evals.suite import Gate
+from keel.evals.layers import CaseResult, ScenarioResult
+from keel.evals.suite import Gate
 
 Direction = Literal["higher", "lower", "neutral"]
 

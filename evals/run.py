@@ -8,15 +8,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
-from evals.layers import (
+from keel.evals.layers import (
     LayerOutput,
     Tick,
     component_layer,
     model_layer,
     trajectory_layer,
 )
-from evals.report import Report, apply_gates
-from evals.suite import Suite
+from keel.evals.report import Report, apply_gates
+from keel.evals.suite import Suite
 
 Layer = Literal["model", "component", "trajectory"]
 LAYERS: tuple[Layer, ...] = ("model", "component", "trajectory")
@@ -59,7 +59,7 @@ def progress(total: int, show: bool) -> Iterator[Tick]:
 
 def deployment(keel: Any) -> dict[str, Any]:
     """What was evaluated: enough to tell two reports' configurations apart."""
-    from policy.engine import PolicyEngine
+    from keel.policy.engine import PolicyEngine
 
     cfg = keel.config
     return {

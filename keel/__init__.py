@@ -15,18 +15,18 @@ _EXPORTS = {
     "Keel": "keel.client",
     "KeelConfig": "keel.config",
     "load_config": "keel.config",
-    "Workflow": "actors.workflow",
-    "NodeContext": "actors.workflow",
-    "RetryPolicy": "actors.workflow",
-    "END": "actors.workflow",
-    "RunState": "actors.state",
-    "RunStatus": "actors.state",
-    "append": "actors.state",
-    "merge": "actors.state",
-    "add": "actors.state",
-    "replace": "actors.state",
-    "Tool": "sandbox.tool",
-    "Verification": "sandbox.tool",
+    "Workflow": "keel.core.workflow",
+    "NodeContext": "keel.core.workflow",
+    "RetryPolicy": "keel.core.workflow",
+    "END": "keel.core.workflow",
+    "RunState": "keel.core.state",
+    "RunStatus": "keel.core.state",
+    "append": "keel.core.state",
+    "merge": "keel.core.state",
+    "add": "keel.core.state",
+    "replace": "keel.core.state",
+    "Tool": "keel.core.tool",
+    "Verification": "keel.core.tool",
     "KeelError": "keel.errors",
     "ErrorCode": "keel.errors",
     "InputError": "keel.errors",
@@ -54,12 +54,12 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from actors.state import RunState, RunStatus, add, append, merge, replace
-    from actors.workflow import END, NodeContext, RetryPolicy, Workflow
     from keel.client import Keel
     from keel.config import KeelConfig, load_config
+    from keel.core.state import RunState, RunStatus, add, append, merge, replace
+    from keel.core.tool import Tool, Verification
+    from keel.core.workflow import END, NodeContext, RetryPolicy, Workflow
     from keel.errors import ErrorCode, InputError, KeelError
-    from sandbox.tool import Tool, Verification
 
 
 def __getattr__(name: str) -> Any:

@@ -20,10 +20,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
-from actors.state import RunStatus
 from keel.config import RunBudgets
+from keel.core.state import RunStatus
 from keel.errors import InputError, KeelError, RunStateError, first_error
-from storage.runs import check_run_id
+from keel.storage.runs import check_run_id
 
 Outcome = Literal["started", "skipped", "followed", "error"]
 

@@ -18,11 +18,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from actors.engine import RunView
-from actors.state import Event, RunState, RunStatus
 from keel.config import load_config
+from keel.core.state import Event, RunState, RunStatus
 from keel.errors import InputError, KeelError
 from keel.identity import acting_principal
+from keel.runtime.engine import RunView
 
 EXIT_OK, EXIT_RUN_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -186,9 +186,9 @@ def _follow_approving(keel: Any, state: RunState, auto_approve: bool) -> RunStat
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from keel.client import Keel
-    from keel.incident import RUNBOOKS
-    from sandbox import demo_service
-    from storage.memory import MemoryStore
+    from keel.examples import demo_service
+    from keel.examples.incident import RUNBOOKS
+    from keel.storage.memory import MemoryStore
 
     keel = Keel(load_config(args.config))
     _apply_storage(keel, args)
@@ -317,11 +317,11 @@ def cmd_approve(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from actors.decisions import load_events
-    from actors.replay import replay
+    from keel.actors.replay import replay
     from keel.client import Keel
-    from keel.workflows import load_workflow
-    from policy.engine import PolicyEngine
+    from keel.core.registry import load_workflow
+    from keel.policy.engine import PolicyEngine
+    from keel.runtime.decisions import load_events
 
     keel = Keel(load_config(args.config))
     _apply_storage(keel, args)
@@ -423,10 +423,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate a suite (or recorded runs with one piece swapped) and write the report."""
-    from evals import compare, counterfactual, report
-    from evals.run import LAYERS, evaluate
-    from evals.suite import load_suite
     from keel.client import Keel
+    from keel.evals import compare, counterfactual, report
+    from keel.evals.run import LAYERS, evaluate
+    from keel.evals.suite import load_suite
 
     if args.threshold < 0:
         raise InputError("--threshold must be >= 0", field="--threshold")

@@ -23,9 +23,7 @@ from typing import Any, Literal
 
 from pydantic import JsonValue
 
-from actors.decisions import check_budgets, load_events, new_run_id
-from actors.engine import RunView
-from actors.messages import (
+from keel.actors.messages import (
     ApproveRun,
     CancelRun,
     OrchestratorSettings,
@@ -33,13 +31,15 @@ from actors.messages import (
     StartRun,
     WatchRun,
 )
-from actors.state import ApprovalDecided, Event, RunState, RunStatus, replay
 from keel.config import KeelConfig, load_config
+from keel.core.registry import load_workflow, resolve_ref
+from keel.core.state import ApprovalDecided, Event, RunState, RunStatus, replay
 from keel.errors import InputError, KeelError, RunStateError
-from keel.workflows import load_workflow, resolve_ref
-from storage import open_store
-from storage.leases import Leases, OwnerRecord
-from storage.runs import PENDING, RunStore, check_run_id
+from keel.runtime.decisions import check_budgets, load_events, new_run_id
+from keel.runtime.engine import RunView
+from keel.storage import open_store
+from keel.storage.leases import Leases, OwnerRecord
+from keel.storage.runs import PENDING, RunStore, check_run_id
 
 log = logging.getLogger("keel.client")
 
@@ -187,7 +187,7 @@ class Keel:
         self._handle = None
 
     def orchestrator(self) -> Any:
-        from actors.orchestrator import get_orchestrator
+        from keel.actors.orchestrator import get_orchestrator
 
         self.connect()
         if self._handle is not None:
@@ -219,7 +219,7 @@ class Keel:
     def ensure_router(self) -> Any:
         """Deploy the model router (and the local model) on Serve if it is not running."""
         self.connect()
-        from router.service import ensure_router
+        from keel.router.service import ensure_router
 
         with self._router_lock:  # one deployment, however many threads start runs
             return ensure_router(self.config.router.model_dump(mode="json"))
@@ -386,7 +386,7 @@ class Keel:
     def _settle_pending(self, run_id: str) -> dict[str, Any] | None:
         """An index entry written before its checkpoint 0: a run if the checkpoint exists
         (its creator died before updating the entry), otherwise no run at all."""
-        from actors.decisions import summary
+        from keel.runtime.decisions import summary
 
         try:
             view = self.show(run_id)

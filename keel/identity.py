@@ -15,7 +15,7 @@ import os
 
 from keel.config import KeelConfig
 from keel.errors import InputError, PolicyError
-from policy.engine import PolicyEngine
+from keel.policy.engine import PolicyEngine
 
 LOCAL = "local"
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from keel.client import Keel
 from keel.errors import ConfigError, KeelError
-from storage.leases import OwnerRecord
+from keel.storage.leases import OwnerRecord
 
 
 def instance_log(keel: Keel) -> Path:

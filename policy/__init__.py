@@ -4,6 +4,6 @@ The model (``model.conf``) and the rules (``policy.csv``) are files a security r
 read; ``PolicyEngine`` applies them and reloads them when they change.
 """
 
-from policy.engine import Decision, PolicyEngine
+from keel.policy.engine import Decision, PolicyEngine
 
 __all__ = ["Decision", "PolicyEngine"]

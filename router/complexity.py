@@ -8,8 +8,8 @@ and thresholds are configuration (``router.weights``, ``router.tiers[].max_score
 from __future__ import annotations
 
 from keel.config import ComplexityWeights, TierConfig
+from keel.core.calls import RouteDecision, RouteRequest
 from keel.errors import InputError
-from router.messages import RouteDecision, RouteRequest
 
 
 def prompt_tokens(req: RouteRequest) -> int:

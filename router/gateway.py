@@ -13,10 +13,10 @@ from typing import Any
 from litellm.router import Router
 
 from keel.config import RouterConfig, TierConfig
+from keel.core.calls import ModelCall, RouteDecision, RouteRequest
 from keel.errors import RouterError
-from router import rules
-from router.complexity import choose
-from router.messages import ModelCall, RouteDecision, RouteRequest
+from keel.router import rules
+from keel.router.complexity import choose
 
 
 def model_list(config: RouterConfig, tiers: list[TierConfig]) -> list[dict[str, Any]]:

@@ -78,5 +78,5 @@ def deploy_local_model() -> Any:
 
 
 def build(args: dict[str, Any]) -> Any:
-    """Serve application builder (``import_path: router.local_model:build``)."""
+    """Serve application builder (``import_path: keel.router.local_model:build``)."""
     return LocalModel.bind()  # type: ignore[attr-defined]

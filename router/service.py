@@ -15,9 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
 from keel.config import RouterConfig
+from keel.core.calls import ChatMessage, ModelCall, RouteDecision, RouteRequest, StepKind
 from keel.errors import KeelError
-from router.gateway import ModelGateway
-from router.messages import ChatMessage, ModelCall, RouteDecision, RouteRequest, StepKind
+from keel.router.gateway import ModelGateway
 
 APP_NAME = "keel-router"
 api = FastAPI(title="Keel model router", version="1")
@@ -141,7 +141,7 @@ def deploy(config: RouterConfig) -> Any:
     router; return the router's handle."""
     serve.start(http_options={"host": "127.0.0.1", "port": config.http_port})
     if config.uses_local_model():
-        from router.local_model import deploy_local_model
+        from keel.router.local_model import deploy_local_model
 
         deploy_local_model()
     return serve.run(
@@ -178,7 +178,7 @@ def ensure_router(config: dict[str, Any] | None = None) -> Any:
 
 
 def build(args: dict[str, Any]) -> Any:
-    """Serve application builder (``import_path: router.service:build``)."""
+    """Serve application builder (``import_path: keel.router.service:build``)."""
     from keel.config import load_config
 
     config = load_config(args.get("config"))

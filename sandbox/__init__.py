@@ -1,5 +1,5 @@
 """Tool execution: the tool protocol now; OS isolation, snapshots and rollback build on it."""
 
-from sandbox.tool import Tool, Verification
+from keel.core.tool import Tool, Verification
 
 __all__ = ["Tool", "Verification"]

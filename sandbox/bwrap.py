@@ -34,9 +34,9 @@ from functools import lru_cache
 from pathlib import Path
 
 from keel.errors import ErrorCode, SandboxError
-from sandbox import seccomp
-from sandbox.base import KillReason, SandboxResult, SandboxSpec
-from sandbox.netproxy import HostRelay
+from keel.sandbox import seccomp
+from keel.sandbox.base import KillReason, SandboxResult, SandboxSpec
+from keel.sandbox.netproxy import HostRelay
 
 log = logging.getLogger("keel.sandbox")
 

@@ -22,8 +22,8 @@ from typing import Any, Literal
 
 from pydantic import JsonValue
 
+from keel.core.tool import Tool, Verification, tool_schema
 from keel.errors import SandboxError
-from sandbox.tool import Tool, Verification, tool_schema
 
 
 def _run(url: str, fn: Any) -> Any:

@@ -13,7 +13,7 @@ from typing import Any
 import fsspec
 
 from keel.errors import ObjectExistsError, ObjectNotFoundError, StorageError
-from storage.base import check_key
+from keel.storage.base import check_key
 
 
 class FsspecStore:

@@ -36,8 +36,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from keel.errors import CorruptObjectError, ObjectNotFoundError
-from storage.base import CheckpointStore
-from storage.envelope import open_sealed, seal
+from keel.storage.base import CheckpointStore
+from keel.storage.envelope import open_sealed, seal
 
 log = logging.getLogger("keel.storage")
 

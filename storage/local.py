@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from keel.errors import ObjectExistsError, ObjectNotFoundError, StorageError
-from storage.base import check_key
+from keel.storage.base import check_key
 
 
 class LocalStore:

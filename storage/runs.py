@@ -37,8 +37,8 @@ from keel.errors import (
     RunNotFoundError,
     SchemaVersionError,
 )
-from storage.base import CheckpointStore
-from storage.envelope import digest, open_sealed, seal
+from keel.storage.base import CheckpointStore
+from keel.storage.envelope import digest, open_sealed, seal
 
 log = logging.getLogger("keel.storage")
 

@@ -27,8 +27,8 @@ from typing import Any
 
 import pytest
 
-from storage import open_store
-from storage.base import CheckpointStore
+from keel.storage import open_store
+from keel.storage.base import CheckpointStore
 from tests.fakes import free_port, scripted, scripted_server, serve_port  # noqa: F401
 
 TEST_POLICY = os.environ["KEEL_POLICY"]

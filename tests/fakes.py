@@ -52,7 +52,7 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def scripted_server() -> Iterator[Scripted]:
     """The scripted OpenAI-compatible provider, a real process on 127.0.0.1."""
-    from router.scripted import launch
+    from keel.testing.scripted import launch
 
     proc, base = launch()
     yield Scripted(base)

@@ -13,9 +13,9 @@ from collections.abc import Callable
 
 import ray
 
-from actors.engine import FaultPoint
-from actors.messages import OrchestratorSettings
-from actors.orchestrator import ACTOR_OPTIONS, OrchestratorActor
+from keel.actors.messages import OrchestratorSettings
+from keel.actors.orchestrator import ACTOR_OPTIONS, OrchestratorActor
+from keel.runtime.engine import FaultPoint
 
 log = logging.getLogger("keel.testing")
 

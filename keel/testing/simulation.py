@@ -30,18 +30,18 @@ from typing import Annotated, Any
 from pydantic import BaseModel, JsonValue
 from rich.progress import Progress
 
-from actors.decisions import load_events
-from actors.engine import RunEngine
-from actors.state import EffectResult, RunStatus, append, replay
-from actors.tracing import RunTracer
-from actors.workflow import END, NodeContext, Workflow
+from keel.actors.tracing import RunTracer
+from keel.core.state import EffectResult, RunStatus, append, replay
+from keel.core.workflow import END, NodeContext, Workflow
 from keel.errors import KeelError
+from keel.policy.engine import PolicyEngine
+from keel.runtime.decisions import load_events
+from keel.runtime.engine import RunEngine
+from keel.storage.envelope import open_sealed
+from keel.storage.leases import Lease, Leases, OwnerRecord, split_owner
+from keel.storage.runs import RunStore
 from keel.testing.simloop import VirtualTimeLoop
 from keel.testing.simworld import Faults, Process, SimRunner, SimStore, SimTool, World
-from policy.engine import PolicyEngine
-from storage.envelope import open_sealed
-from storage.leases import Lease, Leases, OwnerRecord, split_owner
-from storage.runs import RunStore
 
 TIMEOUT_S, GRACE_S, TTL_S = 1.0, 1.0, 8.0
 

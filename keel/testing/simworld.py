@@ -17,12 +17,12 @@ from typing import Any
 
 from pydantic import BaseModel, JsonValue
 
-from actors.workflow import Node, NodeContext
+from keel.core.tool import Verification
+from keel.core.workflow import Node, NodeContext
 from keel.errors import ObjectExistsError, ObjectNotFoundError, StorageError, WorkerLostError
-from sandbox.tool import Verification
-from storage.base import check_key
-from storage.envelope import open_sealed
-from storage.leases import PREFIX, OwnerRecord
+from keel.storage.base import check_key
+from keel.storage.envelope import open_sealed
+from keel.storage.leases import PREFIX, OwnerRecord
 
 
 @dataclass

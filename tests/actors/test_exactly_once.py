@@ -14,25 +14,25 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, JsonValue
 
-from actors.decisions import load_events
-from actors.engine import RunEngine
-from actors.runlog import RunFenced
-from actors.runner import InlineNodeRunner
-from actors.state import (
+from keel.actors.runner import InlineNodeRunner
+from keel.core.state import (
     EffectReconciled,
     EffectResult,
     OwnerChanged,
     RunStatus,
     replay,
 )
-from actors.workflow import END, NodeContext, Workflow
-from keel.demo import workflow as demo
+from keel.core.tool import Verification
+from keel.core.workflow import END, NodeContext, Workflow
 from keel.errors import RunOwnedError, RunStateError, WorkerLostError
-from policy.engine import PolicyEngine
-from sandbox.tool import Verification
-from storage.leases import Lease, Leases
-from storage.local import LocalStore
-from storage.runs import PENDING, RunStore
+from keel.examples.demo import workflow as demo
+from keel.policy.engine import PolicyEngine
+from keel.runtime.decisions import load_events
+from keel.runtime.engine import RunEngine
+from keel.runtime.runlog import RunFenced
+from keel.storage.leases import Lease, Leases
+from keel.storage.local import LocalStore
+from keel.storage.runs import PENDING, RunStore
 from tests.conftest import TEST_POLICY
 
 
@@ -106,7 +106,9 @@ async def test_a_live_owners_runs_are_never_driven_by_another_engine(
 ) -> None:
     gate = tmp_path / "gate"
     first = engine(store, demo)
-    created = await first.create("keel.demo:workflow", "down", {"outbox": str(tmp_path / "o")})
+    created = await first.create(
+        "keel.examples.demo:workflow", "down", {"outbox": str(tmp_path / "o")}
+    )
     # A second engine on the same store: it finds the run, and leaves it alone.
     second = engine(store, demo)
     assert await second.recover() == []
@@ -126,7 +128,9 @@ async def test_an_orphaned_run_is_driven_once_its_owner_lets_go(
     store: RunStore, tmp_path: Path
 ) -> None:
     dying = engine(store, demo)
-    created = await dying.create("keel.demo:workflow", "down", {"outbox": str(tmp_path / "o")})
+    created = await dying.create(
+        "keel.examples.demo:workflow", "down", {"outbox": str(tmp_path / "o")}
+    )
     await dying.close()  # its creator is gone (and said so) before it took a step
 
     survivor = engine(store, demo)  # never swept: driven because someone looks at it
@@ -145,7 +149,9 @@ async def test_an_expired_lease_hands_the_runs_over(store: RunStore, tmp_path: P
     await stalled.start()
     assert stalled._renewer is not None
     stalled._renewer.cancel()  # it stops renewing, as a paused process would
-    created = await stalled.create("keel.demo:workflow", "down", {"outbox": str(tmp_path / "o")})
+    created = await stalled.create(
+        "keel.examples.demo:workflow", "down", {"outbox": str(tmp_path / "o")}
+    )
     run = stalled.runs[created.run_id]
     assert run.task is not None
     run.task.cancel()

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import ray
 
-from actors.state import EffectReconciled, EffectResult, NodeCompleted, NodeFailed, RunStatus
 from keel.client import Keel
+from keel.core.state import EffectReconciled, EffectResult, NodeCompleted, NodeFailed, RunStatus
 from keel.errors import RunStateError
 from tests.actors.conftest import make_keel, stop_orchestrator
 from tests.actors.workflows import counter, runs_of

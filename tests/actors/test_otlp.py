@@ -5,8 +5,8 @@ from __future__ import annotations
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from actors.state import ModelCalled, NodeCompleted
-from actors.tracing import RunTracer
+from keel.actors.tracing import RunTracer
+from keel.core.state import ModelCalled, NodeCompleted
 
 
 def test_spans_reach_an_otlp_http_endpoint() -> None:

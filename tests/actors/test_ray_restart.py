@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from actors.state import NodeCompleted, RunStatus
 from keel.client import Keel
 from keel.config import KeelConfig, StorageConfig
+from keel.core.state import NodeCompleted, RunStatus
 from tests.actors.workflows import counter, runs_of
 from tests.conftest import Backend
 

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from actors.replay import replay
-from actors.state import ModelCalled, RunStatus
+from keel.actors.replay import replay
 from keel.client import Keel
-from keel.workflows import load_workflow
-from policy.engine import PolicyEngine
+from keel.core.registry import load_workflow
+from keel.core.state import ModelCalled, RunStatus
+from keel.policy.engine import PolicyEngine
 from tests.actors.conftest import stop_orchestrator
 from tests.fakes import Scripted, script_triage, scripted_keel_config
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from actors.state import (
+from keel.core.state import (
     EffectIntent,
     EffectResult,
     ErrorInfo,

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import ray
 
-from actors.state import EffectResult, ModelCalled, NodeCompleted, PolicyDecided, RunStatus
-from actors.tracing import run_trace_id
+from keel.actors.tracing import run_trace_id
 from keel.client import Keel
 from keel.config import TelemetryConfig
+from keel.core.state import EffectResult, ModelCalled, NodeCompleted, PolicyDecided, RunStatus
 from tests.actors.conftest import stop_orchestrator
 from tests.fakes import Scripted, script_triage, scripted_keel_config
 

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import ray
 
-from actors.state import ModelCalled, NodeCompleted, RunStatus
-from actors.validator import check
-from actors.worker_messages import ToolSpec
+from keel.actors.validator import check
+from keel.actors.worker_messages import ToolSpec
 from keel.client import Keel
 from keel.config import KeelConfig, OrchestratorConfig, StorageConfig
-from storage.memory import MemoryItem, MemoryStore
+from keel.core.state import ModelCalled, NodeCompleted, RunStatus
+from keel.storage.memory import MemoryItem, MemoryStore
 from tests.actors.conftest import stop_orchestrator
 from tests.actors.workflows import TOOLS
 from tests.conftest import Backend
@@ -163,7 +163,7 @@ ITEMS = [
 
 
 def test_bm25_ranks_the_matching_runbook_first() -> None:
-    from actors.retriever import rank
+    from keel.actors.retriever import rank
 
     got = rank(ITEMS, "service broken by a bad config change", 3)
     assert [i.id for i in got] == ["b"]
@@ -171,7 +171,7 @@ def test_bm25_ranks_the_matching_runbook_first() -> None:
 
 
 def test_embeddings_rank_by_meaning_not_words() -> None:
-    from actors.retriever import load_embedder
+    from keel.actors.retriever import load_embedder
 
     embedder = load_embedder()
     assert embedder is not None, "the embedding model ships with the project's dependencies"
@@ -182,9 +182,9 @@ def test_embeddings_rank_by_meaning_not_words() -> None:
 
 
 def test_calls_spread_over_a_pool(ray_session: None) -> None:
-    from actors.pool import WorkerPool
-    from actors.validator import ValidatorWorker
-    from actors.worker_messages import ValidateRequest
+    from keel.actors.pool import WorkerPool
+    from keel.actors.validator import ValidatorWorker
+    from keel.actors.worker_messages import ValidateRequest
 
     pool = WorkerPool("validator-spread", ValidatorWorker, size=3)
     tools = [ToolSpec.model_validate(t) for t in TOOLS]

@@ -7,10 +7,10 @@ from typing import Annotated, Any
 import pytest
 from pydantic import BaseModel
 
-from actors.state import append
-from actors.workflow import END, NodeContext, RetryPolicy, Workflow
+from keel.core.state import append
+from keel.core.workflow import END, NodeContext, RetryPolicy, Workflow
 from keel.errors import InputError, WorkflowError
-from sandbox.outbox import OutboxTool
+from keel.examples.outbox import OutboxTool
 
 
 class S(BaseModel):

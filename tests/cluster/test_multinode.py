@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from actors.decisions import load_events
-from actors.state import EffectIntent, RunFinished, RunStatus
-from storage import open_store
-from storage.runs import RunStore
+from keel.core.state import EffectIntent, RunFinished, RunStatus
+from keel.runtime.decisions import load_events
+from keel.storage import open_store
+from keel.storage.runs import RunStore
 from tests.conftest import new_bucket, s3_options
 
 ROOT = Path(__file__).resolve().parents[2]

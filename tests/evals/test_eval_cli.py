@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from evals.report import Report, read_markdown_metrics
 from keel.cli import main
-from sandbox.bwrap import isolation
+from keel.evals.report import Report, read_markdown_metrics
+from keel.sandbox.bwrap import isolation
 
 HERE = Path(__file__).resolve().parent
 WEAK_POLICY = HERE / "weak_policy.csv"
@@ -47,7 +47,7 @@ def router(serve_port: int) -> Iterator[int]:
     from ray import serve
 
     from keel.config import RouterConfig
-    from router.service import deploy
+    from keel.router.service import deploy
 
     deploy(RouterConfig(http_port=serve_port))
     yield serve_port

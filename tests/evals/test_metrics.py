@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from actors.state import (
+from keel.core.state import (
     ApprovalDecided,
     BudgetExceeded,
     EffectIntent,
@@ -24,22 +24,22 @@ from actors.state import (
     RunResumed,
     RunStatus,
 )
-from evals.layers import ScenarioResult, trajectory_summary
-from evals.metrics import (
+from keel.evals.layers import ScenarioResult, trajectory_summary
+from keel.evals.metrics import (
     check,
     percentile,
     recall_at_k,
     safety_violations,
     trajectory_metrics,
 )
-from evals.suite import Expect
+from keel.evals.suite import Expect
 
 
 def created() -> RunCreated:
     return RunCreated(
         run_id="r",
         workflow="incident",
-        workflow_ref="keel.incident:workflow",
+        workflow_ref="keel.examples.incident:workflow",
         fingerprint="f",
         start="read_logs",
         goal="g",

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from evals.compare import compare
-from evals.layers import CaseResult, ScenarioResult
-from evals.report import Report, apply_gates, read_markdown_metrics, write
-from evals.suite import Gate, load_suite, parse_suite
 from keel.errors import InputError
+from keel.evals.compare import compare
+from keel.evals.layers import CaseResult, ScenarioResult
+from keel.evals.report import Report, apply_gates, read_markdown_metrics, write
+from keel.evals.suite import Gate, load_suite, parse_suite
 
 
 def test_bundled_suite_covers_every_kind_of_scenario() -> None:

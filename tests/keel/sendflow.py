@@ -11,8 +11,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field, JsonValue
 
-from actors.workflow import END, NodeContext, Workflow
-from sandbox.tool import Verification
+from keel.core.tool import Verification
+from keel.core.workflow import END, NodeContext, Workflow
 
 
 class SendArgs(BaseModel):

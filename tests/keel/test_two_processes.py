@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from keel.config import KeelConfig, StorageConfig
-from storage import open_store
-from storage.leases import Leases
-from storage.runs import RunStore
+from keel.storage import open_store
+from keel.storage.leases import Leases
+from keel.storage.runs import RunStore
 from tests.conftest import new_bucket, s3_options
 from tests.keel.sendflow import sent
 

@@ -13,19 +13,19 @@ import ray
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from actors.state import (
+from keel.actors.validator import check
+from keel.actors.worker_messages import ExecuteRequest, ToolSpec
+from keel.client import Keel
+from keel.config import BudgetConfig, KeelConfig, OrchestratorConfig, StorageConfig
+from keel.core.registry import load_workflow
+from keel.core.state import (
     ApprovalDecided,
     BudgetExceeded,
     PolicyDecided,
     ProposalRejected,
     RunStatus,
 )
-from actors.validator import check
-from actors.worker_messages import ExecuteRequest, ToolSpec
-from keel.client import Keel
-from keel.config import BudgetConfig, KeelConfig, OrchestratorConfig, StorageConfig
 from keel.errors import InputError, PolicyError
-from keel.workflows import load_workflow
 from tests.actors.conftest import stop_orchestrator
 from tests.actors.workflows import TOOLS, counter
 
@@ -123,7 +123,7 @@ def test_rejected_restart_never_runs(keel: Keel, tmp_path: Path) -> None:
 
 def test_executor_refuses_what_did_not_pass(keel: Keel, tmp_path: Path) -> None:
     """Defence in depth: called directly, the executor validates and checks policy itself."""
-    from actors.workers import pool
+    from keel.actors.workers import pool
 
     executor = pool("executor", keel.settings().node_env())
     path = str(tmp_path / "direct.json")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from keel.errors import ConfigError
-from policy import PolicyEngine
+from keel.policy import PolicyEngine
 
 TABLE = [
     # worker roles on tools

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from keel.config import APIConfig, KeelConfig, OrchestratorConfig, StorageConfig
-from router.api import deploy_runs_api, hash_key
+from keel.server.runs_api import deploy_runs_api, hash_key
 from tests.actors.conftest import stop_orchestrator
 from tests.actors.workflows import counter
 

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, settings
 
 from keel.client import Keel
 from keel.config import APIConfig, KeelConfig, OrchestratorConfig, StorageConfig
-from router.api import deploy_runs_api, hash_key
+from keel.server.runs_api import deploy_runs_api, hash_key
 from tests.actors.conftest import stop_orchestrator
 
 

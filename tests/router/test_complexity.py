@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from keel.config import RouterConfig
+from keel.core.calls import ChatMessage, RouteRequest
 from keel.errors import InputError
-from router.complexity import choose, score
-from router.messages import ChatMessage, RouteRequest
+from keel.router.complexity import choose, score
 
 CFG = RouterConfig()
 TIERS = CFG.resolved_tiers()

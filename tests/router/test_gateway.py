@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from router.gateway import ModelGateway
-from router.messages import ChatMessage, RouteRequest
-from router.rules import answer
+from keel.core.calls import ChatMessage, RouteRequest
+from keel.router.gateway import ModelGateway
+from keel.router.rules import answer
 from tests.fakes import PRICES, Scripted, two_tier_config
 
 

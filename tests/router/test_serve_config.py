@@ -26,8 +26,8 @@ def test_serve_config_validates_and_builds() -> None:
 
 
 def test_replicas_follow_keel_yaml(tmp_path: Path) -> None:
-    from router.api import build as build_api
-    from router.service import build as build_router
+    from keel.router.service import build as build_router
+    from keel.server.runs_api import build as build_api
 
     config = tmp_path / "keel.yaml"
     config.write_text(

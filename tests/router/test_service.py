@@ -11,10 +11,10 @@ import httpx
 import openai
 import pytest
 
-from actors.state import ModelCalled, RunStatus
 from keel.client import Keel
 from keel.config import KeelConfig, OrchestratorConfig, RouterConfig, StorageConfig
-from router.service import deploy
+from keel.core.state import ModelCalled, RunStatus
+from keel.router.service import deploy
 from tests.actors.conftest import stop_orchestrator
 
 

@@ -7,11 +7,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, JsonValue
 
-from actors.workflow import END, NodeContext, Workflow
+from keel.core.tool import Verification
+from keel.core.workflow import END, NodeContext, Workflow
 from keel.errors import SandboxError
-from sandbox.base import SandboxSpec
-from sandbox.bwrap import BubblewrapSandbox
-from sandbox.tool import Verification
+from keel.sandbox.base import SandboxSpec
+from keel.sandbox.bwrap import BubblewrapSandbox
 
 SCRIPTS = {
     "network": "import socket; socket.create_connection(('127.0.0.1', {port}), timeout=2)",

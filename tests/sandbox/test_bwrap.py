@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from keel.errors import SandboxError
-from sandbox.base import Sandbox, SandboxSpec
-from sandbox.bwrap import CGROUP_PIDS, BubblewrapSandbox, isolation
+from keel.sandbox.base import Sandbox, SandboxSpec
+from keel.sandbox.bwrap import CGROUP_PIDS, BubblewrapSandbox, isolation
 
 pytestmark = pytest.mark.skipif(not isolation()[0], reason=isolation()[1])
 PY = sys.executable

@@ -9,14 +9,14 @@ from typing import Any
 import pytest
 import ray
 
-from actors.state import EffectResult, RunStatus
 from keel.client import Keel
 from keel.config import KeelConfig, OrchestratorConfig, RouterConfig, StorageConfig
-from keel.incident import RUNBOOKS
+from keel.core.state import EffectResult, RunStatus
+from keel.examples import demo_service
+from keel.examples.incident import RUNBOOKS
+from keel.sandbox.bwrap import isolation
+from keel.storage.memory import MemoryStore
 from keel.testing.chaos import ChaosOrchestrator
-from sandbox import demo_service
-from sandbox.bwrap import isolation
-from storage.memory import MemoryStore
 from tests.actors.conftest import stop_orchestrator
 from tests.conftest import free_port
 
@@ -28,7 +28,7 @@ GOAL_TEXT = "The checkout service is failing its health checks. Diagnose it and 
 def router(serve_port: int) -> Iterator[int]:
     from ray import serve
 
-    from router.service import deploy
+    from keel.router.service import deploy
 
     deploy(RouterConfig(http_port=serve_port))
     yield serve_port

@@ -15,8 +15,7 @@ import httpx
 import pytest
 import ray
 
-from actors.replay import replay
-from actors.state import EffectResult, ModelCalled, NodeCompleted, PolicyDecided
+from keel.actors.replay import replay
 from keel.client import Keel
 from keel.config import (
     KeelConfig,
@@ -25,13 +24,14 @@ from keel.config import (
     StorageConfig,
     TelemetryConfig,
 )
-from keel.incident import RUNBOOKS
-from keel.workflows import load_workflow
-from policy.engine import PolicyEngine
-from router.api import deploy_runs_api, hash_key
-from sandbox import demo_service
-from sandbox.bwrap import isolation
-from storage.memory import MemoryStore
+from keel.core.registry import load_workflow
+from keel.core.state import EffectResult, ModelCalled, NodeCompleted, PolicyDecided
+from keel.examples import demo_service
+from keel.examples.incident import RUNBOOKS
+from keel.policy.engine import PolicyEngine
+from keel.sandbox.bwrap import isolation
+from keel.server.runs_api import deploy_runs_api, hash_key
+from keel.storage.memory import MemoryStore
 from tests.actors.conftest import stop_orchestrator
 from tests.conftest import free_port
 
@@ -43,7 +43,7 @@ KEYS = {hash_key("alice-key"): "alice", hash_key("bob-key"): "bob", hash_key("da
 def stack(serve_port: int, tmp_path: Path) -> Iterator[tuple[str, Keel, Path, int]]:
     from ray import serve
 
-    from router.service import deploy
+    from keel.router.service import deploy
 
     config = KeelConfig(
         storage=StorageConfig(url=str(tmp_path / "store"), fsync=False),
@@ -131,5 +131,5 @@ def test_demo_run_over_the_api(stack: tuple[str, Keel, Path, int]) -> None:
     assert sorted(s["span_id"] for s in spans) == sorted(str(e.span_id) for e in traced)
 
     # Replay calls nothing and finds the run identical.
-    report = replay(ledger, load_workflow("keel.incident:workflow"), PolicyEngine())
+    report = replay(ledger, load_workflow("keel.examples.incident:workflow"), PolicyEngine())
     assert report.identical, report.divergence

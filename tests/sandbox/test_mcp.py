@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from actors.state import PolicyDecided, ProposalRejected, RunStatus
 from keel.client import Keel
-from sandbox.mcp import MCPTools
+from keel.core.state import PolicyDecided, ProposalRejected, RunStatus
+from keel.sandbox.mcp import MCPTools
 from tests.actors.conftest import make_keel, stop_orchestrator
 from tests.conftest import Backend
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from actors.state import EffectResult, RunStatus
 from keel.client import Keel
-from sandbox.bwrap import isolation
+from keel.core.state import EffectResult, RunStatus
+from keel.sandbox.bwrap import isolation
 from tests.actors.conftest import make_keel, stop_orchestrator
 from tests.conftest import Backend
 

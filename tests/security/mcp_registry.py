@@ -9,8 +9,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field, JsonValue
 
-from keel.mcp_gateway import gateway_workflow
-from sandbox.tool import Verification
+from keel.core.tool import Verification
+from keel.server.mcp_gateway import gateway_workflow
 
 MARKERS = Path(os.environ.get("KEEL_TEST_GATEWAY_MARKERS", "/tmp/keel-gateway"))
 

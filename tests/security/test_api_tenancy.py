@@ -17,7 +17,7 @@ import pytest
 
 from keel.client import Keel
 from keel.config import APIConfig, KeelConfig, OrchestratorConfig, StorageConfig
-from router.api import deploy_runs_api, hash_key
+from keel.server.runs_api import deploy_runs_api, hash_key
 from tests.actors.conftest import stop_orchestrator
 
 KEYS = {f"{who}-key": who for who in ("alice", "bob", "carol", "dave", "erin", "flood")}

@@ -14,8 +14,8 @@ from keel.cli import main
 from keel.config import load_config
 from keel.errors import InputError, PolicyError
 from keel.identity import acting_principal, own_principal
-from storage.local import LocalStore
-from storage.runs import RunStore
+from keel.storage.local import LocalStore
+from keel.storage.runs import RunStore
 
 
 def config_file(tmp_path: Path, **extra: object) -> Path:
@@ -66,7 +66,7 @@ def test_the_cli_refuses_as_for_a_mapped_user(
 
 
 def test_resume_of_an_effect_is_policy_checked() -> None:
-    from policy.engine import PolicyEngine
+    from keel.policy.engine import PolicyEngine
 
     engine = PolicyEngine()
     assert engine.decide("carol", "run:incident", "resume").effect == "deny"
@@ -85,7 +85,7 @@ def test_markup_in_a_goal_is_printed_as_text(
             "ts": 1.0,
             "run_id": "r-1",
             "workflow": "demo",
-            "workflow_ref": "keel.demo:workflow",
+            "workflow_ref": "keel.examples.demo:workflow",
             "fingerprint": "f",
             "start": "intake",
             "goal": goal,

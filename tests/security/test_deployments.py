@@ -73,7 +73,7 @@ def test_the_routers_key_check_refuses_a_request_without_a_good_key() -> None:
     """The check every HTTP request to the router passes first, with keys set."""
     import hashlib
 
-    from router import service
+    from keel.router import service
 
     keys = {hashlib.sha256(b"good").hexdigest(): "ops"}
     service._authorised({}, None)  # the embedded default: no keys, loopback only

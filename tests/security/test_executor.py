@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from actors.worker_messages import ExecuteRequest
-from actors.workers import pool
+from keel.actors.worker_messages import ExecuteRequest
+from keel.actors.workers import pool
 from keel.errors import InputError, PolicyError
 from tests.actors.conftest import make_keel
 from tests.actors.workflows import counter

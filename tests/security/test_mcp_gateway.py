@@ -29,7 +29,7 @@ KEYS = {"alice-key": "alice", "bob-key": "bob"}
 def gateway(ray_session: None, tmp_path: Path) -> Iterator[tuple[str, Keel]]:
     import uvicorn
 
-    from keel.mcp_gateway import governed_app
+    from keel.server.mcp_gateway import governed_app
 
     if (MARKERS / "wire_money").exists():
         (MARKERS / "wire_money").unlink()

@@ -13,17 +13,17 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, Field, JsonValue, ValidationInfo, field_validator
 
-from actors.decisions import load_events
-from actors.engine import RunEngine
-from actors.runner import InlineNodeRunner
-from actors.state import PolicyDecided, ProposalRejected, RunStatus
-from actors.workflow import END, ConfinedPath, NodeContext, Workflow
-from keel.demo import workflow as demo
+from keel.actors.runner import InlineNodeRunner
+from keel.core.state import PolicyDecided, ProposalRejected, RunStatus
+from keel.core.tool import Verification, confined
+from keel.core.workflow import END, ConfinedPath, NodeContext, Workflow
 from keel.errors import InputError
-from policy.engine import DEFAULT_MODEL, DEFAULT_POLICY, PolicyEngine
-from sandbox.tool import Verification, confined
-from storage.local import LocalStore
-from storage.runs import RunStore
+from keel.examples.demo import workflow as demo
+from keel.policy.engine import DEFAULT_MODEL, DEFAULT_POLICY, PolicyEngine
+from keel.runtime.decisions import load_events
+from keel.runtime.engine import RunEngine
+from keel.storage.local import LocalStore
+from keel.storage.runs import RunStore
 
 
 class WriteArgs(BaseModel):
@@ -150,7 +150,9 @@ async def test_the_demo_outbox_cannot_be_pointed_anywhere(
 ) -> None:
     eng = engine(world, demo)
     with pytest.raises(InputError) as info:
-        await eng.create("keel.demo:workflow", "down", {"outbox": str(tmp_path / "anywhere")})
+        await eng.create(
+            "keel.examples.demo:workflow", "down", {"outbox": str(tmp_path / "anywhere")}
+        )
     assert info.value.field == "inputs.outbox"
     assert not (tmp_path / "anywhere").exists()
     await eng.close()

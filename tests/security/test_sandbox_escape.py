@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.base import SandboxSpec
-from sandbox.bwrap import BubblewrapSandbox, isolation
+from keel.sandbox.base import SandboxSpec
+from keel.sandbox.bwrap import BubblewrapSandbox, isolation
 
 pytestmark = pytest.mark.skipif(not isolation()[0], reason=isolation()[1])
 PY = sys.executable

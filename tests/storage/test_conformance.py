@@ -4,9 +4,9 @@ from collections.abc import Callable
 
 import pytest
 
-from storage.base import CheckpointStore
+from keel.storage.base import CheckpointStore
+from keel.testing.conformance import CHECKS
 from tests.conftest import Backend
-from tests.storage.conformance import CHECKS
 
 
 @pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__)

@@ -5,7 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from keel.errors import CorruptObjectError, SchemaVersionError
-from storage.envelope import open_sealed, seal
+from keel.storage.envelope import open_sealed, seal
 
 
 @given(st.binary(max_size=4096))

@@ -26,10 +26,10 @@ from typing import Any
 from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import BaseModel, Field, JsonValue
 
-from actors.state import RunStatus
-from actors.workflow import END, NodeContext, Workflow
+from keel.core.state import RunStatus
+from keel.core.tool import Tool, tool_action
+from keel.core.workflow import END, NodeContext, Workflow
 from keel.errors import KeelError
-from sandbox.tool import Tool, tool_action
 
 ROLE = "mcp"
 
@@ -116,7 +116,7 @@ def governed_app(
     from mcp.server.mcpserver import MCPServer
     from mcp.types import ToolAnnotations
 
-    from keel.workflows import load_workflow
+    from keel.core.registry import load_workflow
 
     wf = load_workflow(workflow_ref)
     node = wf.nodes["call"]

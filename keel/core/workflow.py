@@ -32,9 +32,9 @@ from typing import Annotated, Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
-from actors.state import Reducer, replace
+from keel.core.state import Reducer, replace
+from keel.core.tool import Tool
 from keel.errors import InputError, WorkflowError, first_error
-from sandbox.tool import Tool
 
 END = "__end__"
 

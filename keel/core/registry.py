@@ -6,12 +6,12 @@ import importlib
 from collections.abc import Mapping
 from functools import lru_cache
 
-from actors.workflow import Workflow
+from keel.core.workflow import Workflow
 from keel.errors import ErrorCode, InputError
 
 BUILTIN: dict[str, str] = {
-    "demo": "keel.demo:workflow",
-    "incident": "keel.incident:workflow",
+    "demo": "keel.examples.demo:workflow",
+    "incident": "keel.examples.incident:workflow",
 }
 
 

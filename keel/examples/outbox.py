@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationInfo, field_validator
 
-from sandbox.tool import Verification, confined
+from keel.core.tool import Verification, confined
 
 
 class OutboxArgs(BaseModel):

@@ -20,9 +20,7 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, JsonValue
 
-from actors.decisions import Step, completion, error_info
-from actors.runlog import LiveRun, RunLog
-from actors.state import (
+from keel.core.state import (
     EffectIntent,
     EffectReconciled,
     EffectRecord,
@@ -33,9 +31,11 @@ from actors.state import (
     RunState,
     RunStatus,
 )
-from actors.workflow import Node, NodeContext
+from keel.core.tool import Tool, Verification
+from keel.core.workflow import Node, NodeContext
 from keel.errors import NodeError, RunOwnedError, RunStateError, WorkerLostError, WorkflowError
-from sandbox.tool import Tool, Verification
+from keel.runtime.decisions import Step, completion, error_info
+from keel.runtime.runlog import LiveRun, RunLog
 
 log = logging.getLogger("keel.engine")
 

@@ -5,7 +5,7 @@ It stands in for a paid provider at the one boundary Keel does not own, over rea
 next requests with 429, 500 or a timeout. It counts requests per model so tests can
 assert what reached the "provider".
 
-Run it as a process: ``python -m router.scripted --port 8999``. Control endpoints:
+Run it as a process: ``python -m keel.testing.scripted --port 8999``. Control endpoints:
 
 - ``POST /_script`` ``{"model": "m", "reply": "text", "fail": [429, 500, "timeout"],
   "usage": [prompt_tokens, completion_tokens]}``: ``fail`` entries are used up one per
@@ -119,7 +119,7 @@ def launch(timeout_s: float = 30.0) -> tuple[Any, str]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "router.scripted", "--port", str(port)],
+        [sys.executable, "-m", "keel.testing.scripted", "--port", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

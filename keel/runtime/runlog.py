@@ -15,12 +15,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from actors.decisions import load_events, summary
-from actors.state import Event, RunCreated, RunState, fold
-from actors.tracing import RunTracer
-from actors.workflow import Workflow
+from keel.actors.tracing import RunTracer
+from keel.core.state import Event, RunCreated, RunState, fold
+from keel.core.workflow import Workflow
 from keel.errors import ObjectExistsError, RunNotFoundError, RunOwnedError, StorageError
-from storage.runs import PENDING, LoadedRun, RunStore
+from keel.runtime.decisions import load_events, summary
+from keel.storage.runs import PENDING, LoadedRun, RunStore
 
 log = logging.getLogger("keel.engine")
 

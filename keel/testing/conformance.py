@@ -1,7 +1,15 @@
 """The checkpoint-store conformance suite: every backend must pass every check here.
 
-Each check takes an open ``CheckpointStore``; ``test_conformance.py`` runs them all over
-every backend (a local directory, and S3 on a real server process).
+Each check takes a fresh, empty ``CheckpointStore``. Keel runs them all over its own
+backends (a local directory, and S3 on a real server process); a third-party store runs
+the same list the same way::
+
+    import pytest
+    from keel.testing.conformance import CHECKS
+
+    @pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__)
+    def test_my_store_conforms(check, tmp_path):
+        check(MyStore(tmp_path))
 """
 
 from __future__ import annotations
@@ -18,10 +26,10 @@ from keel.errors import (
     RunNotFoundError,
     SchemaVersionError,
 )
-from storage.base import CheckpointStore
-from storage.envelope import seal
-from storage.memory import MemoryItem, MemoryStore
-from storage.runs import RunStore
+from keel.storage.base import CheckpointStore
+from keel.storage.envelope import seal
+from keel.storage.memory import MemoryItem, MemoryStore
+from keel.storage.runs import RunStore
 
 
 def put_get_roundtrip(store: CheckpointStore) -> None:
@@ -129,7 +137,7 @@ def rewritten_checkpoint_unchains_stale_successors(store: CheckpointStore) -> No
 
 
 def _digest_of(runs: RunStore, n: int) -> str:
-    from storage.envelope import digest, open_sealed
+    from keel.storage.envelope import digest, open_sealed
 
     key = runs.checkpoint_key("r", n)
     return digest(open_sealed(runs.store.get(key), key=key, kind="checkpoint"))

@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue
 from ray import serve
 
 from keel.config import RunBudgets
+from keel.core.registry import BUILTIN
 from keel.errors import (
     ConflictError,
     InputError,
@@ -40,8 +41,7 @@ from keel.errors import (
     RunNotFoundError,
     RunStateError,
 )
-from keel.workflows import BUILTIN
-from storage.runs import check_run_id
+from keel.storage.runs import check_run_id
 
 log = logging.getLogger("keel.api")
 APP_NAME = "keel-runs"
@@ -194,7 +194,7 @@ class RunsAPI:
         self.keel = Keel(KeelConfig.model_validate(config))
         self.keys = dict(keys)  # sha256(key) -> principal
         self._orch: Any = None
-        from policy.engine import PolicyEngine
+        from keel.policy.engine import PolicyEngine
 
         # One enforcer per replica; it re-reads the files itself when they change.
         self.policy = PolicyEngine(self.keel.config.policy.model, self.keel.config.policy.policy)
@@ -207,7 +207,7 @@ class RunsAPI:
 
     def _orchestrator(self) -> Any:
         if self._orch is None:
-            from actors.orchestrator import get_orchestrator
+            from keel.actors.orchestrator import get_orchestrator
 
             self._orch = get_orchestrator(self.keel.settings(), self.keel.config.orchestrator.name)
         return self._orch
@@ -238,8 +238,8 @@ class RunsAPI:
 
     @runs_api.post("/", status_code=201)
     async def start(self, body: StartBody, request: Request) -> Any:
-        from actors.messages import StartRun
-        from keel.workflows import load_workflow, resolve_ref
+        from keel.actors.messages import StartRun
+        from keel.core.registry import load_workflow, resolve_ref
 
         principal = self._principal(request)
         if body.workflow not in self.offered:
@@ -297,7 +297,7 @@ class RunsAPI:
         return StreamingResponse(self._stream(run_id), media_type="text/event-stream")
 
     async def _stream(self, run_id: str) -> AsyncIterator[str]:
-        from actors.messages import WatchRun
+        from keel.actors.messages import WatchRun
 
         after = 0
         while True:
@@ -314,7 +314,7 @@ class RunsAPI:
 
     @runs_api.post("/{run_id}/approval")
     async def approval(self, run_id: str, body: ApprovalBody, request: Request) -> Any:
-        from actors.messages import ApproveRun
+        from keel.actors.messages import ApproveRun
 
         principal, _ = await self._view(run_id, request)
         if not self.limiter.test(self.per_refusal, "refused", principal):
@@ -334,7 +334,7 @@ class RunsAPI:
 
     @runs_api.post("/{run_id}/cancel")
     async def cancel(self, run_id: str, body: CancelBody, request: Request) -> Any:
-        from actors.messages import CancelRun
+        from keel.actors.messages import CancelRun
 
         principal, view = await self._view(run_id, request)
         await self._may(principal, view.state.workflow, "cancel")
@@ -355,7 +355,7 @@ def deploy_runs_api(config: dict[str, Any], keys: dict[str, str]) -> Any:
 
 
 def build(args: dict[str, Any]) -> Any:
-    """Serve application builder (``import_path: router.api:build``): API keys come from
+    """Serve application builder (``import_path: keel.server.runs_api:build``): API keys come from
     ``api.keys`` in keel.yaml, already hashed."""
     from keel.config import load_config
 

@@ -16,9 +16,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
-from actors.state import append
-from actors.workflow import END, ConfinedPath, NodeContext, NodeOutput, RetryPolicy, Workflow
-from sandbox.demo_tools import (
+from keel.core.state import append
+from keel.core.tool import Tool
+from keel.core.workflow import END, ConfinedPath, NodeContext, NodeOutput, RetryPolicy, Workflow
+from keel.examples.demo_tools import (
     CheckHealth,
     DeleteDataFile,
     ReadLogs,
@@ -26,8 +27,7 @@ from sandbox.demo_tools import (
     RestoreSnapshot,
     SnapshotConfig,
 )
-from sandbox.tool import Tool
-from storage.memory import MemoryItem
+from keel.storage.memory import MemoryItem
 
 LABELS = ["bad_config", "overload", "data_corruption"]
 
@@ -134,8 +134,8 @@ workflow.edge("healthy", END)
 
 @workflow.node(retry=RetryPolicy(attempts=2, backoff_s=0.5), timeout_s=120)
 def classify(state: IncidentState, ctx: NodeContext) -> Any:
-    from actors.worker_messages import ClassifyRequest
-    from actors.workers import pool
+    from keel.actors.worker_messages import ClassifyRequest
+    from keel.actors.workers import pool
 
     errors = [line for line in state.logs.get("lines") or [] if "ERROR" in str(line)][-5:]
     text = f"{ctx.goal}\n" + "\n".join(str(e) for e in errors)
@@ -150,8 +150,8 @@ workflow.edge("classify", "recall")
 
 @workflow.node(timeout_s=120)
 def recall(state: IncidentState, ctx: NodeContext) -> Any:
-    from actors.worker_messages import RetrieveRequest
-    from actors.workers import pool
+    from keel.actors.worker_messages import RetrieveRequest
+    from keel.actors.workers import pool
 
     query = " ".join([ctx.goal, state.label.replace("_", " "), *_problems(state)])
     resp = pool("retriever", ctx.env).call_sync(
@@ -194,8 +194,8 @@ def operator_hints(goal: str, fields: set[str]) -> dict[str, Any]:
 
 @workflow.node(retry=RetryPolicy(attempts=2, backoff_s=0.5), timeout_s=120)
 def plan(state: IncidentState, ctx: NodeContext) -> Any:
-    from actors.worker_messages import PlanRequest, ToolSpec
-    from actors.workers import pool
+    from keel.actors.worker_messages import PlanRequest, ToolSpec
+    from keel.actors.workers import pool
 
     specs = [
         ToolSpec(

@@ -11,9 +11,9 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel
 
-from actors.state import append
-from actors.workflow import END, ConfinedPath, NodeContext, RetryPolicy, Workflow
-from sandbox.outbox import OutboxTool
+from keel.core.state import append
+from keel.core.workflow import END, ConfinedPath, NodeContext, RetryPolicy, Workflow
+from keel.examples.outbox import OutboxTool
 
 SEVERE = ("down", "outage", "data loss", "breach", "500", "crash")
 

@@ -20,7 +20,34 @@ from typing import Any, Literal, cast
 from pydantic import BaseModel, ConfigDict
 from pydantic_core import to_jsonable_python
 
-from actors.decisions import (
+from keel.actors.tracing import RunTracer
+from keel.actors.validator import validate_args
+from keel.config import BudgetConfig, SandboxConfig
+from keel.core.state import (
+    ApprovalDecided,
+    BudgetExceeded,
+    Event,
+    OwnerChanged,
+    RunCreated,
+    RunFinished,
+    RunPaused,
+    RunResumed,
+    RunState,
+    RunStatus,
+)
+from keel.core.tool import Tool, tool_action, tool_object, tool_resource, tool_schema
+from keel.core.workflow import NodeContext, NodeOutput, Workflow
+from keel.errors import (
+    ObjectExistsError,
+    PolicyError,
+    RunNotFoundError,
+    RunOwnedError,
+    RunStateError,
+    StorageError,
+    WorkflowError,
+)
+from keel.policy.engine import Decision, PolicyEngine
+from keel.runtime.decisions import (
     Step,
     approved_by,
     args_digest,
@@ -39,37 +66,10 @@ from actors.decisions import (
     rejection,
     resolve_proposal,
 )
-from actors.effects import EffectProtocol, Hooks, NodeRunner, NoHooks
-from actors.runlog import Blocking, LiveRun, RunLog, on_thread
-from actors.state import (
-    ApprovalDecided,
-    BudgetExceeded,
-    Event,
-    OwnerChanged,
-    RunCreated,
-    RunFinished,
-    RunPaused,
-    RunResumed,
-    RunState,
-    RunStatus,
-)
-from actors.tracing import RunTracer
-from actors.validator import validate_args
-from actors.workflow import NodeContext, NodeOutput, Workflow
-from keel.config import BudgetConfig, SandboxConfig
-from keel.errors import (
-    ObjectExistsError,
-    PolicyError,
-    RunNotFoundError,
-    RunOwnedError,
-    RunStateError,
-    StorageError,
-    WorkflowError,
-)
-from policy.engine import Decision, PolicyEngine
-from sandbox.tool import Tool, tool_action, tool_object, tool_resource, tool_schema
-from storage.leases import Lease, Leases, split_owner
-from storage.runs import PENDING, RunStore, check_run_id
+from keel.runtime.effects import EffectProtocol, Hooks, NodeRunner, NoHooks
+from keel.runtime.runlog import Blocking, LiveRun, RunLog, on_thread
+from keel.storage.leases import Lease, Leases, split_owner
+from keel.storage.runs import PENDING, RunStore, check_run_id
 
 log = logging.getLogger("keel.engine")
 

@@ -16,10 +16,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationInfo, field_validator
 
+from keel.core.tool import Verification, confined
 from keel.errors import SandboxError
-from sandbox.base import SandboxSpec
-from sandbox.bwrap import BubblewrapSandbox
-from sandbox.tool import Verification, confined
+from keel.sandbox.base import SandboxSpec
+from keel.sandbox.bwrap import BubblewrapSandbox
 
 PY = sys.executable
 

@@ -18,7 +18,8 @@ from typing import Any, cast
 from pydantic import BaseModel, JsonValue, ValidationError
 from pydantic_core import to_jsonable_python
 
-from actors.state import (
+from keel.config import BudgetConfig, RunBudgets
+from keel.core.state import (
     ErrorInfo,
     Event,
     ModelCalled,
@@ -33,11 +34,10 @@ from actors.state import (
     fold,
     parse_event,
 )
-from actors.workflow import Node, NodeContext, Workflow
-from keel.config import BudgetConfig, RunBudgets
+from keel.core.tool import Tool
+from keel.core.workflow import Node, NodeContext, Workflow
 from keel.errors import InputError, KeelError, WorkflowError, first_error
-from policy.engine import Decision
-from sandbox.tool import Tool
+from keel.policy.engine import Decision
 
 
 @dataclass(frozen=True)

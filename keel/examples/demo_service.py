@@ -5,7 +5,7 @@ It reads ``service.json`` when it starts (a config change needs a restart) and f
 requests when the config is invalid or its data file is corrupt, logging why. Faults are
 injected by writing its files (see ``inject``). ``POST /admin/restart`` re-executes it.
 
-    python -m sandbox.demo_service --root DIR --port PORT
+    python -m keel.examples.demo_service --root DIR --port PORT
 """
 
 from __future__ import annotations
@@ -140,7 +140,9 @@ def serve(root: Path, port: int) -> None:
                 self._send(202, {"restarting": True})
                 self.wfile.flush()
                 server.shutdown_request(self.request)
-                os.execv(sys.executable, [sys.executable, "-m", "sandbox.demo_service", *ARGS])
+                os.execv(
+                    sys.executable, [sys.executable, "-m", "keel.examples.demo_service", *ARGS]
+                )
             self._send(404, {"error": "not found"})
 
         def log_message(self, format: str, *args: Any) -> None:
@@ -184,7 +186,15 @@ def start(root: Path, port: int, *, timeout_s: float = 30.0) -> Any:
     import urllib.request
 
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sandbox.demo_service", "--root", str(root), "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "keel.examples.demo_service",
+            "--root",
+            str(root),
+            "--port",
+            str(port),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
