@@ -16,11 +16,11 @@ from typing import Any
 import ray
 from pydantic_core import to_jsonable_python
 
-from keel.actors.validator import validate_args
 from keel.actors.worker_messages import ExecuteRequest, ExecuteResponse
 from keel.core.registry import load_workflow
 from keel.core.state import ApprovalDecided
 from keel.core.tool import Tool, tool_action, tool_object, tool_schema
+from keel.core.validation import validate_args
 from keel.core.workflow import Node
 from keel.errors import InputError, KeelError, PolicyError
 from keel.policy.engine import PolicyEngine

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
+
+from keel.config import KeelConfig
 
 
 class _Msg(BaseModel):
@@ -82,3 +85,34 @@ class ApproveRun(_Msg):
     principal: str = Field(min_length=1, max_length=200)
     approved: bool
     reason: str = Field(default="", max_length=2_000)
+
+
+def orchestrator_settings(
+    config: KeelConfig, *, host_pid: int | None = None
+) -> OrchestratorSettings:
+    """The orchestrator's settings for a deployment's configuration (``host_pid``: the
+    process that started this local Ray, when one did)."""
+
+    def absolute(path: str | None) -> str | None:
+        return str(Path(path).expanduser().resolve()) if path else None
+
+    return OrchestratorSettings(
+        storage_url=config.storage_url(),
+        storage_options=config.storage.options,
+        fsync=config.storage.fsync,
+        max_concurrent_runs=config.orchestrator.max_concurrent_runs,
+        node_num_cpus=config.orchestrator.node_num_cpus,
+        workflows=config.workflows,
+        workers=config.workers.model_dump(),
+        router=config.router.model_dump(mode="json"),
+        budgets=config.budgets.model_dump(mode="json"),
+        policy_model=absolute(config.policy.model),
+        policy_file=absolute(config.policy.policy),
+        tracing=config.telemetry.exporter,
+        otlp_endpoint=config.telemetry.otlp_endpoint,
+        name=config.orchestrator.name,
+        lease_ttl_s=config.orchestrator.lease_ttl_s,
+        embedded=config.ray.address is None,
+        host_pid=host_pid,
+        tool_roots=config.tool_roots(),
+    )

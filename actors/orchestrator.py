@@ -32,12 +32,13 @@ from keel.actors.messages import (
     WatchRun,
 )
 from keel.actors.runner import RayNodeRunner
-from keel.actors.tracing import RunTracer
 from keel.config import BudgetConfig
+from keel.core.registry import load_workflow, resolve_ref
 from keel.core.state import RunState
 from keel.policy.engine import PolicyEngine
 from keel.runtime.effects import Hooks
 from keel.runtime.engine import RunEngine, RunView
+from keel.runtime.tracing import RunTracer
 from keel.storage import open_store
 from keel.storage.leases import Lease, Leases, owner_id
 from keel.storage.runs import RunStore
@@ -70,7 +71,6 @@ class OrchestratorActor:
     Every method takes one typed message."""
 
     def __init__(self, settings: OrchestratorSettings, hooks: Hooks | None = None) -> None:
-        from keel.core.registry import load_workflow
 
         self.settings = settings
         store = open_store(
@@ -140,7 +140,6 @@ class OrchestratorActor:
 
     async def start_run(self, msg: StartRun) -> RunState:
         self._start_recovery()
-        from keel.core.registry import resolve_ref
 
         ref = resolve_ref(msg.workflow, self.settings.workflows)
         return await self.engine.create(

@@ -8,6 +8,7 @@ tier up, and both calls are returned so the ledger shows the escalation.
 from __future__ import annotations
 
 import json
+from importlib.metadata import entry_points
 from typing import Any
 
 import jsonschema
@@ -17,12 +18,13 @@ from pydantic import ValidationError
 from keel.actors.worker_messages import (
     ClassifyRequest,
     ClassifyResponse,
-    FieldError,
     PlanRequest,
     PlanResponse,
     Proposal,
 )
 from keel.core.calls import ChatMessage, ModelCall, RouteRequest
+from keel.core.validation import FieldError
+from keel.errors import RouterError
 
 ROLE = "planner"
 
@@ -61,11 +63,11 @@ class PlannerWorker:
 
     def _handle(self) -> Any:
         """The router's Serve handle; deploys the router if this cluster has none (after
-        a whole-cluster restart, say), so a resumed run finds its models again."""
+        a whole-cluster restart, say), so a resumed run finds its models again. The router
+        sits in a layer above the workers, so it is found through its entry point."""
         if self._router is None:
-            from keel.router.service import ensure_router
-
-            self._router = ensure_router(self.router_config)
+            (ensure,) = entry_points(group="keel.router", name="ensure")
+            self._router = ensure.load()(self.router_config)
         return self._router
 
     async def _complete(self, req: RouteRequest, escalated_from: str | None = None) -> ModelCall:
@@ -91,8 +93,6 @@ class PlannerWorker:
                 )
                 label = _label(calls[-1].content, schema)
         if label is None:
-            from keel.errors import RouterError
-
             raise RouterError(
                 f"no tier produced a valid label (last answer {calls[-1].content[:80]!r})",
                 retryable=True,

@@ -17,6 +17,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 from pydantic_core import to_jsonable_python
 
+from keel.actors.planner import _label, label_schema, parse_proposal
+from keel.actors.worker_messages import ClassifyResponse, PlanResponse
+from keel.core.calls import ModelCall
 from keel.core.state import (
     Event,
     ModelCalled,
@@ -68,9 +71,6 @@ class ReplayPool:
         self.role = role
 
     def call_sync(self, method: str, msg: Any) -> Any:
-        from keel.actors.planner import _label, label_schema, parse_proposal
-        from keel.actors.worker_messages import ClassifyResponse, PlanResponse
-        from keel.core.calls import ModelCall
 
         calls = RECORDED.get() or []
         if self.role != "planner" or not calls:

@@ -4,33 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-import jsonschema
 import ray
 
 from keel.actors.worker_messages import (
-    FieldError,
     Proposal,
     ToolSpec,
     ValidateRequest,
     ValidateResponse,
 )
+from keel.core.validation import FieldError, validate_args
 
 ROLE = "validator"
-
-
-def validate_args(schema: dict[str, Any] | None, args: Any) -> list[FieldError]:
-    """Every way ``args`` breaks ``schema``, each naming its field (``args.x.y``)."""
-    if not isinstance(args, dict):
-        return [FieldError(field="args", reason="must be an object")]
-    if schema is None:
-        return []
-    validator = jsonschema.Draft202012Validator(schema)
-    errors = []
-    for err in sorted(validator.iter_errors(args), key=lambda e: [str(p) for p in e.path]):
-        path = ".".join(str(p) for p in err.path)
-        reason = err.message if len(err.message) <= 300 else err.message[:297] + "..."
-        errors.append(FieldError(field=f"args.{path}" if path else "args", reason=reason))
-    return errors
 
 
 def check(raw: dict[str, Any], tools: list[ToolSpec]) -> tuple[Proposal | None, list[FieldError]]:

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from keel.core.calls import ModelCall
+from keel.core.validation import FieldError
 from keel.storage.memory import MemoryKind
 
 
@@ -29,11 +30,6 @@ class Proposal(_Msg):
     tool: str
     args: dict[str, JsonValue] = Field(default_factory=dict)
     rationale: str = ""
-
-
-class FieldError(_Msg):
-    field: str
-    reason: str
 
 
 class PlanRequest(_Msg):

@@ -11,7 +11,13 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from keel.actors.executor import ExecutorWorker
+from keel.actors.planner import PlannerWorker
 from keel.actors.pool import WorkerPool
+from keel.actors.replay import RECORDED, ReplayPool
+from keel.actors.retriever import RetrieverWorker
+from keel.actors.validator import ValidatorWorker
+from keel.errors import InputError
 
 ROLES = ("planner", "retriever", "executor", "validator")
 _POOLS: dict[tuple[str, int, str], WorkerPool] = {}
@@ -20,13 +26,10 @@ _POOLS: dict[tuple[str, int, str], WorkerPool] = {}
 def pool(role: str, env: Mapping[str, Any]) -> Any:
     """The pool of ``role`` (created on first use in this process); during a replay, a
     stand-in that answers from the ledger and calls nothing."""
-    from keel.actors.replay import RECORDED, ReplayPool
 
     if RECORDED.get() is not None:
         return ReplayPool(role)
     if role not in ROLES:
-        from keel.errors import InputError
-
         raise InputError(f"unknown worker role {role!r}; one of {ROLES}", field="role")
     size = int((env.get("workers") or {}).get(role, 1))
     # Replicas are built with their settings (the retriever's storage, the executor's
@@ -41,16 +44,10 @@ def pool(role: str, env: Mapping[str, Any]) -> Any:
 
 def _spec(role: str, env: Mapping[str, Any]) -> tuple[Any, tuple[Any, ...]]:
     if role == "planner":
-        from keel.actors.planner import PlannerWorker
-
         return PlannerWorker, (env.get("router"),)
     if role == "retriever":
-        from keel.actors.retriever import RetrieverWorker
-
         return RetrieverWorker, (env["storage_url"], dict(env.get("storage_options") or {}))
     if role == "executor":
-        from keel.actors.executor import ExecutorWorker
-
         return ExecutorWorker, (
             env.get("policy_model"),
             env.get("policy_file"),
@@ -58,6 +55,5 @@ def _spec(role: str, env: Mapping[str, Any]) -> tuple[Any, tuple[Any, ...]]:
             env.get("storage_url"),
             dict(env.get("storage_options") or {}),
         )
-    from keel.actors.validator import ValidatorWorker
 
     return ValidatorWorker, ()

@@ -20,8 +20,15 @@ from typing import Any
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
+import httpx
+import ray
+from ray import serve
 from rich.console import Console
 from rich.progress import Progress
+
+from keel.client import Keel
+from keel.config import KeelConfig, StorageConfig
+from keel.server.runs_api import deploy_runs_api, hash_key
 
 console = Console()
 
@@ -32,7 +39,6 @@ def pct(values: list[float], q: float) -> float:
 
 
 async def load(runs: int, concurrency: int, port: int, outbox: str) -> dict[str, Any]:
-    import httpx
 
     url = f"http://127.0.0.1:{port}/v1/runs"
     headers = {"Authorization": "Bearer bench-key"}
@@ -85,13 +91,6 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=32)
     args = parser.parse_args()
-
-    import ray
-    from ray import serve
-
-    from keel.client import Keel
-    from keel.config import KeelConfig, StorageConfig
-    from keel.server.runs_api import deploy_runs_api, hash_key
 
     tmp = tempfile.mkdtemp(prefix="keel-load-")
     config = KeelConfig(storage=StorageConfig(url=f"{tmp}/store", fsync=True))

@@ -29,14 +29,21 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 import httpx
+import litellm
 from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
 import keel.router  # noqa: F401  (before litellm: its price map stays local, nothing leaves loopback)
+from keel.actors.worker_messages import ClassifyRequest
+from keel.actors.workers import pool
+from keel.batch import Batch, Task
+from keel.client import Keel
+from keel.config import KeelConfig
 from keel.core.workflow import END, NodeContext, NodeOutput, RetryPolicy, Workflow
 from keel.examples import demo_service
 from keel.examples.outbox import OutboxTool
+from keel.testing.scripted import launch
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / ".out"
@@ -60,8 +67,6 @@ workflow = Workflow("bench-job", state=JobState, inputs=JobInputs, uses_models=T
 
 @workflow.node(retry=RetryPolicy(attempts=3, backoff_s=0.1), timeout_s=60)
 def classify(state: JobState, ctx: NodeContext) -> Any:
-    from keel.actors.worker_messages import ClassifyRequest
-    from keel.actors.workers import pool
 
     resp = pool("planner", ctx.env).call_sync(
         "classify", ClassifyRequest(text=ctx.goal, labels=LABELS)
@@ -82,7 +87,6 @@ workflow.edge("deliver", END)
 
 # -- helpers -------------------------------------------------------------------------------
 def start_scripted() -> tuple[Any, str]:
-    from keel.testing.scripted import launch
 
     proc, base = launch()
     for model in ("small-model", "large-model"):
@@ -114,7 +118,6 @@ def router_config(base: str, http_port: int) -> dict[str, Any]:
 
 
 def tasks(n: int, outbox: Path, tag: str) -> list[Any]:
-    from keel.batch import Task
 
     return [
         Task(
@@ -132,9 +135,6 @@ def measure_keel(
     address: str, base: str, runs: int, concurrency: int, workdir: Path
 ) -> dict[str, Any]:
     """In a process of its own (one Ray cluster per driver): warm up, then time a batch."""
-    from keel.batch import Batch
-    from keel.client import Keel
-    from keel.config import KeelConfig
 
     config = KeelConfig.model_validate(
         {
@@ -234,10 +234,9 @@ class LGState(TypedDict, total=False):
 
 
 def langgraph(base: str, runs: int, concurrency: int) -> dict[str, Any]:
-    import litellm
-    from langgraph.checkpoint.sqlite import SqliteSaver
-    from langgraph.graph import END as LG_END
-    from langgraph.graph import StateGraph
+    from langgraph.checkpoint.sqlite import SqliteSaver  # noqa: PLC0415
+    from langgraph.graph import END as LG_END  # noqa: PLC0415
+    from langgraph.graph import StateGraph  # noqa: PLC0415
 
     outbox_tool = OutboxTool("notes")
     with tempfile.TemporaryDirectory() as tmp:

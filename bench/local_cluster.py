@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from ray.cluster_utils import Cluster
+
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -29,7 +31,6 @@ def main(argv: list[str] | None = None) -> int:
     state = Path(args.state)
     state.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    from ray.cluster_utils import Cluster
 
     cluster = Cluster(
         initialize_head=True,

@@ -28,11 +28,14 @@ import time
 from pathlib import Path
 from typing import Annotated, Any, TypedDict
 
+import ray
 from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
 from keel.actors.runner import InlineNodeRunner
+from keel.client import Keel
+from keel.config import KeelConfig, OrchestratorConfig, StorageConfig
 from keel.core.state import append
 from keel.core.workflow import END, NodeContext, Workflow
 from keel.runtime.engine import RunEngine
@@ -130,8 +133,6 @@ def keel_engine(runs: int, nodes: int) -> tuple[list[float], list[float]]:
 
 
 def keel_ray(runs: int, nodes: int, ref: str) -> list[float]:
-    from keel.client import Keel
-    from keel.config import KeelConfig, OrchestratorConfig, StorageConfig
 
     times = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -148,7 +149,6 @@ def keel_ray(runs: int, nodes: int, ref: str) -> list[float]:
             final = keel.watch(st.run_id)
             times.append((time.perf_counter() - t0) / nodes)
             assert final.status == "succeeded"
-        import ray
 
         ray.kill(keel.orchestrator(), no_restart=True)
         keel.close()
@@ -176,7 +176,7 @@ class LGGrowState(TypedDict):
 
 
 def _langgraph_chain(nodes: int, saver: Any) -> Any:
-    from langgraph.graph import StateGraph
+    from langgraph.graph import StateGraph  # noqa: PLC0415
 
     g = StateGraph(LGChainState)
     names = [f"n{i:02d}" for i in range(nodes)]
@@ -190,7 +190,7 @@ def _langgraph_chain(nodes: int, saver: Any) -> Any:
 
 
 def langgraph_chain(runs: int, nodes: int) -> list[float]:
-    from langgraph.checkpoint.sqlite import SqliteSaver
+    from langgraph.checkpoint.sqlite import SqliteSaver  # noqa: PLC0415
 
     times = []
     for i in range(runs):
@@ -205,9 +205,9 @@ def langgraph_chain(runs: int, nodes: int) -> list[float]:
 
 
 def langgraph_growth(total: int, marks: list[int]) -> dict[int, int]:
-    from langgraph.checkpoint.sqlite import SqliteSaver
-    from langgraph.graph import END as LG_END
-    from langgraph.graph import StateGraph
+    from langgraph.checkpoint.sqlite import SqliteSaver  # noqa: PLC0415
+    from langgraph.graph import END as LG_END  # noqa: PLC0415
+    from langgraph.graph import StateGraph  # noqa: PLC0415
 
     g = StateGraph(LGGrowState)
     g.add_node("speak", lambda s: {"messages": [MESSAGE]})

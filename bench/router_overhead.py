@@ -27,8 +27,18 @@ from typing import Any
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
+import httpx
+import litellm
+import ray
+from ray import serve
 from rich.console import Console
 from rich.table import Table
+
+from keel.config import RouterConfig, TierConfig
+from keel.core.calls import ChatMessage, RouteRequest
+from keel.router import rules
+from keel.router.gateway import ModelGateway
+from keel.router.service import deploy
 
 console = Console()
 MESSAGES = [
@@ -53,16 +63,6 @@ def pct(values: list[float], q: float) -> float:
 
 
 async def run(n: int, rps_requests: int, concurrency: int) -> dict[str, Any]:
-    import httpx
-    import litellm
-    import ray
-    from ray import serve
-
-    from keel.config import RouterConfig, TierConfig
-    from keel.core.calls import ChatMessage, RouteRequest
-    from keel.router import rules
-    from keel.router.gateway import ModelGateway
-    from keel.router.service import deploy
 
     rules.register()
     ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)

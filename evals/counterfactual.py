@@ -24,8 +24,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from keel.actors.planner import parse_proposal
+from keel.core.calls import RouteRequest
 from keel.core.state import Event, ModelCalled, PolicyDecided
 from keel.errors import InputError
+from keel.policy.engine import PolicyEngine
+from keel.router.complexity import choose
 
 SwapKind = Literal["tier", "threshold", "policy"]
 _QUERY_KEYS = ("workflow", "status", "prefix", "limit")
@@ -115,7 +119,6 @@ class CounterfactualReport(BaseModel):
 
 def _decision(content: str, request: dict[str, Any]) -> str:
     """What an answer decides, in a form two answers can be compared by."""
-    from keel.actors.planner import parse_proposal
 
     if request.get("kind") == "classify":
         try:
@@ -134,7 +137,6 @@ def _decision(content: str, request: dict[str, Any]) -> str:
 
 def _reask(keel: Any, calls: list[tuple[str, ModelCalled, str]]) -> list[tuple[Any, float]]:
     """Ask each (run, recorded call, tier) again, pinned to that tier."""
-    from keel.core.calls import RouteRequest
 
     handle = keel.ensure_router()
     out = []
@@ -181,7 +183,6 @@ def replay_runs(keel: Any, query_text: str, swap_text: str) -> CounterfactualRep
 
 
 def _policy_changes(keel: Any, ledgers: dict[str, list[Event]], path: str) -> list[Change]:
-    from keel.policy.engine import PolicyEngine
 
     engine = PolicyEngine(keel.config.policy.model, path)
     out = []
@@ -206,8 +207,6 @@ def _policy_changes(keel: Any, ledgers: dict[str, list[Event]], path: str) -> li
 def _model_changes(
     keel: Any, ledgers: dict[str, list[Event]], swap: Swap, tiers_cfg: list[Any]
 ) -> tuple[list[Change], dict[str, float]]:
-    from keel.core.calls import RouteRequest
-    from keel.router.complexity import choose
 
     todo: list[tuple[str, ModelCalled, str]] = []
     unrecorded = 0

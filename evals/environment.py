@@ -17,6 +17,9 @@ from pydantic import BaseModel, ConfigDict
 from keel.core.state import RunStatus
 from keel.errors import KeelError, PolicyError
 from keel.evals.suite import Scenario, Suite
+from keel.examples import demo_service
+from keel.examples.incident import RUNBOOKS
+from keel.storage.memory import MemoryStore
 
 # How long one scenario may take before the harness gives up on it (it is then reported
 # as a miss, with the run left as it is for a person to look at).
@@ -40,8 +43,6 @@ class ScenarioRun(BaseModel):
 
 def seed_memory(keel: Any) -> None:
     """The runbooks the retriever ranks, in the deployment's memory."""
-    from keel.examples.incident import RUNBOOKS
-    from keel.storage.memory import MemoryStore
 
     memory = MemoryStore(keel.store.store)
     for item in RUNBOOKS:
@@ -51,7 +52,6 @@ def seed_memory(keel: Any) -> None:
 def run_scenario(keel: Any, suite: Suite, sc: Scenario, base: Path, prefix: str) -> ScenarioRun:
     """Run one scenario to the point where the system stops (finished, or waiting for a
     person the scenario does not play), and stop its service."""
-    from keel.examples import demo_service
 
     root = base / sc.id
     if root.exists():

@@ -18,6 +18,17 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from keel.actors.planner import (
+    _label,
+    classify_request,
+    label_schema,
+    parse_proposal,
+    plan_request,
+)
+from keel.actors.validator import check as check_proposal
+from keel.actors.worker_messages import ClassifyRequest, PlanRequest, RetrieveRequest, ToolSpec
+from keel.actors.workers import pool
+from keel.core.calls import ChatMessage, RouteRequest
 from keel.evals.environment import ScenarioRun, run_scenario, seed_memory
 from keel.evals.metrics import (
     TrajectoryMetrics,
@@ -29,6 +40,10 @@ from keel.evals.metrics import (
     trajectory_metrics,
 )
 from keel.evals.suite import Suite
+from keel.examples.demo_tools import CheckHealth, ReadLogs, RestoreSnapshot, SnapshotConfig
+from keel.examples.incident import MITIGATION_TOOLS
+from keel.policy.engine import PolicyEngine
+from keel.router.complexity import choose
 
 Tick = Callable[[str], None]
 
@@ -73,9 +88,6 @@ class LayerOutput(BaseModel):
 
 def tool_specs() -> dict[str, Any]:
     """The demo environment's tools, as the planner and the validator see them."""
-    from keel.actors.worker_messages import ToolSpec
-    from keel.examples.demo_tools import CheckHealth, ReadLogs, RestoreSnapshot, SnapshotConfig
-    from keel.examples.incident import MITIGATION_TOOLS
 
     tools = [*MITIGATION_TOOLS, ReadLogs(), CheckHealth(), SnapshotConfig(), RestoreSnapshot()]
     return {
@@ -91,14 +103,6 @@ def tool_specs() -> dict[str, Any]:
 
 # -- bottom: the model tiers ------------------------------------------------------------
 def model_layer(keel: Any, suite: Suite, tick: Tick) -> LayerOutput:
-    from keel.actors.planner import (
-        _label,
-        classify_request,
-        label_schema,
-        parse_proposal,
-        plan_request,
-    )
-    from keel.actors.worker_messages import ClassifyRequest, PlanRequest
 
     out = LayerOutput()
     if not suite.models:
@@ -151,12 +155,6 @@ def model_layer(keel: Any, suite: Suite, tick: Tick) -> LayerOutput:
 
 # -- middle: the components -------------------------------------------------------------
 def component_layer(keel: Any, suite: Suite, tick: Tick) -> LayerOutput:
-    from keel.actors.validator import check as check_proposal
-    from keel.actors.worker_messages import RetrieveRequest
-    from keel.actors.workers import pool
-    from keel.core.calls import ChatMessage, RouteRequest
-    from keel.policy.engine import PolicyEngine
-    from keel.router.complexity import choose
 
     out = LayerOutput()
     comp = suite.components

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from keel.errors import InputError
 from keel.evals.layers import CaseResult, ScenarioResult
 from keel.evals.suite import Gate
 
@@ -68,7 +69,6 @@ def apply_gates(metrics: dict[str, float], gates: dict[str, Gate]) -> list[GateR
 
 
 def load_report(path: str | Path) -> Report:
-    from keel.errors import InputError
 
     p = Path(path)
     if p.is_dir():
@@ -186,10 +186,10 @@ def read_markdown_metrics(text: str) -> dict[str, float]:
 
 def charts(report: Report, folder: Path) -> list[str]:
     """One PNG per layer measured; returns their paths relative to ``folder``."""
-    import matplotlib
+    import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415
 
     folder.mkdir(parents=True, exist_ok=True)
     written: list[str] = []

@@ -8,6 +8,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
 from keel.evals.layers import (
     LayerOutput,
     Tick,
@@ -17,6 +19,7 @@ from keel.evals.layers import (
 )
 from keel.evals.report import Report, apply_gates
 from keel.evals.suite import Suite
+from keel.policy.engine import PolicyEngine
 
 Layer = Literal["model", "component", "trajectory"]
 LAYERS: tuple[Layer, ...] = ("model", "component", "trajectory")
@@ -39,7 +42,6 @@ def progress(total: int, show: bool) -> Iterator[Tick]:
     if not show:
         yield lambda _label: None
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     with Progress(
         TextColumn("[bold]eval[/bold]"),
@@ -59,7 +61,6 @@ def progress(total: int, show: bool) -> Iterator[Tick]:
 
 def deployment(keel: Any) -> dict[str, Any]:
     """What was evaluated: enough to tell two reports' configurations apart."""
-    from keel.policy.engine import PolicyEngine
 
     cfg = keel.config
     return {

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from keel.config import RunBudgets
 from keel.core.state import RunStatus
@@ -226,7 +227,6 @@ def progress_bar(total: int, show: bool) -> Iterator[Callable[[TaskResult], None
     if not show:
         yield lambda _r: None
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     counts: dict[str, int] = {}
     with Progress(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import shutil
@@ -13,16 +14,33 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
+import yaml
 from pydantic import JsonValue
+from ray import serve
+from ray.serve.schema import ServeDeploySchema
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.tree import Tree
 
+from keel.actors.replay import replay
+from keel.batch import Batch, progress_bar, read_tasks
+from keel.client import Keel
 from keel.config import load_config
+from keel.core.registry import load_workflow
 from keel.core.state import Event, RunState, RunStatus
 from keel.errors import InputError, KeelError
+from keel.evals import compare, counterfactual, report
+from keel.evals.run import LAYERS, evaluate
+from keel.evals.suite import load_suite
+from keel.examples import demo_service
+from keel.examples.incident import RUNBOOKS
 from keel.identity import acting_principal
+from keel.instance import instance_log, serve_forever, start_background, stop_instance
+from keel.policy.engine import PolicyEngine
+from keel.runtime.decisions import load_events
 from keel.runtime.engine import RunView
+from keel.storage.memory import MemoryStore
 
 EXIT_OK, EXIT_RUN_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -142,7 +160,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     with _client(args) as keel:
         if args.detach and keel.config.ray.address is None:
             # The run must outlive this command: make sure an instance hosts it.
-            from keel.instance import start_background
 
             start_background(keel, _cli_storage_args(args))
         state = keel.start(
@@ -185,10 +202,6 @@ def _follow_approving(keel: Any, state: RunState, auto_approve: bool) -> RunStat
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from keel.client import Keel
-    from keel.examples import demo_service
-    from keel.examples.incident import RUNBOOKS
-    from keel.storage.memory import MemoryStore
 
     keel = Keel(load_config(args.config))
     _apply_storage(keel, args)
@@ -239,7 +252,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from keel.client import Keel
 
     keel = Keel(load_config(args.config))
     _apply_storage(keel, args)
@@ -263,7 +275,6 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from keel.client import Keel
 
     keel = Keel(load_config(args.config))
     _apply_storage(keel, args)
@@ -317,11 +328,6 @@ def cmd_approve(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from keel.actors.replay import replay
-    from keel.client import Keel
-    from keel.core.registry import load_workflow
-    from keel.policy.engine import PolicyEngine
-    from keel.runtime.decisions import load_events
 
     keel = Keel(load_config(args.config))
     _apply_storage(keel, args)
@@ -352,9 +358,6 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
-    from rich.tree import Tree
-
-    from keel.client import Keel
 
     keel = Keel(load_config(args.config))
     _apply_storage(keel, args)
@@ -382,11 +385,6 @@ def cmd_trace(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Deploy the Serve applications of a Serve config file (the one `serve deploy` reads)."""
-    import importlib
-
-    import yaml
-
-    from keel.client import Keel
 
     try:
         spec = yaml.safe_load(Path(args.serve_config).read_text())
@@ -394,7 +392,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise InputError(
             f"cannot read {args.serve_config}: {exc.strerror}", field="--serve-config"
         ) from None
-    from ray.serve.schema import ServeDeploySchema
 
     try:
         schema = ServeDeploySchema.model_validate(spec)
@@ -402,7 +399,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise InputError(f"not a Serve config: {exc}", field="--serve-config") from None
     keel = Keel(load_config(args.config))
     keel.connect()
-    from ray import serve
 
     http = schema.http_options
     serve.start(http_options={"host": http.host, "port": http.port})
@@ -423,10 +419,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate a suite (or recorded runs with one piece swapped) and write the report."""
-    from keel.client import Keel
-    from keel.evals import compare, counterfactual, report
-    from keel.evals.run import LAYERS, evaluate
-    from keel.evals.suite import load_suite
 
     if args.threshold < 0:
         raise InputError("--threshold must be >= 0", field="--threshold")
@@ -503,8 +495,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_batch(args: argparse.Namespace) -> int:
     """Run every task of a JSON-lines file; idempotent by task id."""
-    from keel.batch import Batch, progress_bar, read_tasks
-    from keel.client import Keel
 
     path = Path(args.file)
     tasks, bad = read_tasks(path, args.workflow)
@@ -576,7 +566,6 @@ def _waiting(n: int) -> None:
 def _client(args: argparse.Namespace) -> Iterator[Any]:
     """A client for the command's configuration, closed (and, for a host, kept up while
     other processes use its instance) on the way out."""
-    from keel.client import Keel
 
     keel = Keel(load_config(args.config))
     _apply_storage(keel, args)
@@ -597,7 +586,6 @@ def _cli_storage_args(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from keel.instance import instance_log, serve_forever, start_background
 
     with _client(args) as keel:
         if args.detach:
@@ -625,7 +613,6 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    from keel.instance import stop_instance
 
     with _client(args) as keel:
         stopped = stop_instance(keel)

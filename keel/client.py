@@ -21,7 +21,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+import ray
 from pydantic import JsonValue
+from ray._private import ray_constants
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
 from keel.actors.messages import (
     ApproveRun,
@@ -30,16 +33,20 @@ from keel.actors.messages import (
     ResumeRun,
     StartRun,
     WatchRun,
+    orchestrator_settings,
 )
+from keel.actors.orchestrator import get_orchestrator
 from keel.config import KeelConfig, load_config
 from keel.core.registry import load_workflow, resolve_ref
-from keel.core.state import ApprovalDecided, Event, RunState, RunStatus, replay
-from keel.errors import InputError, KeelError, RunStateError
-from keel.runtime.decisions import check_budgets, load_events, new_run_id
+from keel.core.state import ApprovalDecided, Event, RunState, RunStatus
+from keel.errors import ConfigError, KeelError, RunStateError
+from keel.router.service import ensure_router
+from keel.runtime.decisions import check_budgets, new_run_id
 from keel.runtime.engine import RunView
+from keel.runtime.reader import RunReader
 from keel.storage import open_store
 from keel.storage.leases import Leases, OwnerRecord
-from keel.storage.runs import PENDING, RunStore, check_run_id
+from keel.storage.runs import RunStore, check_run_id
 
 log = logging.getLogger("keel.client")
 
@@ -77,25 +84,8 @@ class Keel:
         return self._store
 
     def settings(self) -> OrchestratorSettings:
-        return OrchestratorSettings(
-            storage_url=self.config.storage_url(),
-            storage_options=self.config.storage.options,
-            fsync=self.config.storage.fsync,
-            max_concurrent_runs=self.config.orchestrator.max_concurrent_runs,
-            node_num_cpus=self.config.orchestrator.node_num_cpus,
-            workflows=self.config.workflows,
-            workers=self.config.workers.model_dump(),
-            router=self.config.router.model_dump(mode="json"),
-            budgets=self.config.budgets.model_dump(mode="json"),
-            policy_model=_abs(self.config.policy.model),
-            policy_file=_abs(self.config.policy.policy),
-            tracing=self.config.telemetry.exporter,
-            otlp_endpoint=self.config.telemetry.otlp_endpoint,
-            name=self.config.orchestrator.name,
-            lease_ttl_s=self.config.orchestrator.lease_ttl_s,
-            embedded=self.config.ray.address is None,
-            host_pid=os.getpid() if self._started_ray else None,
-            tool_roots=self.config.tool_roots(),
+        return orchestrator_settings(
+            self.config, host_pid=os.getpid() if self._started_ray else None
         )
 
     def embedded_instance(self) -> OwnerRecord | None:
@@ -114,12 +104,10 @@ class Keel:
             loopback = os.environ[LOOPBACK_ENV] == "0"
         else:
             loopback = False
-        import ray
 
         if loopback:
             # Ray read the switch when it was imported (maybe before this client existed);
             # without it a loopback address is "resolved" to the machine's routable one.
-            from ray._private import ray_constants
 
             ray_constants.ENABLE_RAY_CLUSTER = False
 
@@ -153,7 +141,6 @@ class Keel:
 
     def attached_processes(self) -> int:
         """How many other processes use the Ray instance this client started."""
-        import ray
 
         if not ray.is_initialized():
             return 0
@@ -168,7 +155,6 @@ class Keel:
         (``wait_for_attached(n)`` is told how many, each time it looks), then gives up its
         orchestrator's lease, so the next instance carries on its unfinished runs at once.
         """
-        import ray
 
         if self._started_ray:
             while wait_for_attached is not None and (n := self.attached_processes()) > 0:
@@ -187,7 +173,6 @@ class Keel:
         self._handle = None
 
     def orchestrator(self) -> Any:
-        from keel.actors.orchestrator import get_orchestrator
 
         self.connect()
         if self._handle is not None:
@@ -198,14 +183,10 @@ class Keel:
             self.settings(), self.config.orchestrator.name, self.orchestrator_class
         )
         if not self._checked:
-            import ray
-
             # One orchestrator per name per cluster: a client configured for other storage
             # must not silently drive (or look for) its runs somewhere else.
             theirs = ray.get(handle.info.remote())["storage"]
             if theirs != self.config.storage_url():
-                from keel.errors import ConfigError
-
                 raise ConfigError(
                     f"orchestrator {self.config.orchestrator.name!r} in this cluster keeps runs "
                     f"in {theirs}, not {self.config.storage_url()}; give this deployment its "
@@ -219,15 +200,12 @@ class Keel:
     def ensure_router(self) -> Any:
         """Deploy the model router (and the local model) on Serve if it is not running."""
         self.connect()
-        from keel.router.service import ensure_router
 
         with self._router_lock:  # one deployment, however many threads start runs
             return ensure_router(self.config.router.model_dump(mode="json"))
 
     def _call(self, method: str, *args: Any, patience_s: float = 120.0) -> Any:
         """Call the orchestrator, riding out its restarts."""
-        import ray
-        from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
         deadline = time.monotonic() + patience_s
         while True:
@@ -364,45 +342,8 @@ class Keel:
 
     def runs(self, status: str | None = None, workflow: str | None = None) -> list[dict[str, Any]]:
         """Index entries of every run, newest first, read from storage."""
-        if status is not None and status not in {s.value for s in RunStatus}:
-            raise InputError(
-                f"unknown status {status!r} (one of {', '.join(s.value for s in RunStatus)})",
-                field="status",
-            )
-        out = []
-        for run_id in self.store.list_run_ids():
-            entry = self.store.read_index(run_id)
-            if entry is not None and entry.get("status") == PENDING:
-                entry = self._settle_pending(run_id)
-            if entry is None:
-                continue
-            if status is not None and entry.get("status") != status:
-                continue
-            if workflow is not None and entry.get("workflow") != workflow:
-                continue
-            out.append(entry)
-        return sorted(out, key=lambda e: e.get("created_at", 0), reverse=True)
-
-    def _settle_pending(self, run_id: str) -> dict[str, Any] | None:
-        """An index entry written before its checkpoint 0: a run if the checkpoint exists
-        (its creator died before updating the entry), otherwise no run at all."""
-        from keel.runtime.decisions import summary
-
-        try:
-            view = self.show(run_id)
-        except KeelError:
-            return None
-        return summary(view.state)
+        return RunReader(self.store).runs(status, workflow)
 
     def show(self, run_id: str) -> RunView:
         """A run's state and ledger, folded from its checkpoints in storage."""
-        loaded = self.store.load(check_run_id(run_id))
-        events = load_events(loaded.events)
-        warnings = [f"skipped {s.key}: {s.reason}" for s in loaded.skipped]
-        first = events[0]
-        channels = {}
-        try:
-            channels = load_workflow(getattr(first, "workflow_ref", "")).channels
-        except KeelError as exc:
-            warnings.append(f"workflow not importable here, state shown unreduced: {exc}")
-        return RunView(state=replay(events, channels), events=events, warnings=warnings)
+        return RunReader(self.store).show(run_id)

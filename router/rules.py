@@ -19,8 +19,10 @@ import json
 import re
 from typing import Any
 
+import litellm
 from litellm.llms.custom_llm import CustomLLM
 from litellm.types.utils import Choices, Message, ModelResponse, Usage
+from litellm.utils import custom_llm_setup
 
 PROVIDER = "keel-rules"
 _WORD = re.compile(r"[a-z0-9]+")
@@ -113,12 +115,10 @@ class RulesLLM(CustomLLM):
 
 def register() -> None:
     """Make ``keel-rules/...`` models callable through litellm (idempotent)."""
-    import litellm
 
     current = list(litellm.custom_provider_map or [])
     if not any(p.get("provider") == PROVIDER for p in current):
         current.append({"provider": PROVIDER, "custom_handler": RulesLLM()})
         litellm.custom_provider_map = current
-        from litellm.utils import custom_llm_setup
 
         custom_llm_setup()  # type: ignore[no-untyped-call]

@@ -13,11 +13,14 @@ from typing import Any
 from fastapi import FastAPI, Header, HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
+from ray.exceptions import ActorAlreadyExistsError
+from ray.serve.exceptions import RayServeException
 
-from keel.config import RouterConfig
+from keel.config import RouterConfig, load_config
 from keel.core.calls import ChatMessage, ModelCall, RouteDecision, RouteRequest, StepKind
 from keel.errors import KeelError
 from keel.router.gateway import ModelGateway
+from keel.router.local_model import deploy_local_model
 
 APP_NAME = "keel-router"
 api = FastAPI(title="Keel model router", version="1")
@@ -141,8 +144,6 @@ def deploy(config: RouterConfig) -> Any:
     router; return the router's handle."""
     serve.start(http_options={"host": "127.0.0.1", "port": config.http_port})
     if config.uses_local_model():
-        from keel.router.local_model import deploy_local_model
-
         deploy_local_model()
     return serve.run(
         ModelRouter.options(**config.replicas.serve_options()).bind(  # type: ignore[attr-defined]
@@ -156,8 +157,6 @@ def deploy(config: RouterConfig) -> Any:
 
 def ensure_router(config: dict[str, Any] | None = None) -> Any:
     """The running router's handle, deploying it (from ``config``) if it is not running."""
-    from ray.exceptions import ActorAlreadyExistsError
-    from ray.serve.exceptions import RayServeException
 
     try:
         return serve.get_app_handle(APP_NAME)
@@ -179,7 +178,6 @@ def ensure_router(config: dict[str, Any] | None = None) -> Any:
 
 def build(args: dict[str, Any]) -> Any:
     """Serve application builder (``import_path: keel.router.service:build``)."""
-    from keel.config import load_config
 
     config = load_config(args.get("config"))
     router = config.router

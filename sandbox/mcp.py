@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
+from mcp import ClientSession
+from mcp.client.streamable_http import streamable_http_client
 from pydantic import JsonValue
 
 from keel.core.tool import Tool, Verification, tool_schema
@@ -38,8 +40,6 @@ def _run(url: str, fn: Any) -> Any:
 
 
 async def _session_call(url: str, fn: Any) -> Any:
-    from mcp import ClientSession
-    from mcp.client.streamable_http import streamable_http_client
 
     async with streamable_http_client(url) as streams:
         read, write = streams[0], streams[1]

@@ -6,6 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from keel.storage.base import CheckpointStore
+from keel.storage.fs import FsspecStore
+from keel.storage.local import LocalStore
 from keel.storage.memory import MemoryItem, MemoryStore
 from keel.storage.runs import LoadedRun, RunStore, SkippedObject
 
@@ -26,13 +28,8 @@ def open_store(
     """Open the store a URL names: a plain path or ``file://`` is a local directory,
     anything else with a scheme (``s3://``, ``memory://``, ...) goes through fsspec."""
     if "://" not in url:
-        from keel.storage.local import LocalStore
-
         return LocalStore(url, fsync=fsync)
     if url.startswith("file://"):
-        from keel.storage.local import LocalStore
-
         return LocalStore(url[len("file://") :], fsync=fsync)
-    from keel.storage.fs import FsspecStore
 
     return FsspecStore(url, options)

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
+from keel.errors import InputError
+
 
 @runtime_checkable
 class CheckpointStore(Protocol):
@@ -51,7 +53,6 @@ class CheckpointStore(Protocol):
 
 def check_key(key: str) -> str:
     """Reject keys that could escape the store's root or collide with its layout."""
-    from keel.errors import InputError
 
     if not key or key.startswith("/") or "\\" in key:
         raise InputError(f"invalid object key {key!r}", field="key")

@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import ray
+import s3fs
 
 from keel.storage import open_store
 from keel.storage.base import CheckpointStore
@@ -72,7 +74,6 @@ def s3_options(endpoint: str) -> dict[str, Any]:
 
 
 def new_bucket(endpoint: str) -> str:
-    import s3fs
 
     fs = s3fs.S3FileSystem(**s3_options(endpoint))
     bucket = f"keel-{uuid.uuid4().hex[:12]}"
@@ -104,7 +105,6 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
 @pytest.fixture(scope="session")
 def ray_session() -> Iterator[None]:
     """One real local Ray instance for the whole session (no dashboard)."""
-    import ray
 
     ray.init(
         address="local",

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
+from ray import serve
 
-from keel.config import RouterConfig, TierConfig
+from keel.config import KeelConfig, OrchestratorConfig, RouterConfig, StorageConfig, TierConfig
+from keel.testing.scripted import launch
 
 PRICES = {"small": (1e-6, 2e-6), "large": (1e-5, 3e-5)}
 
@@ -34,15 +39,12 @@ class Scripted:
 def _reserve_mcp_port() -> None:
     """The test MCP server's address, fixed at import (before Ray starts) so Ray workers
     inherit it and the test workflow can name the server."""
-    import os
-    import tempfile
 
     os.environ.setdefault("KEEL_TEST_MCP_URL", f"http://127.0.0.1:{free_port()}/mcp")
     os.environ.setdefault("KEEL_TEST_MCP_MARKERS", tempfile.mkdtemp(prefix="keel-mcp-"))
 
 
 def free_port() -> int:
-    import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -52,7 +54,6 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def scripted_server() -> Iterator[Scripted]:
     """The scripted OpenAI-compatible provider, a real process on 127.0.0.1."""
-    from keel.testing.scripted import launch
 
     proc, base = launch()
     yield Scripted(base)
@@ -95,7 +96,6 @@ def two_tier_config(base: str, *, cooldown_s: float = 30.0, timeout_s: float = 5
 def serve_port(ray_session: None) -> Iterator[int]:
     """Serve's HTTP proxy for the session, on a free loopback port (Serve keeps the
     options of its first start, so every router config in the session uses this port)."""
-    from ray import serve
 
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -111,7 +111,6 @@ def scripted_keel_config(
 ) -> Any:
     """A Keel config for one test: its own storage and orchestrator, both router tiers on
     the scripted provider, plus any other sections (budgets, telemetry, ...)."""
-    from keel.config import KeelConfig, OrchestratorConfig, StorageConfig
 
     return KeelConfig(
         storage=StorageConfig(url=str(tmp_path / "store"), fsync=False),

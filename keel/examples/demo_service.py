@@ -14,8 +14,13 @@ import argparse
 import hashlib
 import json
 import os
+import signal
+import socket
+import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -171,7 +176,6 @@ if __name__ == "__main__":
 
 def free_port() -> int:
     """A port nothing listens on yet, on 127.0.0.1 (for the service, or Serve's proxy)."""
-    import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -181,9 +185,6 @@ def free_port() -> int:
 
 def start(root: Path, port: int, *, timeout_s: float = 30.0) -> Any:
     """Start the service as a subprocess on 127.0.0.1 and wait until it answers."""
-    import subprocess
-    import urllib.error
-    import urllib.request
 
     proc = subprocess.Popen(
         [
@@ -213,8 +214,6 @@ def start(root: Path, port: int, *, timeout_s: float = 30.0) -> Any:
 
 
 def health(port: int) -> tuple[int, dict[str, Any]]:
-    import urllib.error
-    import urllib.request
 
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
@@ -225,7 +224,6 @@ def health(port: int) -> tuple[int, dict[str, Any]]:
 
 def stop(proc: Any) -> None:
     """Stop the service and anything it re-executed into (same session)."""
-    import signal
 
     try:
         os.killpg(proc.pid, signal.SIGTERM)

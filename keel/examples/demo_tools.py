@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationInfo, field_validator
@@ -200,7 +201,6 @@ class _Writer(_SandboxedTool):
     network = True
 
     def verify(self, args: dict[str, Any], key: str) -> Verification:
-        from pathlib import Path
 
         marker = Path(str(args["root"])) / "applied" / _marker(key)
         if marker.exists():

@@ -16,6 +16,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
+from keel.actors.worker_messages import ClassifyRequest, PlanRequest, RetrieveRequest, ToolSpec
+from keel.actors.workers import pool
 from keel.core.state import append
 from keel.core.tool import Tool
 from keel.core.workflow import END, ConfinedPath, NodeContext, NodeOutput, RetryPolicy, Workflow
@@ -134,8 +136,6 @@ workflow.edge("healthy", END)
 
 @workflow.node(retry=RetryPolicy(attempts=2, backoff_s=0.5), timeout_s=120)
 def classify(state: IncidentState, ctx: NodeContext) -> Any:
-    from keel.actors.worker_messages import ClassifyRequest
-    from keel.actors.workers import pool
 
     errors = [line for line in state.logs.get("lines") or [] if "ERROR" in str(line)][-5:]
     text = f"{ctx.goal}\n" + "\n".join(str(e) for e in errors)
@@ -150,8 +150,6 @@ workflow.edge("classify", "recall")
 
 @workflow.node(timeout_s=120)
 def recall(state: IncidentState, ctx: NodeContext) -> Any:
-    from keel.actors.worker_messages import RetrieveRequest
-    from keel.actors.workers import pool
 
     query = " ".join([ctx.goal, state.label.replace("_", " "), *_problems(state)])
     resp = pool("retriever", ctx.env).call_sync(
@@ -194,8 +192,6 @@ def operator_hints(goal: str, fields: set[str]) -> dict[str, Any]:
 
 @workflow.node(retry=RetryPolicy(attempts=2, backoff_s=0.5), timeout_s=120)
 def plan(state: IncidentState, ctx: NodeContext) -> Any:
-    from keel.actors.worker_messages import PlanRequest, ToolSpec
-    from keel.actors.workers import pool
 
     specs = [
         ToolSpec(

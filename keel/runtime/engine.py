@@ -20,8 +20,6 @@ from typing import Any, Literal, cast
 from pydantic import BaseModel, ConfigDict
 from pydantic_core import to_jsonable_python
 
-from keel.actors.tracing import RunTracer
-from keel.actors.validator import validate_args
 from keel.config import BudgetConfig, SandboxConfig
 from keel.core.state import (
     ApprovalDecided,
@@ -36,6 +34,7 @@ from keel.core.state import (
     RunStatus,
 )
 from keel.core.tool import Tool, tool_action, tool_object, tool_resource, tool_schema
+from keel.core.validation import validate_args
 from keel.core.workflow import NodeContext, NodeOutput, Workflow
 from keel.errors import (
     ObjectExistsError,
@@ -68,6 +67,7 @@ from keel.runtime.decisions import (
 )
 from keel.runtime.effects import EffectProtocol, Hooks, NodeRunner, NoHooks
 from keel.runtime.runlog import Blocking, LiveRun, RunLog, on_thread
+from keel.runtime.tracing import RunTracer
 from keel.storage.leases import Lease, Leases, split_owner
 from keel.storage.runs import PENDING, RunStore, check_run_id
 

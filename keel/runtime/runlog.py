@@ -15,11 +15,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from keel.actors.tracing import RunTracer
 from keel.core.state import Event, RunCreated, RunState, fold
 from keel.core.workflow import Workflow
 from keel.errors import ObjectExistsError, RunNotFoundError, RunOwnedError, StorageError
 from keel.runtime.decisions import load_events, summary
+from keel.runtime.tracing import RunTracer
 from keel.storage.runs import PENDING, LoadedRun, RunStore
 
 log = logging.getLogger("keel.engine")

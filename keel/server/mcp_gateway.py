@@ -23,9 +23,12 @@ import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import ToolAnnotations
 from pydantic import BaseModel, Field, JsonValue
 
+from keel.core.registry import load_workflow
 from keel.core.state import RunStatus
 from keel.core.tool import Tool, tool_action
 from keel.core.workflow import END, NodeContext, Workflow
@@ -113,10 +116,6 @@ def governed_app(
 ) -> Any:
     """An ASGI app serving the gateway workflow's tools over MCP (streamable HTTP at
     ``/mcp``); ``keys`` maps sha256(api key) to principal, as ``api.keys`` does."""
-    from mcp.server.mcpserver import MCPServer
-    from mcp.types import ToolAnnotations
-
-    from keel.core.registry import load_workflow
 
     wf = load_workflow(workflow_ref)
     node = wf.nodes["call"]
@@ -147,7 +146,6 @@ def governed_app(
 
 
 def _function(caller: _Caller, tool: Tool) -> Any:
-    from mcp.server.mcpserver import Context
 
     async def call(ctx: Context, **kwargs: Any) -> Any:
         request = ctx.request_context.request

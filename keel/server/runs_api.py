@@ -31,8 +31,16 @@ from limits.strategies import MovingWindowRateLimiter
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 from ray import serve
 
-from keel.config import RunBudgets
-from keel.core.registry import BUILTIN
+from keel.actors.messages import (
+    ApproveRun,
+    CancelRun,
+    StartRun,
+    WatchRun,
+    orchestrator_settings,
+)
+from keel.actors.orchestrator import get_orchestrator
+from keel.config import KeelConfig, RunBudgets, load_config
+from keel.core.registry import BUILTIN, load_workflow, resolve_ref
 from keel.errors import (
     ConflictError,
     InputError,
@@ -41,7 +49,10 @@ from keel.errors import (
     RunNotFoundError,
     RunStateError,
 )
-from keel.storage.runs import check_run_id
+from keel.policy.engine import PolicyEngine
+from keel.runtime.reader import RunReader
+from keel.storage import open_store
+from keel.storage.runs import RunStore, check_run_id
 
 log = logging.getLogger("keel.api")
 APP_NAME = "keel-runs"
@@ -188,18 +199,17 @@ async def _too_many(request: Request, exc: _TooMany) -> JSONResponse:
 @serve.ingress(runs_api)
 class RunsAPI:
     def __init__(self, config: dict[str, Any], keys: dict[str, str]) -> None:
-        from keel.client import Keel
-        from keel.config import KeelConfig
-
-        self.keel = Keel(KeelConfig.model_validate(config))
+        self.config = KeelConfig.model_validate(config)
+        storage = self.config.storage
+        self.reader = RunReader(
+            RunStore(open_store(self.config.storage_url(), dict(storage.options), fsync=False))
+        )
         self.keys = dict(keys)  # sha256(key) -> principal
         self._orch: Any = None
-        from keel.policy.engine import PolicyEngine
-
         # One enforcer per replica; it re-reads the files itself when they change.
-        self.policy = PolicyEngine(self.keel.config.policy.model, self.keel.config.policy.policy)
-        api = self.keel.config.api
-        self.offered = set(api.workflows) or {*BUILTIN, *self.keel.config.workflows}
+        self.policy = PolicyEngine(self.config.policy.model, self.config.policy.policy)
+        api = self.config.api
+        self.offered = set(api.workflows) or {*BUILTIN, *self.config.workflows}
         # Per replica, in memory: with N replicas a key gets up to N times the rate.
         self.limiter = MovingWindowRateLimiter(MemoryStorage())
         self.per_key = parse(api.rate_limit)
@@ -207,9 +217,8 @@ class RunsAPI:
 
     def _orchestrator(self) -> Any:
         if self._orch is None:
-            from keel.actors.orchestrator import get_orchestrator
-
-            self._orch = get_orchestrator(self.keel.settings(), self.keel.config.orchestrator.name)
+            settings = orchestrator_settings(self.config)
+            self._orch = get_orchestrator(settings, self.config.orchestrator.name)
         return self._orch
 
     def _principal(self, request: Request) -> str:
@@ -238,9 +247,6 @@ class RunsAPI:
 
     @runs_api.post("/", status_code=201)
     async def start(self, body: StartBody, request: Request) -> Any:
-        from keel.actors.messages import StartRun
-        from keel.core.registry import load_workflow, resolve_ref
-
         principal = self._principal(request)
         if body.workflow not in self.offered:
             raise PolicyError(
@@ -251,8 +257,8 @@ class RunsAPI:
         # may not start it.
         name = BUILTIN_NAMES.get(body.workflow, body.workflow)
         await self._may(principal, name, "start")
-        ref = resolve_ref(body.workflow, self.keel.config.workflows)
-        clean = load_workflow(ref).check_inputs(body.inputs, self.keel.config.tool_roots())
+        ref = resolve_ref(body.workflow, self.config.workflows)
+        clean = load_workflow(ref).check_inputs(body.inputs, self.config.tool_roots())
         budgets = body.budgets.model_dump(exclude_none=True) if body.budgets else None
         msg = StartRun(
             workflow=ref, goal=body.goal, inputs=clean, principal=principal, budgets=budgets
@@ -270,14 +276,14 @@ class RunsAPI:
         offset: int = Query(default=0, ge=0),
     ) -> Any:
         principal = self._principal(request)
-        rows = await asyncio.to_thread(self.keel.runs, status, workflow)
+        rows = await asyncio.to_thread(self.reader.runs, status, workflow)
         rows = [r for r in rows if self._sees(principal, r)]
         return {"runs": rows[offset : offset + limit], "total": len(rows)}
 
     async def _view(self, run_id: str, request: Request) -> tuple[str, Any]:
         principal = self._principal(request)
         check_run_id(run_id)
-        view = await asyncio.to_thread(self.keel.show, run_id)
+        view = await asyncio.to_thread(self.reader.show, run_id)
         row = {"principal": view.state.principal, "workflow": view.state.workflow}
         if not self._sees(principal, row):
             raise RunNotFoundError("no such run", field="run_id")  # not even that it exists
@@ -297,8 +303,6 @@ class RunsAPI:
         return StreamingResponse(self._stream(run_id), media_type="text/event-stream")
 
     async def _stream(self, run_id: str) -> AsyncIterator[str]:
-        from keel.actors.messages import WatchRun
-
         after = 0
         while True:
             view = await self._orchestrator().watch.remote(
@@ -314,8 +318,6 @@ class RunsAPI:
 
     @runs_api.post("/{run_id}/approval")
     async def approval(self, run_id: str, body: ApprovalBody, request: Request) -> Any:
-        from keel.actors.messages import ApproveRun
-
         principal, _ = await self._view(run_id, request)
         if not self.limiter.test(self.per_refusal, "refused", principal):
             raise _TooMany(
@@ -334,8 +336,6 @@ class RunsAPI:
 
     @runs_api.post("/{run_id}/cancel")
     async def cancel(self, run_id: str, body: CancelBody, request: Request) -> Any:
-        from keel.actors.messages import CancelRun
-
         principal, view = await self._view(run_id, request)
         await self._may(principal, view.state.workflow, "cancel")
         state = await self._orchestrator().cancel.remote(
@@ -357,8 +357,6 @@ def deploy_runs_api(config: dict[str, Any], keys: dict[str, str]) -> Any:
 def build(args: dict[str, Any]) -> Any:
     """Serve application builder (``import_path: keel.server.runs_api:build``): API keys come from
     ``api.keys`` in keel.yaml, already hashed."""
-    from keel.config import load_config
-
     config = load_config(args.get("config"))
     return RunsAPI.options(**config.api.replicas.serve_options()).bind(  # type: ignore[attr-defined]
         config.model_dump(mode="json"), dict(config.api.keys)

@@ -27,7 +27,7 @@ from keel.errors import (
     SchemaVersionError,
 )
 from keel.storage.base import CheckpointStore
-from keel.storage.envelope import seal
+from keel.storage.envelope import digest, open_sealed, seal
 from keel.storage.memory import MemoryItem, MemoryStore
 from keel.storage.runs import RunStore
 
@@ -137,7 +137,6 @@ def rewritten_checkpoint_unchains_stale_successors(store: CheckpointStore) -> No
 
 
 def _digest_of(runs: RunStore, n: int) -> str:
-    from keel.storage.envelope import digest, open_sealed
 
     key = runs.checkpoint_key("r", n)
     return digest(open_sealed(runs.store.get(key), key=key, kind="checkpoint"))

@@ -17,11 +17,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import socket
+import subprocess
+import sys
 import time
 import uuid
 from collections import defaultdict
 from typing import Any
 
+import httpx
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
@@ -109,11 +114,6 @@ async def chat(request: Request) -> JSONResponse:
 def launch(timeout_s: float = 30.0) -> tuple[Any, str]:
     """Start the server as a process on a free loopback port; wait until it answers.
     Returns the process and its base URL."""
-    import socket
-    import subprocess
-    import sys
-
-    import httpx
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -137,7 +137,6 @@ def launch(timeout_s: float = 30.0) -> tuple[Any, str]:
 
 
 def main() -> None:
-    import uvicorn
 
     parser = argparse.ArgumentParser(description="scripted OpenAI-compatible server")
     parser.add_argument("--host", default="127.0.0.1")

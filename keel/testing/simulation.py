@@ -30,13 +30,13 @@ from typing import Annotated, Any
 from pydantic import BaseModel, JsonValue
 from rich.progress import Progress
 
-from keel.actors.tracing import RunTracer
 from keel.core.state import EffectResult, RunStatus, append, replay
 from keel.core.workflow import END, NodeContext, Workflow
 from keel.errors import KeelError
 from keel.policy.engine import PolicyEngine
 from keel.runtime.decisions import load_events
 from keel.runtime.engine import RunEngine
+from keel.runtime.tracing import RunTracer
 from keel.storage.envelope import open_sealed
 from keel.storage.leases import Lease, Leases, OwnerRecord, split_owner
 from keel.storage.runs import RunStore

@@ -4,6 +4,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+import ray
 
 from keel.client import Keel
 from keel.config import KeelConfig, OrchestratorConfig, PolicyConfig, StorageConfig
@@ -26,7 +27,6 @@ def make_keel(backend: Backend) -> Keel:
 
 
 def stop_orchestrator(keel: Keel) -> None:
-    import ray
 
     try:
         handle = ray.get_actor(keel.config.orchestrator.name, namespace="keel")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -120,7 +121,6 @@ def test_corrupt_checkpoint_is_skipped_and_run_resumes_from_previous(
     first = make_keel(backend)
     st = first.start(FIVE, "", {"dir": str(tmp_path), "gate": str(gate)})
     # Wait until node c is running (blocked on the gate), then take the orchestrator away.
-    import time
 
     deadline = time.monotonic() + 60
     while runs_of(tmp_path, "c") < 1:

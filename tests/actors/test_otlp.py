@@ -5,8 +5,8 @@ from __future__ import annotations
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from keel.actors.tracing import RunTracer
 from keel.core.state import ModelCalled, NodeCompleted
+from keel.runtime.tracing import RunTracer
 
 
 def test_spans_reach_an_otlp_http_endpoint() -> None:

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from ray import serve
 
 from keel.actors.replay import replay
 from keel.client import Keel
@@ -23,7 +24,6 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def finished(serve_port: int, scripted: Scripted, tmp_path: Path) -> Iterator[tuple[Keel, str]]:
-    from ray import serve
 
     script_triage(scripted)
     keel = Keel(scripted_keel_config(tmp_path, scripted, serve_port))

@@ -5,9 +5,11 @@ command that replays it."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 
+from keel.testing.simloop import VirtualTimeLoop
 from keel.testing.simulation import Simulation, run_many, run_schedule, summary_line
 
 SCHEDULES = int(os.environ.get("KEEL_SIM_SCHEDULES", "2000"))
@@ -38,9 +40,6 @@ def test_a_seed_replays_exactly() -> None:
 
 def test_the_checks_catch_a_double_application() -> None:
     """The invariants are not vacuous: a world where one effect landed twice fails them."""
-    import asyncio
-
-    from keel.testing.simloop import VirtualTimeLoop
 
     loop = VirtualTimeLoop()
     sim = Simulation(3)

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 import ray
+from ray import serve
 
-from keel.actors.tracing import run_trace_id
 from keel.client import Keel
 from keel.config import TelemetryConfig
 from keel.core.state import EffectResult, ModelCalled, NodeCompleted, PolicyDecided, RunStatus
+from keel.runtime.tracing import run_trace_id
 from tests.actors.conftest import stop_orchestrator
 from tests.fakes import Scripted, script_triage, scripted_keel_config
 
@@ -20,7 +21,6 @@ TRACED = (NodeCompleted, ModelCalled, PolicyDecided, EffectResult)
 
 @pytest.fixture
 def keel(serve_port: int, scripted: Scripted, tmp_path: Path) -> Iterator[Keel]:
-    from ray import serve
 
     client = Keel(
         scripted_keel_config(

@@ -9,9 +9,12 @@ from pathlib import Path
 
 import pytest
 import ray
+from ray import serve
 
-from keel.actors.validator import check
-from keel.actors.worker_messages import ToolSpec
+from keel.actors.pool import WorkerPool
+from keel.actors.retriever import load_embedder, rank
+from keel.actors.validator import ValidatorWorker, check
+from keel.actors.worker_messages import ToolSpec, ValidateRequest
 from keel.client import Keel
 from keel.config import KeelConfig, OrchestratorConfig, StorageConfig
 from keel.core.state import ModelCalled, NodeCompleted, RunStatus
@@ -53,7 +56,6 @@ def scripted_keel(
     memory.put(MemoryItem(id="rb-disk", kind="document", title="Disk full", text="Free space."))
     yield keel, scripted
     stop_orchestrator(keel)
-    from ray import serve
 
     serve.delete("keel-router")
 
@@ -163,7 +165,6 @@ ITEMS = [
 
 
 def test_bm25_ranks_the_matching_runbook_first() -> None:
-    from keel.actors.retriever import rank
 
     got = rank(ITEMS, "service broken by a bad config change", 3)
     assert [i.id for i in got] == ["b"]
@@ -171,7 +172,6 @@ def test_bm25_ranks_the_matching_runbook_first() -> None:
 
 
 def test_embeddings_rank_by_meaning_not_words() -> None:
-    from keel.actors.retriever import load_embedder
 
     embedder = load_embedder()
     assert embedder is not None, "the embedding model ships with the project's dependencies"
@@ -182,9 +182,6 @@ def test_embeddings_rank_by_meaning_not_words() -> None:
 
 
 def test_calls_spread_over_a_pool(ray_session: None) -> None:
-    from keel.actors.pool import WorkerPool
-    from keel.actors.validator import ValidatorWorker
-    from keel.actors.worker_messages import ValidateRequest
 
     pool = WorkerPool("validator-spread", ValidatorWorker, size=3)
     tools = [ToolSpec.model_validate(t) for t in TOOLS]

@@ -12,9 +12,18 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, JsonValue
 
+from keel.actors.worker_messages import (
+    ClassifyRequest,
+    PlanRequest,
+    RetrieveRequest,
+    ToolSpec,
+    ValidateRequest,
+)
+from keel.actors.workers import pool
 from keel.core.state import add, append
 from keel.core.tool import Verification
-from keel.core.workflow import END, NodeContext, RetryPolicy, Workflow
+from keel.core.workflow import END, NodeContext, NodeOutput, RetryPolicy, Workflow
+from keel.sandbox.mcp import MCPTools
 
 
 class CounterTool:
@@ -218,9 +227,6 @@ triage = Workflow("triage", state=TriageState, uses_models=True)
 
 @triage.node(retry=RetryPolicy(attempts=2))
 def classify(state: TriageState, ctx: NodeContext) -> Any:
-    from keel.actors.worker_messages import ClassifyRequest
-    from keel.actors.workers import pool
-    from keel.core.workflow import NodeOutput
 
     resp = pool("planner", ctx.env).call_sync(
         "classify", ClassifyRequest(text=ctx.goal, labels=LABELS)
@@ -233,9 +239,6 @@ triage.edge("classify", "recall")
 
 @triage.node()
 def recall(state: TriageState, ctx: NodeContext) -> Any:
-    from keel.actors.worker_messages import RetrieveRequest
-    from keel.actors.workers import pool
-    from keel.core.workflow import NodeOutput
 
     resp = pool("retriever", ctx.env).call_sync(
         "retrieve", RetrieveRequest(query=f"{ctx.goal} {state.label}", k=2, kind="document")
@@ -248,9 +251,6 @@ triage.edge("recall", "plan")
 
 @triage.node(retry=RetryPolicy(attempts=2))
 def plan(state: TriageState, ctx: NodeContext) -> Any:
-    from keel.actors.worker_messages import PlanRequest, ToolSpec
-    from keel.actors.workers import pool
-    from keel.core.workflow import NodeOutput
 
     gate = ctx.inputs.get("gate")
     while gate and not Path(str(gate)).exists():
@@ -274,9 +274,6 @@ triage.edge("plan", "check")
 
 @triage.node()
 def check(state: TriageState, ctx: NodeContext) -> Any:
-    from keel.actors.worker_messages import ToolSpec, ValidateRequest
-    from keel.actors.workers import pool
-    from keel.core.workflow import NodeOutput
 
     resp = pool("validator", ctx.env).call_sync(
         "validate",
@@ -375,9 +372,6 @@ class McpState(BaseModel):
 
 
 def _mcp_tools() -> Any:
-    import os
-
-    from keel.sandbox.mcp import MCPTools
 
     url = os.environ.get("KEEL_TEST_MCP_URL", "http://127.0.0.1:9/mcp")
     return MCPTools(url, read_only=["read_status"])  # the server's own hints are not trusted

@@ -11,10 +11,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import ray
 import yaml
+from PIL import Image
+from ray import serve
 
 from keel.cli import main
+from keel.config import RouterConfig
 from keel.evals.report import Report, read_markdown_metrics
+from keel.router.service import deploy
 from keel.sandbox.bwrap import isolation
 
 HERE = Path(__file__).resolve().parent
@@ -44,10 +49,6 @@ class Evaluated:
 
 @pytest.fixture(scope="module")
 def router(serve_port: int) -> Iterator[int]:
-    from ray import serve
-
-    from keel.config import RouterConfig
-    from keel.router.service import deploy
 
     deploy(RouterConfig(http_port=serve_port))
     yield serve_port
@@ -56,7 +57,6 @@ def router(serve_port: int) -> Iterator[int]:
 
 
 def _stop(name: str) -> None:
-    import ray
 
     with contextlib.suppress(ValueError):
         ray.kill(ray.get_actor(f"orch-{name}", namespace="keel"), no_restart=True)
@@ -103,7 +103,6 @@ def test_bundled_suite_passes_with_the_shipped_configuration(shipped: Evaluated)
 
 
 def test_report_renders_and_markdown_matches_json(shipped: Evaluated) -> None:
-    from PIL import Image
 
     md = (shipped.out / "report.md").read_text()
     assert read_markdown_metrics(md) == pytest.approx(shipped.report.metrics)

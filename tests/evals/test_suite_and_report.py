@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from PIL import Image
 
 from keel.errors import InputError
 from keel.evals.compare import compare
@@ -134,7 +135,6 @@ def sample_report(**metrics: float) -> Report:
 
 
 def test_report_files_render_and_agree(tmp_path: Path) -> None:
-    from PIL import Image
 
     report = sample_report()
     paths = write(report, tmp_path)

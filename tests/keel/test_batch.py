@@ -8,10 +8,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import ray
 import yaml
 
 from keel.batch import read_tasks
 from keel.cli import main
+from keel.client import Keel
+from keel.config import KeelConfig, OrchestratorConfig, StorageConfig
+from keel.errors import ConfigError
 
 
 def write_config(tmp_path: Path) -> Path:
@@ -45,7 +49,6 @@ def tasks_file(tmp_path: Path, n: int, extra: list[str] | None = None) -> Path:
 def config(ray_session: None, tmp_path: Path) -> Iterator[Path]:
     path = write_config(tmp_path)
     yield path
-    import ray
 
     with contextlib.suppress(ValueError):
         ray.kill(ray.get_actor(f"orch-{tmp_path.name}", namespace="keel"), no_restart=True)
@@ -151,9 +154,6 @@ def test_tasks_without_workflow_need_a_default(tmp_path: Path) -> None:
 def test_a_client_for_other_storage_is_refused_by_a_running_orchestrator(
     ray_session: None, tmp_path: Path
 ) -> None:
-    from keel.client import Keel
-    from keel.config import KeelConfig, OrchestratorConfig, StorageConfig
-    from keel.errors import ConfigError
 
     name = f"orch-shared-{tmp_path.name}"
     first = Keel(
@@ -175,7 +175,5 @@ def test_a_client_for_other_storage_is_refused_by_a_running_orchestrator(
         assert info.value.field == "orchestrator.name"
         assert not (tmp_path / "b").exists() or not list((tmp_path / "b").rglob("*.json*"))
     finally:
-        import ray
-
         with contextlib.suppress(ValueError):
             ray.kill(ray.get_actor(name, namespace="keel"), no_restart=True)

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -64,7 +66,6 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(
 
 
 def test_incident_demo_end_to_end(tmp_path: Path) -> None:
-    from tests.conftest import free_port
 
     config = tmp_path / "keel.yaml"
     config.write_text(f"router:\n  http_port: {free_port()}\n")

@@ -12,9 +12,11 @@ import pytest
 import ray
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from ray import serve
 
 from keel.actors.validator import check
 from keel.actors.worker_messages import ExecuteRequest, ToolSpec
+from keel.actors.workers import pool
 from keel.client import Keel
 from keel.config import BudgetConfig, KeelConfig, OrchestratorConfig, StorageConfig
 from keel.core.registry import load_workflow
@@ -28,6 +30,7 @@ from keel.core.state import (
 from keel.errors import InputError, PolicyError
 from tests.actors.conftest import stop_orchestrator
 from tests.actors.workflows import TOOLS, counter
+from tests.fakes import script_triage, scripted_keel_config
 
 GOOD = {"path": "count.json", "service": "checkout"}
 
@@ -123,7 +126,6 @@ def test_rejected_restart_never_runs(keel: Keel, tmp_path: Path) -> None:
 
 def test_executor_refuses_what_did_not_pass(keel: Keel, tmp_path: Path) -> None:
     """Defence in depth: called directly, the executor validates and checks policy itself."""
-    from keel.actors.workers import pool
 
     executor = pool("executor", keel.settings().node_env())
     path = str(tmp_path / "direct.json")
@@ -248,9 +250,6 @@ def test_each_budget_stops_the_run(
 def test_model_budgets_stop_the_run(
     serve_port: int, scripted: Any, tmp_path: Path, limits: dict[str, Any], budget: str
 ) -> None:
-    from ray import serve
-
-    from tests.fakes import script_triage, scripted_keel_config
 
     script_triage(scripted)
     keel = Keel(

@@ -9,7 +9,9 @@ from typing import Any
 
 import httpx
 import pytest
+from ray import serve
 
+from keel.client import Keel
 from keel.config import APIConfig, KeelConfig, OrchestratorConfig, StorageConfig
 from keel.server.runs_api import deploy_runs_api, hash_key
 from tests.actors.conftest import stop_orchestrator
@@ -21,9 +23,6 @@ GOOD = {"path": "count.json", "service": "checkout"}
 
 @pytest.fixture(scope="module")
 def api(serve_port: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    from ray import serve
-
-    from keel.client import Keel
 
     store = tmp_path_factory.mktemp("api") / "store"
     config = KeelConfig(

@@ -8,7 +8,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
+from ray import serve
 
 from keel.client import Keel
 from keel.config import APIConfig, KeelConfig, OrchestratorConfig, StorageConfig
@@ -18,7 +19,6 @@ from tests.actors.conftest import stop_orchestrator
 
 @pytest.fixture(scope="module")
 def api_url(serve_port: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    from ray import serve
 
     store = tmp_path_factory.mktemp("fuzz") / "store"
     config = KeelConfig(
@@ -49,8 +49,6 @@ def test_fuzz_from_openapi(api_url: str) -> None:
         op = operation.ok()
 
         strategy = op.as_strategy()
-
-        from hypothesis import given
 
         @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
         @given(case=strategy)

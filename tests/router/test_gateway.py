@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from keel.config import RouterConfig
 from keel.core.calls import ChatMessage, RouteRequest
 from keel.router.gateway import ModelGateway
 from keel.router.rules import answer
@@ -78,7 +79,6 @@ async def test_cost_and_tokens_add_up(scripted: Scripted) -> None:
 
 
 async def test_embedded_large_tier_is_rules_through_litellm() -> None:
-    from keel.config import RouterConfig
 
     gw = ModelGateway(RouterConfig())
     doc = {

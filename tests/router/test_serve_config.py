@@ -10,6 +10,11 @@ import pytest
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
+from keel.config import load_config
+from keel.errors import ConfigError
+from keel.router.service import build as build_router
+from keel.server.runs_api import build as build_api
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -26,8 +31,6 @@ def test_serve_config_validates_and_builds() -> None:
 
 
 def test_replicas_follow_keel_yaml(tmp_path: Path) -> None:
-    from keel.router.service import build as build_router
-    from keel.server.runs_api import build as build_api
 
     config = tmp_path / "keel.yaml"
     config.write_text(
@@ -45,8 +48,6 @@ def test_replicas_follow_keel_yaml(tmp_path: Path) -> None:
 
 
 def test_replica_bounds_are_checked(tmp_path: Path) -> None:
-    from keel.config import load_config
-    from keel.errors import ConfigError
 
     config = tmp_path / "keel.yaml"
     config.write_text(

@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from ray import serve
 
 from keel.client import Keel
 from keel.config import KeelConfig, OrchestratorConfig, RouterConfig, StorageConfig
@@ -20,7 +21,6 @@ from tests.actors.conftest import stop_orchestrator
 
 @pytest.fixture(scope="module")
 def default_router(serve_port: int) -> Iterator[str]:
-    from ray import serve
 
     deploy(RouterConfig(http_port=serve_port))
     yield f"http://127.0.0.1:{serve_port}"

@@ -8,12 +8,14 @@ from typing import Any
 
 import pytest
 import ray
+from ray import serve
 
 from keel.client import Keel
 from keel.config import KeelConfig, OrchestratorConfig, RouterConfig, StorageConfig
 from keel.core.state import EffectResult, RunStatus
 from keel.examples import demo_service
 from keel.examples.incident import RUNBOOKS
+from keel.router.service import deploy
 from keel.sandbox.bwrap import isolation
 from keel.storage.memory import MemoryStore
 from keel.testing.chaos import ChaosOrchestrator
@@ -26,9 +28,6 @@ GOAL_TEXT = "The checkout service is failing its health checks. Diagnose it and 
 
 @pytest.fixture(scope="module")
 def router(serve_port: int) -> Iterator[int]:
-    from ray import serve
-
-    from keel.router.service import deploy
 
     deploy(RouterConfig(http_port=serve_port))
     yield serve_port

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 import ray
+from ray import serve
 
 from keel.actors.replay import replay
 from keel.client import Keel
@@ -29,6 +30,7 @@ from keel.core.state import EffectResult, ModelCalled, NodeCompleted, PolicyDeci
 from keel.examples import demo_service
 from keel.examples.incident import RUNBOOKS
 from keel.policy.engine import PolicyEngine
+from keel.router.service import deploy
 from keel.sandbox.bwrap import isolation
 from keel.server.runs_api import deploy_runs_api, hash_key
 from keel.storage.memory import MemoryStore
@@ -41,9 +43,6 @@ KEYS = {hash_key("alice-key"): "alice", hash_key("bob-key"): "bob", hash_key("da
 
 @pytest.fixture
 def stack(serve_port: int, tmp_path: Path) -> Iterator[tuple[str, Keel, Path, int]]:
-    from ray import serve
-
-    from keel.router.service import deploy
 
     config = KeelConfig(
         storage=StorageConfig(url=str(tmp_path / "store"), fsync=False),

@@ -14,6 +14,8 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from ray import serve
 
 from keel.client import Keel
 from keel.config import APIConfig, KeelConfig, OrchestratorConfig, StorageConfig
@@ -27,7 +29,6 @@ GOOD = {"path": "count.json", "service": "checkout"}
 
 @pytest.fixture(scope="module")
 def api(serve_port: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    from ray import serve
 
     store = tmp_path_factory.mktemp("tenancy") / "store"
     config = KeelConfig(
@@ -163,8 +164,7 @@ def test_requests_are_rate_limited_per_key(api: tuple[str, Path]) -> None:
 def test_fuzzing_as_two_principals_never_crosses_between_them(
     api: tuple[str, Path], tmp_path: Path
 ) -> None:
-    import schemathesis
-    from hypothesis import HealthCheck, given, settings
+    import schemathesis  # noqa: PLC0415
 
     url, _ = api
     mine = {who: start(url, who, tmp_path / who, f"{who} private") for who in ("carol", "erin")}

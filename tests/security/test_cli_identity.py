@@ -3,6 +3,7 @@ through ``main(argv)``; the runs are read from storage."""
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import json
 from pathlib import Path
@@ -14,6 +15,7 @@ from keel.cli import main
 from keel.config import load_config
 from keel.errors import InputError, PolicyError
 from keel.identity import acting_principal, own_principal
+from keel.policy.engine import PolicyEngine
 from keel.storage.local import LocalStore
 from keel.storage.runs import RunStore
 
@@ -27,7 +29,6 @@ def config_file(tmp_path: Path, **extra: object) -> Path:
 def test_as_is_refused_unless_policy_lets_the_user_act_as_that_principal(
     tmp_path: Path,
 ) -> None:
-    import getpass
 
     me = getpass.getuser()
     cfg = load_config(config_file(tmp_path, cli={"users": {me: "carol"}}))
@@ -56,7 +57,6 @@ def test_an_unmapped_user_or_unknown_key_gets_no_identity(tmp_path: Path) -> Non
 def test_the_cli_refuses_as_for_a_mapped_user(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import getpass
 
     cfg = config_file(tmp_path, cli={"users": {getpass.getuser(): "carol"}})
     code = main(["--config", str(cfg), "run", "demo", "--as", "alice", "--detach"])
@@ -66,7 +66,6 @@ def test_the_cli_refuses_as_for_a_mapped_user(
 
 
 def test_resume_of_an_effect_is_policy_checked() -> None:
-    from keel.policy.engine import PolicyEngine
 
     engine = PolicyEngine()
     assert engine.decide("carol", "run:incident", "resume").effect == "deny"

@@ -4,12 +4,14 @@ policy around Ray's ports, and keys on every HTTP endpoint a cluster exposes."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from keel.config import KeelConfig, load_config
+from keel.router import service
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -71,9 +73,6 @@ def test_cluster_configs_put_keys_on_every_http_endpoint() -> None:
 
 def test_the_routers_key_check_refuses_a_request_without_a_good_key() -> None:
     """The check every HTTP request to the router passes first, with keys set."""
-    import hashlib
-
-    from keel.router import service
 
     keys = {hashlib.sha256(b"good").hexdigest(): "ops"}
     service._authorised({}, None)  # the embedded default: no keys, loopback only

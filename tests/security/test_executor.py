@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from keel.actors.worker_messages import ExecuteRequest
 from keel.actors.workers import pool
@@ -58,7 +59,6 @@ async def test_only_tools_its_registry_declares_run(
 
 
 def test_a_tool_object_cannot_be_sent() -> None:
-    from pydantic import ValidationError
 
     with pytest.raises(ValidationError):
         ExecuteRequest(

@@ -13,9 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import httpx2
 import pytest
+import uvicorn
+from mcp import ClientSession
+from mcp.client.streamable_http import streamable_http_client
 
 from keel.client import Keel
+from keel.server.mcp_gateway import governed_app
 from tests.actors.conftest import make_keel, stop_orchestrator
 from tests.conftest import Backend
 from tests.fakes import free_port
@@ -27,9 +32,6 @@ KEYS = {"alice-key": "alice", "bob-key": "bob"}
 
 @pytest.fixture
 def gateway(ray_session: None, tmp_path: Path) -> Iterator[tuple[str, Keel]]:
-    import uvicorn
-
-    from keel.server.mcp_gateway import governed_app
 
     if (MARKERS / "wire_money").exists():
         (MARKERS / "wire_money").unlink()
@@ -57,11 +59,8 @@ def gateway(ray_session: None, tmp_path: Path) -> Iterator[tuple[str, Keel]]:
 
 
 def call(url: str, key: str, tool: str, args: dict[str, Any]) -> tuple[bool, str]:
-    from mcp import ClientSession
-    from mcp.client.streamable_http import streamable_http_client
 
     async def go() -> tuple[bool, str]:
-        import httpx2
 
         client = httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=60)
         async with (

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import (
@@ -49,8 +50,6 @@ class RunTracer:
         elif exporter == "memory":
             sink = self.memory = InMemorySpanExporter()
         elif exporter == "otlp":
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
             # Batched, off the orchestrator's event loop: export never delays a commit.
             otlp = OTLPSpanExporter(endpoint=endpoint or DEFAULT_OTLP, timeout=10)
             self.provider.add_span_processor(BatchSpanProcessor(otlp))
