@@ -48,7 +48,7 @@ bench: $(STAMP)
 
 # The engine simulator at length: 100,000 seeded schedules (about 50 minutes on 2 cores).
 soak: $(STAMP)
-	$(BIN)/python -m keel.testing.simulation --schedules 100000 --workers 2
+	$(BIN)/python -m keel.testing.simrun --schedules 100000 --workers 2
 
 clean:
 	rm -rf $(VENV) .keel .mypy_cache .pytest_cache .ruff_cache

@@ -17,11 +17,11 @@ import ray
 from pydantic_core import to_jsonable_python
 
 from keel.actors.worker_messages import ExecuteRequest, ExecuteResponse
+from keel.core.events import ApprovalDecided
+from keel.core.nodes import Node
 from keel.core.registry import load_workflow
-from keel.core.state import ApprovalDecided
 from keel.core.tool import Tool, tool_action, tool_object, tool_schema
 from keel.core.validation import validate_args
-from keel.core.workflow import Node
 from keel.errors import InputError, KeelError, PolicyError
 from keel.policy.engine import PolicyEngine
 from keel.runtime.decisions import args_digest, load_events, normalise_args

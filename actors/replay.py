@@ -20,16 +20,10 @@ from pydantic_core import to_jsonable_python
 from keel.actors.planner import _label, label_schema, parse_proposal
 from keel.actors.worker_messages import ClassifyResponse, PlanResponse
 from keel.core.calls import ModelCall
-from keel.core.state import (
-    Event,
-    ModelCalled,
-    NodeCompleted,
-    PolicyDecided,
-    RunCreated,
-    RunState,
-    fold,
-)
-from keel.core.workflow import NodeContext, NodeOutput, Workflow
+from keel.core.events import Event, ModelCalled, NodeCompleted, PolicyDecided, RunCreated
+from keel.core.nodes import NodeContext, NodeOutput
+from keel.core.state import RunState, fold
+from keel.core.workflow import Workflow
 from keel.policy.engine import PolicyEngine
 
 RECORDED: contextvars.ContextVar[list[ModelCalled] | None] = contextvars.ContextVar(

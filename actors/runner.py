@@ -18,8 +18,8 @@ from ray.exceptions import (
 
 from keel.actors.worker_messages import ExecuteRequest, ExecuteResponse
 from keel.actors.workers import pool
+from keel.core.nodes import Node, NodeContext, NodeOutput
 from keel.core.tool import Tool, Verification
-from keel.core.workflow import Node, NodeContext, NodeOutput
 from keel.errors import ErrorCode, NodeError
 from keel.runtime.effects import ToolSite
 

@@ -40,7 +40,8 @@ from keel.actors.workers import pool
 from keel.batch import Batch, Task
 from keel.client import Keel
 from keel.config import KeelConfig
-from keel.core.workflow import END, NodeContext, NodeOutput, RetryPolicy, Workflow
+from keel.core.nodes import NodeContext, NodeOutput, RetryPolicy
+from keel.core.workflow import END, Workflow
 from keel.examples import demo_service
 from keel.examples.outbox import OutboxTool
 from keel.testing.scripted import launch

@@ -26,7 +26,7 @@ from pydantic import BaseModel, Field
 
 from keel.actors.planner import parse_proposal
 from keel.core.calls import RouteRequest
-from keel.core.state import Event, ModelCalled, PolicyDecided
+from keel.core.events import Event, ModelCalled, PolicyDecided
 from keel.errors import InputError
 from keel.policy.engine import PolicyEngine
 from keel.router.complexity import choose

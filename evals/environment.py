@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from keel.core.state import RunStatus
+from keel.core.events import RunStatus
 from keel.errors import KeelError, PolicyError
 from keel.evals.suite import Scenario, Suite
 from keel.examples import demo_service

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from keel.core.state import (
+from keel.core.events import (
     ApprovalDecided,
     BudgetExceeded,
     EffectIntent,

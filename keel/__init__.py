@@ -16,11 +16,11 @@ _EXPORTS = {
     "KeelConfig": "keel.config",
     "load_config": "keel.config",
     "Workflow": "keel.core.workflow",
-    "NodeContext": "keel.core.workflow",
-    "RetryPolicy": "keel.core.workflow",
+    "NodeContext": "keel.core.nodes",
+    "RetryPolicy": "keel.core.nodes",
     "END": "keel.core.workflow",
     "RunState": "keel.core.state",
-    "RunStatus": "keel.core.state",
+    "RunStatus": "keel.core.events",
     "append": "keel.core.state",
     "merge": "keel.core.state",
     "add": "keel.core.state",
@@ -56,9 +56,11 @@ __all__ = [
 if TYPE_CHECKING:
     from keel.client import Keel
     from keel.config import KeelConfig, load_config
-    from keel.core.state import RunState, RunStatus, add, append, merge, replace
+    from keel.core.events import RunStatus
+    from keel.core.nodes import NodeContext, RetryPolicy
+    from keel.core.state import RunState, add, append, merge, replace
     from keel.core.tool import Tool, Verification
-    from keel.core.workflow import END, NodeContext, RetryPolicy, Workflow
+    from keel.core.workflow import END, Workflow
     from keel.errors import ErrorCode, InputError, KeelError
 
 

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from keel.config import RunBudgets
-from keel.core.state import RunStatus
+from keel.core.events import RunStatus
 from keel.errors import InputError, KeelError, RunStateError, first_error
 from keel.storage.runs import check_run_id
 

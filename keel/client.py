@@ -37,8 +37,9 @@ from keel.actors.messages import (
 )
 from keel.actors.orchestrator import get_orchestrator
 from keel.config import KeelConfig, load_config
+from keel.core.events import ApprovalDecided, Event, RunStatus
 from keel.core.registry import load_workflow, resolve_ref
-from keel.core.state import ApprovalDecided, Event, RunState, RunStatus
+from keel.core.state import RunState
 from keel.errors import ConfigError, KeelError, RunStateError
 from keel.router.service import ensure_router
 from keel.runtime.decisions import check_budgets, new_run_id

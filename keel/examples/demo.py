@@ -11,8 +11,9 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel
 
+from keel.core.nodes import ConfinedPath, NodeContext, RetryPolicy
 from keel.core.state import append
-from keel.core.workflow import END, ConfinedPath, NodeContext, RetryPolicy, Workflow
+from keel.core.workflow import END, Workflow
 from keel.examples.outbox import OutboxTool
 
 SEVERE = ("down", "outage", "data loss", "breach", "500", "crash")

@@ -18,9 +18,10 @@ from pydantic import BaseModel, Field
 
 from keel.actors.worker_messages import ClassifyRequest, PlanRequest, RetrieveRequest, ToolSpec
 from keel.actors.workers import pool
+from keel.core.nodes import ConfinedPath, NodeContext, NodeOutput, RetryPolicy
 from keel.core.state import append
 from keel.core.tool import Tool
-from keel.core.workflow import END, ConfinedPath, NodeContext, NodeOutput, RetryPolicy, Workflow
+from keel.core.workflow import END, Workflow
 from keel.examples.demo_tools import (
     CheckHealth,
     DeleteDataFile,

@@ -19,7 +19,7 @@ from pydantic import BaseModel, JsonValue, ValidationError
 from pydantic_core import to_jsonable_python
 
 from keel.config import BudgetConfig, RunBudgets
-from keel.core.state import (
+from keel.core.events import (
     ErrorInfo,
     Event,
     ModelCalled,
@@ -29,13 +29,13 @@ from keel.core.state import (
     ProposalRejected,
     RunFinished,
     RunPaused,
-    RunState,
     RunStatus,
-    fold,
     parse_event,
 )
+from keel.core.nodes import Node, NodeContext
+from keel.core.state import RunState, fold
 from keel.core.tool import Tool
-from keel.core.workflow import Node, NodeContext, Workflow
+from keel.core.workflow import Workflow
 from keel.errors import InputError, KeelError, WorkflowError, first_error
 from keel.policy.engine import Decision
 

@@ -20,19 +20,18 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, JsonValue
 
-from keel.core.state import (
+from keel.core.events import (
     EffectIntent,
     EffectReconciled,
-    EffectRecord,
     EffectResult,
     Event,
     RunPaused,
     RunResumed,
-    RunState,
     RunStatus,
 )
+from keel.core.nodes import Node, NodeContext
+from keel.core.state import EffectRecord, RunState
 from keel.core.tool import Tool, Verification
-from keel.core.workflow import Node, NodeContext
 from keel.errors import NodeError, RunOwnedError, RunStateError, WorkerLostError, WorkflowError
 from keel.runtime.decisions import Step, completion, error_info
 from keel.runtime.runlog import LiveRun, RunLog

@@ -11,64 +11,36 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict
-from pydantic_core import to_jsonable_python
 
 from keel.config import BudgetConfig, SandboxConfig
-from keel.core.state import (
-    ApprovalDecided,
-    BudgetExceeded,
-    Event,
-    OwnerChanged,
-    RunCreated,
-    RunFinished,
-    RunPaused,
-    RunResumed,
-    RunState,
-    RunStatus,
-)
-from keel.core.tool import Tool, tool_action, tool_object, tool_resource, tool_schema
-from keel.core.validation import validate_args
-from keel.core.workflow import NodeContext, NodeOutput, Workflow
+from keel.core.events import ApprovalDecided, Event, RunCreated, RunFinished, RunResumed, RunStatus
+from keel.core.state import RunState
+from keel.core.workflow import Workflow
 from keel.errors import (
     ObjectExistsError,
     PolicyError,
     RunNotFoundError,
-    RunOwnedError,
     RunStateError,
-    StorageError,
-    WorkflowError,
 )
-from keel.policy.engine import Decision, PolicyEngine
+from keel.policy.engine import PolicyEngine
 from keel.runtime.decisions import (
     Step,
-    approved_by,
-    args_digest,
-    as_updates,
-    bind_inputs,
-    budget_crossed,
     check_budgets,
-    completion,
-    error_info,
-    failure,
-    limits,
-    model_event,
     new_run_id,
-    normalise_args,
     policy_event,
-    rejection,
-    resolve_proposal,
 )
 from keel.runtime.effects import EffectProtocol, Hooks, NodeRunner, NoHooks
+from keel.runtime.ownership import Ownership
 from keel.runtime.runlog import Blocking, LiveRun, RunLog, on_thread
+from keel.runtime.steps import StepLoop
 from keel.runtime.tracing import RunTracer
-from keel.storage.leases import Lease, Leases, split_owner
+from keel.storage.leases import Lease, Leases
 from keel.storage.runs import PENDING, RunStore, check_run_id
 
 log = logging.getLogger("keel.engine")
@@ -87,7 +59,7 @@ class RunView(BaseModel):
     active: bool = False
 
 
-class RunEngine:
+class RunEngine(Ownership, StepLoop):
     """Owns every run it drives: creates, drives, recovers, resumes and cancels them."""
 
     def __init__(
@@ -142,78 +114,6 @@ class RunEngine:
         self._settled: set[str] = set()
         self._renewer: asyncio.Task[None] | None = None
         self._live: dict[str, tuple[float, bool]] = {}
-
-    # -- the lease ------------------------------------------------------------------------
-    @property
-    def owner(self) -> str:
-        """The name this engine writes into checkpoints (``base@epoch``)."""
-        return self.lease.owner
-
-    async def start(self) -> None:
-        """Take out this engine's lease and keep it renewed (idempotent)."""
-        if self._renewer is None or self._renewer.done():
-            await self.log.io(self.lease.renew)
-            self._renewer = asyncio.get_running_loop().create_task(self._renew())
-
-    async def _renew(self) -> None:
-        while True:
-            await self.sleep(self.lease.ttl_s / 4)
-            try:
-                await self.log.io(self.lease.renew)
-            except Exception as exc:  # the next renewal may succeed; effects wait for it
-                log.warning("cannot renew lease of %s: %s", self.owner, exc)
-
-    async def close(self) -> None:
-        """Stop driving, and give up the lease so another engine may take over at once."""
-        tasks = [r.task for r in self.runs.values() if r.task is not None]
-        if self._renewer is not None:
-            tasks.append(self._renewer)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        with contextlib.suppress(Exception):
-            await self.log.io(self.lease.release)
-
-    async def _owner_live(self, owner: str | None) -> bool:
-        """Whether another engine still vouches for its runs (cached for a second)."""
-        if not owner or split_owner(owner)[0] == self.lease.base:
-            return False
-        now = self.clock()
-        cached = self._live.get(owner)
-        if cached is not None and now - cached[0] < 1.0:
-            return cached[1]
-        live = bool(await self.log.io(self.leases.live, owner))
-        self._live[owner] = (now, live)
-        return live
-
-    async def _writable(self, run: LiveRun) -> list[Event]:
-        """Check this engine may write ``run``; the events that record a takeover, if any.
-
-        Raises:
-            RunOwnedError: another live engine drives the run.
-        """
-        if run.owner == self.owner:
-            return []
-        base, epoch = split_owner(run.owner or "")
-        mine, now = split_owner(self.owner)
-        if base == mine and epoch > now:
-            raise RunOwnedError(
-                f"run {run.run_id} was written by a later incarnation of this engine",
-                field="run_id",
-            )
-        if base != mine and await self._owner_live(run.owner):
-            raise RunOwnedError(
-                f"run {run.run_id} is driven by another Keel instance ({run.owner}); "
-                "send this to that instance",
-                field="run_id",
-            )
-        return [
-            OwnerChanged(
-                previous=run.owner,
-                owner=self.owner,
-                reason="the previous driver's lease expired" if run.owner else "",
-            )
-        ]
 
     # -- lifecycle --------------------------------------------------------------------
     async def create(
@@ -463,195 +363,6 @@ class RunEngine:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(run.changed.wait(), left)
         return run
-
-    # -- the run loop -----------------------------------------------------------------
-    def _context(self, st: RunState, node: str) -> NodeContext:
-        return NodeContext(
-            run_id=st.run_id,
-            workflow=st.workflow,
-            node=node,
-            step=st.step,
-            attempt=st.attempt,
-            goal=st.goal,
-            inputs=st.inputs,
-            env=self.context_env,
-        )
-
-    async def _drive(self, run: LiveRun) -> None:
-        async with self._slots:
-            try:
-                takeover = await self._writable(run)
-                if takeover:
-                    await self._commit(run, takeover)
-                while run.state.status == RunStatus.RUNNING:
-                    await self._step(run)
-            except asyncio.CancelledError:
-                raise
-            except RunOwnedError as exc:
-                log.info("%s stops driving %s: %s", self.owner, run.run_id, exc)
-                self._drop(run)
-            except Exception:
-                # A storage outage or a bug: the run stays as committed and resumes on
-                # the next recovery; nothing half-done was published.
-                log.exception("run %s stopped; it resumes from its last checkpoint", run.run_id)
-
-    async def _step(self, run: LiveRun) -> None:
-        st, wf = run.state, run.workflow
-        if not self.lease.fresh():
-            await self.log.io(self.lease.renew)
-        crossed = budget_crossed(limits(self.budgets, st), st, wf, self.clock())
-        if crossed is not None:
-            budget, limit, value = crossed
-            reason = (
-                f"budget {budget} exceeded: {value:g} against a limit of {limit:g} "
-                f"(over by {value - limit:g}); handed back to a person"
-            )
-            await self._commit(
-                run,
-                [
-                    BudgetExceeded(budget=budget, limit=limit, value=value),
-                    RunPaused(status=RunStatus.NEEDS_HUMAN, reason=reason),
-                ],
-            )
-            return
-        if st.fingerprint != wf.fingerprint():
-            reason = (
-                f"workflow {wf.name!r} changed shape since this run started "
-                f"({st.fingerprint} -> {wf.fingerprint()})"
-            )
-            await self._commit(run, [RunPaused(status=RunStatus.NEEDS_HUMAN, reason=reason)])
-            return
-        if st.next_node is None:  # handed to a person after the last node; they resumed it
-            await self._commit(run, [RunFinished(status=RunStatus.SUCCEEDED, reason="resumed")])
-            return
-        node = wf.nodes.get(st.next_node)
-        if node is None:
-            raise WorkflowError(f"run {st.run_id}: no node {st.next_node!r}", field="next_node")
-        step = Step(node, self._context(st, node.name), time.monotonic())
-        try:
-            if node.is_effect:
-                await self._effect_step(run, step)
-            else:
-                await self._plain_step(run, step)
-        except (StorageError, RunOwnedError):
-            raise
-        except Exception as exc:
-            events, delay = failure(step, error_info(exc), step.elapsed())
-            await self._commit(run, events)
-            if delay is not None:
-                await self.sleep(delay)
-
-    async def _plain_step(self, run: LiveRun, step: Step) -> None:
-        out = await self._run_node(run, step)
-        before: list[Event] = []
-        worker = "orchestrator" if step.node.inline else "task"
-        handoff = None
-        if isinstance(out, NodeOutput):
-            worker = out.worker or worker
-            before = [model_event(c, step.node.name, step.ctx.step, worker) for c in out.calls]
-            handoff = out.handoff
-            out = out.updates
-        try:
-            events = completion(
-                run.workflow,
-                run.state,
-                step,
-                as_updates(out),
-                worker=worker,
-                handoff=handoff,
-                duration_s=step.elapsed(),
-            )
-        except Exception:
-            if before:
-                await self._commit(run, before)  # the model calls were made: they are facts
-            raise
-        await self._commit(run, [*before, *events])
-        await self.hooks.at("after_commit", step.node.name)
-
-    async def _run_node(self, run: LiveRun, step: Step) -> Any:
-        await self.hooks.at("before_node", step.node.name)
-        state_model = run.workflow.state_of(run.state.data)
-        call = asyncio.ensure_future(self.runner.run_node(step.node, state_model, step.ctx))
-        try:
-            await self.hooks.at("during_node", step.node.name)
-        except BaseException:
-            call.cancel()
-            raise
-        return await call
-
-    async def _effect_step(self, run: LiveRun, step: Step) -> None:
-        st, node = run.state, step.node
-        pending = st.pending_effect() or st.effect_to_retry()
-        if pending is not None:
-            tool = node.tool_named(pending.tool)
-            if tool is None:
-                raise WorkflowError(f"node {node.name!r} has no tool {pending.tool!r}")
-            if pending.status == "pending":
-                await self.effects.reconcile(run, step, tool, pending)
-            else:
-                again = dict(pending.args)
-                await self.effects.intend_and_apply(run, step, tool, again, [], pending.key)
-            return
-        out = to_jsonable_python(await self._run_node(run, step))
-        tool, args, errors = resolve_proposal(node, out)
-        if tool is None:
-            await self._reject(run, step, errors, [])
-            return
-        args, errors = bind_inputs(node, args, st.inputs)
-        errors += [e.model_dump() for e in validate_args(tool_schema(tool), args)]
-        if not errors:
-            args, errors = normalise_args(tool, args, self.tool_roots)
-        checks: list[Event] = []
-        if not errors:
-            decision = self.policy.decide(node.role, tool_object(tool, args), tool_action(tool))
-            checks.append(policy_event(decision, node.name, step.ctx.step))
-            if decision.effect == "deny":
-                rule = ", ".join(decision.rule)
-                errors = [{"field": "tool", "reason": f"denied by policy rule [{rule}]"}]
-            elif decision.effect == "approve" and approved_by(st, step, args) is None:
-                await self._ask_approval(run, step, tool, args, decision, checks)
-                return
-        if errors:
-            await self._reject(run, step, errors, checks)
-            return
-        await self.effects.intend_and_apply(run, step, tool, args, checks)
-
-    async def _ask_approval(
-        self,
-        run: LiveRun,
-        step: Step,
-        tool: Tool,
-        args: dict[str, Any],
-        decision: Decision,
-        checks: list[Event],
-    ) -> None:
-        resource = tool_resource(tool, args)
-        request: dict[str, Any] = {
-            "node": step.node.name,
-            "step": step.ctx.step,
-            "tool": tool.name,
-            "resource": resource,
-            "object": decision.object,
-            "args": args,
-            "args_digest": args_digest(args),
-            "rule": list(decision.rule),
-            "approved": None,
-        }
-        # The person sees everything the action will be given, as it will be given it.
-        reason = (
-            f"{tool.name} on {resource or 'no named resource'} with "
-            f"{json.dumps(args, sort_keys=True)} needs a person's approval "
-            f"(rule [{', '.join(decision.rule)}]): keel approve {step.ctx.run_id}"
-        )
-        pause = RunPaused(status=RunStatus.AWAITING_APPROVAL, reason=reason, approval=request)
-        await self._commit(run, [*checks, pause])
-
-    async def _reject(
-        self, run: LiveRun, step: Step, errors: list[dict[str, str]], checks: list[Event]
-    ) -> None:
-        limit = limits(self.budgets, run.state).max_rejections
-        events = rejection(run.state, step, errors, limit, step.elapsed())
-        await self._commit(run, [*checks, *events])
 
     async def decide_approval(
         self, run_id: str, principal: str, approved: bool, reason: str = ""

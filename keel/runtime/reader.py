@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from keel.core.events import RunStatus
 from keel.core.registry import load_workflow
-from keel.core.state import RunStatus, replay
+from keel.core.state import replay
 from keel.errors import InputError, KeelError
 from keel.runtime.decisions import load_events, summary
 from keel.runtime.engine import RunView

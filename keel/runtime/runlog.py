@@ -15,7 +15,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from keel.core.state import Event, RunCreated, RunState, fold
+from keel.core.events import Event, RunCreated
+from keel.core.state import RunState, fold
 from keel.core.workflow import Workflow
 from keel.errors import ObjectExistsError, RunNotFoundError, RunOwnedError, StorageError
 from keel.runtime.decisions import load_events, summary

@@ -27,7 +27,7 @@ from opentelemetry.sdk.trace.export import (
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
-from keel.core.state import EffectResult, Event, ModelCalled, NodeCompleted, PolicyDecided
+from keel.core.events import EffectResult, Event, ModelCalled, NodeCompleted, PolicyDecided
 
 Exporter = Literal["none", "console", "memory", "otlp"]
 DEFAULT_OTLP = "http://127.0.0.1:4318/v1/traces"

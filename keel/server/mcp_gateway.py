@@ -28,10 +28,11 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 from pydantic import BaseModel, Field, JsonValue
 
+from keel.core.events import RunStatus
+from keel.core.nodes import NodeContext
 from keel.core.registry import load_workflow
-from keel.core.state import RunStatus
 from keel.core.tool import Tool, tool_action
-from keel.core.workflow import END, NodeContext, Workflow
+from keel.core.workflow import END, Workflow
 from keel.errors import KeelError
 
 ROLE = "mcp"

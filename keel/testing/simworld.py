@@ -17,8 +17,8 @@ from typing import Any
 
 from pydantic import BaseModel, JsonValue
 
+from keel.core.nodes import Node, NodeContext
 from keel.core.tool import Verification
-from keel.core.workflow import Node, NodeContext
 from keel.errors import ObjectExistsError, ObjectNotFoundError, StorageError, WorkerLostError
 from keel.storage.base import check_key
 from keel.storage.envelope import open_sealed

@@ -15,15 +15,11 @@ import pytest
 from pydantic import BaseModel, JsonValue
 
 from keel.actors.runner import InlineNodeRunner
-from keel.core.state import (
-    EffectReconciled,
-    EffectResult,
-    OwnerChanged,
-    RunStatus,
-    replay,
-)
+from keel.core.events import EffectReconciled, EffectResult, OwnerChanged, RunStatus
+from keel.core.nodes import NodeContext
+from keel.core.state import replay
 from keel.core.tool import Verification
-from keel.core.workflow import END, NodeContext, Workflow
+from keel.core.workflow import END, Workflow
 from keel.errors import RunOwnedError, RunStateError, WorkerLostError
 from keel.examples.demo import workflow as demo
 from keel.policy.engine import PolicyEngine

@@ -9,7 +9,7 @@ import pytest
 import ray
 
 from keel.client import Keel
-from keel.core.state import EffectReconciled, EffectResult, NodeCompleted, NodeFailed, RunStatus
+from keel.core.events import EffectReconciled, EffectResult, NodeCompleted, NodeFailed, RunStatus
 from keel.errors import RunStateError
 from tests.actors.conftest import make_keel, stop_orchestrator
 from tests.actors.workflows import counter, runs_of

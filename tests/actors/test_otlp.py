@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from keel.core.state import ModelCalled, NodeCompleted
+from keel.core.events import ModelCalled, NodeCompleted
 from keel.runtime.tracing import RunTracer
 
 

@@ -16,7 +16,7 @@ import pytest
 
 from keel.client import Keel
 from keel.config import KeelConfig, StorageConfig
-from keel.core.state import NodeCompleted, RunStatus
+from keel.core.events import NodeCompleted, RunStatus
 from tests.actors.workflows import counter, runs_of
 from tests.conftest import Backend
 

@@ -13,8 +13,8 @@ from ray import serve
 
 from keel.actors.replay import replay
 from keel.client import Keel
+from keel.core.events import ModelCalled, RunStatus
 from keel.core.registry import load_workflow
-from keel.core.state import ModelCalled, RunStatus
 from keel.policy.engine import PolicyEngine
 from tests.actors.conftest import stop_orchestrator
 from tests.fakes import Scripted, script_triage, scripted_keel_config

@@ -10,7 +10,8 @@ import os
 import time
 
 from keel.testing.simloop import VirtualTimeLoop
-from keel.testing.simulation import Simulation, run_many, run_schedule, summary_line
+from keel.testing.simrun import run_many, run_schedule, summary_line
+from keel.testing.simulation import Simulation
 
 SCHEDULES = int(os.environ.get("KEEL_SIM_SCHEDULES", "2000"))
 
@@ -24,7 +25,7 @@ def test_thousands_of_schedules_keep_every_invariant() -> None:
     assert len(outcomes) == SCHEDULES
     assert not failed, "\n".join(
         f"seed {o.seed}: {o.violations[0]} "
-        f"(replay: python -m keel.testing.simulation --seed {o.seed} -v)"
+        f"(replay: python -m keel.testing.simrun --seed {o.seed} -v)"
         for o in failed[:10]
     )
     # The schedules did the damage they are meant to do.

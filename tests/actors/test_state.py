@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from keel.core.state import (
+from keel.core.events import (
     EffectIntent,
     EffectResult,
     ErrorInfo,
@@ -17,16 +17,10 @@ from keel.core.state import (
     RunFinished,
     RunPaused,
     RunResumed,
-    RunState,
     RunStatus,
-    add,
-    append,
-    fold,
-    merge,
     parse_event,
-    replace,
-    replay,
 )
+from keel.core.state import RunState, add, append, fold, merge, replace, replay
 from keel.errors import RunStateError
 
 CHANNELS = {"log": append, "n": add, "meta": merge, "last": replace}

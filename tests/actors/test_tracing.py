@@ -11,7 +11,7 @@ from ray import serve
 
 from keel.client import Keel
 from keel.config import TelemetryConfig
-from keel.core.state import EffectResult, ModelCalled, NodeCompleted, PolicyDecided, RunStatus
+from keel.core.events import EffectResult, ModelCalled, NodeCompleted, PolicyDecided, RunStatus
 from keel.runtime.tracing import run_trace_id
 from tests.actors.conftest import stop_orchestrator
 from tests.fakes import Scripted, script_triage, scripted_keel_config

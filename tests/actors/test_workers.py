@@ -17,7 +17,7 @@ from keel.actors.validator import ValidatorWorker, check
 from keel.actors.worker_messages import ToolSpec, ValidateRequest
 from keel.client import Keel
 from keel.config import KeelConfig, OrchestratorConfig, StorageConfig
-from keel.core.state import ModelCalled, NodeCompleted, RunStatus
+from keel.core.events import ModelCalled, NodeCompleted, RunStatus
 from keel.storage.memory import MemoryItem, MemoryStore
 from tests.actors.conftest import stop_orchestrator
 from tests.actors.workflows import TOOLS

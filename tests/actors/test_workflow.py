@@ -7,8 +7,9 @@ from typing import Annotated, Any
 import pytest
 from pydantic import BaseModel
 
+from keel.core.nodes import NodeContext, RetryPolicy
 from keel.core.state import append
-from keel.core.workflow import END, NodeContext, RetryPolicy, Workflow
+from keel.core.workflow import END, Workflow
 from keel.errors import InputError, WorkflowError
 from keel.examples.outbox import OutboxTool
 

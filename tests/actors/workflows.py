@@ -20,9 +20,10 @@ from keel.actors.worker_messages import (
     ValidateRequest,
 )
 from keel.actors.workers import pool
+from keel.core.nodes import NodeContext, NodeOutput, RetryPolicy
 from keel.core.state import add, append
 from keel.core.tool import Verification
-from keel.core.workflow import END, NodeContext, NodeOutput, RetryPolicy, Workflow
+from keel.core.workflow import END, Workflow
 from keel.sandbox.mcp import MCPTools
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from keel.core.state import EffectIntent, RunFinished, RunStatus
+from keel.core.events import EffectIntent, RunFinished, RunStatus
 from keel.runtime.decisions import load_events
 from keel.storage import open_store
 from keel.storage.runs import RunStore

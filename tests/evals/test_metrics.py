@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from keel.core.state import (
+from keel.core.events import (
     ApprovalDecided,
     BudgetExceeded,
     EffectIntent,

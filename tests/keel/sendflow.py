@@ -11,8 +11,9 @@ from typing import Any
 
 from pydantic import BaseModel, Field, JsonValue
 
+from keel.core.nodes import NodeContext
 from keel.core.tool import Verification
-from keel.core.workflow import END, NodeContext, Workflow
+from keel.core.workflow import END, Workflow
 
 
 class SendArgs(BaseModel):

@@ -19,14 +19,14 @@ from keel.actors.worker_messages import ExecuteRequest, ToolSpec
 from keel.actors.workers import pool
 from keel.client import Keel
 from keel.config import BudgetConfig, KeelConfig, OrchestratorConfig, StorageConfig
-from keel.core.registry import load_workflow
-from keel.core.state import (
+from keel.core.events import (
     ApprovalDecided,
     BudgetExceeded,
     PolicyDecided,
     ProposalRejected,
     RunStatus,
 )
+from keel.core.registry import load_workflow
 from keel.errors import InputError, PolicyError
 from tests.actors.conftest import stop_orchestrator
 from tests.actors.workflows import TOOLS, counter

@@ -14,7 +14,7 @@ from ray import serve
 
 from keel.client import Keel
 from keel.config import KeelConfig, OrchestratorConfig, RouterConfig, StorageConfig
-from keel.core.state import ModelCalled, RunStatus
+from keel.core.events import ModelCalled, RunStatus
 from keel.router.service import deploy
 from tests.actors.conftest import stop_orchestrator
 

@@ -7,8 +7,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, JsonValue
 
+from keel.core.nodes import NodeContext
 from keel.core.tool import Verification
-from keel.core.workflow import END, NodeContext, Workflow
+from keel.core.workflow import END, Workflow
 from keel.errors import SandboxError
 from keel.sandbox.base import SandboxSpec
 from keel.sandbox.bwrap import BubblewrapSandbox

@@ -12,7 +12,7 @@ from ray import serve
 
 from keel.client import Keel
 from keel.config import KeelConfig, OrchestratorConfig, RouterConfig, StorageConfig
-from keel.core.state import EffectResult, RunStatus
+from keel.core.events import EffectResult, RunStatus
 from keel.examples import demo_service
 from keel.examples.incident import RUNBOOKS
 from keel.router.service import deploy

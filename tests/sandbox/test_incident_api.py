@@ -25,8 +25,8 @@ from keel.config import (
     StorageConfig,
     TelemetryConfig,
 )
+from keel.core.events import EffectResult, ModelCalled, NodeCompleted, PolicyDecided
 from keel.core.registry import load_workflow
-from keel.core.state import EffectResult, ModelCalled, NodeCompleted, PolicyDecided
 from keel.examples import demo_service
 from keel.examples.incident import RUNBOOKS
 from keel.policy.engine import PolicyEngine

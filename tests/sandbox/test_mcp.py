@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from keel.client import Keel
-from keel.core.state import PolicyDecided, ProposalRejected, RunStatus
+from keel.core.events import PolicyDecided, ProposalRejected, RunStatus
 from keel.sandbox.mcp import MCPTools
 from tests.actors.conftest import make_keel, stop_orchestrator
 from tests.conftest import Backend

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from keel.client import Keel
-from keel.core.state import EffectResult, RunStatus
+from keel.core.events import EffectResult, RunStatus
 from keel.sandbox.bwrap import isolation
 from tests.actors.conftest import make_keel, stop_orchestrator
 from tests.conftest import Backend

@@ -14,9 +14,10 @@ import pytest
 from pydantic import BaseModel, Field, JsonValue, ValidationInfo, field_validator
 
 from keel.actors.runner import InlineNodeRunner
-from keel.core.state import PolicyDecided, ProposalRejected, RunStatus
+from keel.core.events import PolicyDecided, ProposalRejected, RunStatus
+from keel.core.nodes import ConfinedPath, NodeContext
 from keel.core.tool import Verification, confined
-from keel.core.workflow import END, ConfinedPath, NodeContext, Workflow
+from keel.core.workflow import END, Workflow
 from keel.errors import InputError
 from keel.examples.demo import workflow as demo
 from keel.policy.engine import DEFAULT_MODEL, DEFAULT_POLICY, PolicyEngine
