@@ -1,7 +1,10 @@
-"""One error hierarchy for every Keel package.
+"""One error hierarchy for every Keel package, classed by who must act.
 
 Errors cross Ray actor boundaries, so each one pickles with its code, field and context
-intact; callers branch on ``code`` (stable) rather than on message text.
+intact; callers branch on ``code`` (stable) rather than on message text. Each class belongs
+to one ``ErrorKind`` that says who must act (the caller fixes its input, looks again,
+asks someone with the right, waits and retries, or reports a bug), and ``OUTCOMES`` maps
+each kind, in this one place, to the CLI's exit code and the API's HTTP status.
 """
 
 from __future__ import annotations
@@ -11,6 +14,38 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pydantic import ValidationError
+
+
+class ErrorKind(StrEnum):
+    """Who must act on an error."""
+
+    USAGE = "usage"  # the caller: fix the input, the configuration or the workflow
+    NOT_FOUND = "not_found"  # the caller: it names something that does not exist
+    CONFLICT = "conflict"  # the caller: the thing changed under it; look again
+    FORBIDDEN = "forbidden"  # someone with the right to do it
+    TRANSIENT = "transient"  # nobody: try again later
+    INTERNAL = "internal"  # Keel's maintainers: a bug or a broken invariant
+
+
+# (CLI exit code, HTTP status) for each kind. Exit 1 is kept for "the run did not succeed".
+OUTCOMES: dict[ErrorKind, tuple[int, int]] = {
+    ErrorKind.USAGE: (2, 400),
+    ErrorKind.NOT_FOUND: (2, 404),
+    ErrorKind.FORBIDDEN: (3, 403),
+    ErrorKind.CONFLICT: (4, 409),
+    ErrorKind.TRANSIENT: (5, 503),
+    ErrorKind.INTERNAL: (70, 500),
+}
+
+
+def exit_code(exc: KeelError) -> int:
+    """The CLI's exit code for an error (see ``OUTCOMES``)."""
+    return OUTCOMES[exc.kind][0]
+
+
+def http_status(exc: KeelError) -> int:
+    """The API's HTTP status for an error (see ``OUTCOMES``)."""
+    return OUTCOMES[exc.kind][1]
 
 
 class ErrorCode(StrEnum):
@@ -50,6 +85,7 @@ class KeelError(Exception):
 
     default_code: ErrorCode = ErrorCode.NODE_FAILED
     default_retryable: bool = False
+    kind: ErrorKind = ErrorKind.INTERNAL
 
     def __init__(
         self,
@@ -117,11 +153,15 @@ def _rebuild(
 class InputError(KeelError):
     """Bad input from a user or client: names the field and the reason."""
 
+    kind = ErrorKind.USAGE
+
     default_code = ErrorCode.INVALID_INPUT
 
 
 class ConfigError(InputError):
     """Configuration that cannot be used."""
+
+    kind = ErrorKind.USAGE
 
     default_code = ErrorCode.INVALID_CONFIG
 
@@ -129,11 +169,15 @@ class ConfigError(InputError):
 class WorkflowError(KeelError):
     """A workflow definition that cannot run, or a workflow that cannot be found."""
 
+    kind = ErrorKind.USAGE
+
     default_code = ErrorCode.WORKFLOW_INVALID
 
 
 class RunNotFoundError(InputError):
     """No run with that id exists in the configured store."""
+
+    kind = ErrorKind.NOT_FOUND
 
     default_code = ErrorCode.RUN_NOT_FOUND
 
@@ -141,12 +185,16 @@ class RunNotFoundError(InputError):
 class RunStateError(KeelError):
     """The run is not in a state that allows the requested operation."""
 
+    kind = ErrorKind.CONFLICT
+
     default_code = ErrorCode.RUN_STATE
 
 
 class ConflictError(KeelError):
     """The operation lost a race with another writer, or the target is held by someone else:
     reload and look again before acting."""
+
+    kind = ErrorKind.CONFLICT
 
     default_code = ErrorCode.CONFLICT
 
@@ -159,6 +207,8 @@ class RunOwnedError(ConflictError):
 
 class NodeError(KeelError):
     """A node failed; ``retryable`` decides whether its retry policy applies."""
+
+    kind = ErrorKind.TRANSIENT
 
     default_code = ErrorCode.NODE_FAILED
     default_retryable = True
@@ -174,6 +224,8 @@ class WorkerLostError(EffectError):
     """The executor running an effect was lost mid-call (its process or node died): whether
     the effect happened is unknown until the tool's ``verify`` says."""
 
+    kind = ErrorKind.TRANSIENT
+
     default_code = ErrorCode.WORKER_LOST
     default_retryable = True
 
@@ -181,12 +233,16 @@ class WorkerLostError(EffectError):
 class StorageError(KeelError):
     """The checkpoint store failed; transient failures are retryable."""
 
+    kind = ErrorKind.TRANSIENT
+
     default_code = ErrorCode.STORAGE
     default_retryable = True
 
 
 class ObjectNotFoundError(StorageError):
     """The object does not exist in the store."""
+
+    kind = ErrorKind.NOT_FOUND
 
     default_code = ErrorCode.OBJECT_NOT_FOUND
     default_retryable = False
@@ -196,6 +252,8 @@ class ObjectExistsError(StorageError):
     """A create-if-absent write found the object already there: another writer got it
     first. For checkpoints this is the fence that keeps one driver per run."""
 
+    kind = ErrorKind.CONFLICT
+
     default_code = ErrorCode.OBJECT_EXISTS
     default_retryable = False
 
@@ -203,12 +261,16 @@ class ObjectExistsError(StorageError):
 class CorruptObjectError(StorageError):
     """An object failed its checksum or could not be parsed: never load it."""
 
+    kind = ErrorKind.INTERNAL
+
     default_code = ErrorCode.CORRUPT_OBJECT
     default_retryable = False
 
 
 class SchemaVersionError(StorageError):
     """An object was written in a format this version of Keel cannot read."""
+
+    kind = ErrorKind.USAGE
 
     default_code = ErrorCode.SCHEMA_UNSUPPORTED
     default_retryable = False
@@ -223,11 +285,15 @@ class SandboxError(KeelError):
 class PolicyError(KeelError):
     """Root of policy failures (denials are decisions, not errors)."""
 
+    kind = ErrorKind.FORBIDDEN
+
     default_code = ErrorCode.POLICY
 
 
 class RouterError(KeelError):
     """Root of model router failures."""
+
+    kind = ErrorKind.TRANSIENT
 
     default_code = ErrorCode.ROUTER
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from keel.cli.common import EXIT_BAD_INPUT, EXIT_RUN_FAILED, _Parser, err
+from rich.markup import escape
+
+from keel.cli.common import _Parser, err
 from keel.cli.ops import SCENARIOS, cmd_batch, cmd_demo, cmd_down, cmd_eval, cmd_serve, cmd_up
 from keel.cli.runs import (
     cmd_approve,
@@ -17,7 +19,7 @@ from keel.cli.runs import (
     cmd_show,
     cmd_trace,
 )
-from keel.errors import InputError, KeelError
+from keel.errors import ErrorKind, KeelError, exit_code
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -137,11 +139,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.fn(args)
     except KeelError as exc:
-        if isinstance(exc, InputError) or exc.field:
-            err.print(f"keel: error: {exc}")
-            return EXIT_BAD_INPUT
-        err.print(f"keel: {exc.code}: {exc}")
-        return EXIT_RUN_FAILED
+        # Who must act decides the exit code (keel.errors.OUTCOMES), never the message.
+        label = "error" if exc.kind in (ErrorKind.USAGE, ErrorKind.NOT_FOUND) else exc.kind
+        err.print(f"keel: {label}: {escape(str(exc))}")
+        return exit_code(exc)
     except KeyboardInterrupt:
         err.print("interrupted: the run continues from its last checkpoint on `keel resume`")
         return 130

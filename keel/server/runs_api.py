@@ -41,14 +41,7 @@ from keel.actors.messages import (
 from keel.actors.orchestrator import get_orchestrator
 from keel.config import KeelConfig, RunBudgets, load_config
 from keel.core.registry import BUILTIN, load_workflow, resolve_ref
-from keel.errors import (
-    ConflictError,
-    InputError,
-    KeelError,
-    PolicyError,
-    RunNotFoundError,
-    RunStateError,
-)
+from keel.errors import ErrorKind, KeelError, PolicyError, RunNotFoundError, http_status
 from keel.policy.engine import PolicyEngine
 from keel.runtime.reader import RunReader
 from keel.storage import open_store
@@ -97,17 +90,27 @@ def problem(status: int, title: str, detail: str, field: str | None = None) -> J
     return JSONResponse(body, status_code=status, media_type="application/problem+json")
 
 
+TITLES = {
+    ErrorKind.USAGE: "bad request",
+    ErrorKind.NOT_FOUND: "not found",
+    ErrorKind.FORBIDDEN: "forbidden",
+    ErrorKind.CONFLICT: "conflict",
+    ErrorKind.TRANSIENT: "unavailable",
+    ErrorKind.INTERNAL: "internal error",
+}
+
+
 def keel_problem(exc: KeelError) -> JSONResponse:
-    if isinstance(exc, PolicyError):
-        return problem(403, "forbidden", exc.message, exc.field)
-    if isinstance(exc, RunNotFoundError):
-        return problem(404, "not found", "no such run", "run_id")
-    if isinstance(exc, RunStateError | ConflictError):
-        return problem(409, "conflict", exc.message, exc.field)
-    if isinstance(exc, InputError) or exc.field:
-        return problem(400, "bad request", exc.message, exc.field)
-    log.error("runs API: %s", exc)  # the details stay in the server's log
-    return problem(502, "upstream error", "the request could not be completed; try again")
+    """An error as problem+json, its status from who must act (``keel.errors.OUTCOMES``).
+    What is not the caller's to fix is described generically: the details, which may name
+    storage or internals, stay in the server's log."""
+    status = http_status(exc)
+    if exc.kind == ErrorKind.NOT_FOUND:
+        return problem(status, TITLES[exc.kind], "no such run", "run_id")
+    if exc.kind in (ErrorKind.TRANSIENT, ErrorKind.INTERNAL):
+        log.error("runs API: %s", exc)
+        return problem(status, TITLES[exc.kind], "the request could not be completed; try again")
+    return problem(status, TITLES[exc.kind], exc.message, exc.field)
 
 
 @runs_api.exception_handler(RequestValidationError)

@@ -1,4 +1,5 @@
-"""The ``keel`` command as users run it: a real process, real exit codes, real storage."""
+"""The ``keel`` command: bad input in-process through ``main(argv)`` (a process adds nothing
+there), and whole runs as users run them, in a real process with real storage."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from keel.cli import main
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,7 +40,7 @@ BAD_INPUT = [
     (["batch", "/nonexistent/tasks.jsonl"], "file"),
     (["eval", "nope"], "suite"),
     (["run", "tests.nowhere:wf"], "workflow"),
-    (["run", "keel.demo:TicketState"], "workflow"),
+    (["run", "keel.examples.demo:TicketState"], "workflow"),
     (["show", "no-such-run"], "run_id"),
     (["show", "../escape"], "run_id"),
     (["resume", "no-such-run"], "run_id"),
@@ -54,13 +56,17 @@ BAD_INPUT = [
 
 @pytest.mark.parametrize(("args", "names"), BAD_INPUT, ids=[" ".join(a) for a, _ in BAD_INPUT])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(
-    tmp_path: Path, args: list[str], names: str
+    tmp_path: Path, args: list[str], names: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     storage = tmp_path / "store"
-    result = keel(*args, storage=storage)
-    assert result.returncode == 2, result.stdout + result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
+    try:
+        code = main(["--storage", str(storage), *args])
+    except SystemExit as exc:  # argparse's own errors
+        code = int(exc.code or 0)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
     assert names in lines[0]
     assert not storage.exists(), "bad input must not write anything"
 

@@ -60,7 +60,7 @@ def test_the_cli_refuses_as_for_a_mapped_user(
 
     cfg = config_file(tmp_path, cli={"users": {getpass.getuser(): "carol"}})
     code = main(["--config", str(cfg), "run", "demo", "--as", "alice", "--detach"])
-    assert code == 2
+    assert code == 3  # forbidden: someone with the right must act
     assert "--as: carol may not act as alice" in capsys.readouterr().err
     assert not (tmp_path / "store" / "runs").exists()  # nothing was written
 
