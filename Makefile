@@ -22,7 +22,7 @@ $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 	  fi; \
 	  command -v bwrap >/dev/null || echo "warning: bubblewrap missing: tools that write will be refused"; \
 	fi
-	$(PIP) install -c constraints.txt -e '.[dev]' 2>$(VENV)/pip.log || (cat $(VENV)/pip.log; exit 1)
+	$(PIP) install -c constraints.txt -e '.[dev,local,charts]' 2>$(VENV)/pip.log || (cat $(VENV)/pip.log; exit 1)
 	$(BIN)/python -c "import ray, pydantic, fsspec, s3fs, moto, pytest" 
 	touch $(STAMP)
 
@@ -41,7 +41,7 @@ test: $(STAMP) lint
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
-	$(PIP) install -c constraints.txt -e '.[dev,bench]' 2>$(VENV)/pip.log || (cat $(VENV)/pip.log; exit 1)
+	$(PIP) install -c constraints.txt -e '.[dev,local,charts,bench]' 2>$(VENV)/pip.log || (cat $(VENV)/pip.log; exit 1)
 	$(BIN)/python -m bench.orchestration
 	$(BIN)/python -m bench.router_overhead
 	$(BIN)/python -m bench.batch_throughput

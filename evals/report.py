@@ -185,8 +185,12 @@ def read_markdown_metrics(text: str) -> dict[str, float]:
 
 
 def charts(report: Report, folder: Path) -> list[str]:
-    """One PNG per layer measured; returns their paths relative to ``folder``."""
-    import matplotlib  # noqa: PLC0415
+    """One PNG per layer measured; returns their paths relative to ``folder``. Charts need
+    the ``charts`` extra (matplotlib); without it the report is written without them."""
+    try:
+        import matplotlib  # noqa: PLC0415 - optional dependency (the charts extra)
+    except ImportError:
+        return []
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
