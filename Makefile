@@ -9,7 +9,7 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 
-.PHONY: demo test lint bench soak setup clean
+.PHONY: demo test test-fast lint bench soak setup clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -37,8 +37,14 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
+# Two tiers: the fast one (the engine's semantics in-process, no Ray) fails fast; then Ray,
+# clusters, S3 and the long runs. pytest exits 5 when it selects nothing, and make fails on it.
 test: $(STAMP) lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not ray and not slow"
+	$(BIN)/python -m pytest -m "ray or slow"
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not ray and not slow"
 
 bench: $(STAMP)
 	$(PIP) install -c constraints.txt -e '.[dev,local,charts,bench]' 2>$(VENV)/pip.log || (cat $(VENV)/pip.log; exit 1)

@@ -21,7 +21,7 @@ class StartRun(_Msg):
     principal: str = "local"
     run_id: str | None = None
     budgets: dict[str, JsonValue] | None = Field(
-        default=None, description="RunBudgets: this run's own, tighter limits"
+        default=None, description="Budgets: this run's own, tighter limits"
     )
 
 
@@ -60,7 +60,7 @@ class OrchestratorSettings(_Msg):
     sweep_interval_s: float = Field(default=5.0, gt=0.0)
     workers: dict[str, int] = Field(default_factory=dict, description="replicas per role")
     router: dict[str, JsonValue] = Field(default_factory=dict, description="RouterConfig")
-    budgets: dict[str, JsonValue] = Field(default_factory=dict, description="BudgetConfig")
+    budgets: dict[str, JsonValue] = Field(default_factory=dict, description="Budgets")
     policy_model: str | None = None
     policy_file: str | None = None
     workflows: dict[str, str] = Field(default_factory=dict)

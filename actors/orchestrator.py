@@ -32,7 +32,7 @@ from keel.actors.messages import (
     WatchRun,
 )
 from keel.actors.runner import RayNodeRunner
-from keel.config import BudgetConfig
+from keel.config import Budgets
 from keel.core.registry import load_workflow, resolve_ref
 from keel.core.state import RunState
 from keel.policy.engine import PolicyEngine
@@ -101,7 +101,7 @@ class OrchestratorActor:
             max_concurrent_runs=settings.max_concurrent_runs,
             context_env=env,
             policy=PolicyEngine(settings.policy_model, settings.policy_file),
-            budgets=BudgetConfig.model_validate(settings.budgets),
+            budgets=Budgets.model_validate(settings.budgets),
             tracer=RunTracer(settings.tracing, settings.otlp_endpoint),
             hooks=hooks,
             tool_roots=list(settings.tool_roots),

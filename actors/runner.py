@@ -7,7 +7,6 @@ from typing import Any
 
 import ray
 from pydantic import BaseModel, JsonValue
-from pydantic_core import to_jsonable_python
 from ray.exceptions import (
     NodeDiedError,
     ObjectLostError,
@@ -18,19 +17,11 @@ from ray.exceptions import (
 
 from keel.actors.worker_messages import ExecuteRequest, ExecuteResponse
 from keel.actors.workers import pool
-from keel.core.nodes import Node, NodeContext, NodeOutput
+from keel.core.nodes import Node, NodeContext
 from keel.core.tool import Tool, Verification
 from keel.errors import ErrorCode, NodeError
 from keel.runtime.effects import ToolSite
-
-
-def _invoke(fn: Any, state: BaseModel, ctx: NodeContext) -> Any:
-    out = fn(state, ctx)
-    if isinstance(out, NodeOutput):
-        return out
-    if isinstance(out, BaseModel):
-        return out.model_dump(mode="json", exclude_unset=True)
-    return out
+from keel.runtime.inline import invoke_node
 
 
 # Plain nodes are free of side effects (those live in effect nodes), so Ray may run one
@@ -38,7 +29,7 @@ def _invoke(fn: Any, state: BaseModel, ctx: NodeContext) -> Any:
 # RetryPolicy decides, and the ledger records each attempt).
 @ray.remote(max_retries=3, retry_exceptions=False)
 def _node_task(fn: Any, state: BaseModel, ctx: NodeContext) -> Any:
-    return _invoke(fn, state, ctx)
+    return invoke_node(fn, state, ctx)
 
 
 async def _await(ref: Any, what: str, timeout_s: float | None, *, abortable: bool = True) -> Any:
@@ -77,7 +68,7 @@ class RayNodeRunner:
     async def run_node(self, node: Node, state: BaseModel, ctx: NodeContext) -> Any:
         if node.inline:
             return await asyncio.wait_for(
-                asyncio.to_thread(_invoke, node.fn, state, ctx), node.timeout_s
+                asyncio.to_thread(invoke_node, node.fn, state, ctx), node.timeout_s
             )
         ref = _node_task.options(num_cpus=self.node_num_cpus, name=f"keel:{node.name}").remote(
             node.fn, state, ctx
@@ -126,36 +117,3 @@ class RayNodeRunner:
             *(h.running.remote(key) for h in executors.handles), return_exceptions=True
         )
         return any(a is True for a in answers)
-
-
-class InlineNodeRunner:
-    """Everything on the calling process's threads: for benchmarks and single-process use.
-
-    A thread cannot be stopped, so an apply whose caller gave up keeps running; it stays
-    in ``running`` until its thread ends, which is what reconciliation asks about."""
-
-    def __init__(self) -> None:
-        self.running: set[str] = set()
-
-    async def run_node(self, node: Node, state: BaseModel, ctx: NodeContext) -> Any:
-        return await asyncio.wait_for(
-            asyncio.to_thread(_invoke, node.fn, state, ctx), node.timeout_s
-        )
-
-    async def apply_effect(
-        self, tool: Tool, args: dict[str, Any], key: str, *, site: ToolSite
-    ) -> JsonValue:
-        loop = asyncio.get_running_loop()
-        call = loop.run_in_executor(None, tool.apply, args, key)
-        self.running.add(key)
-        call.add_done_callback(lambda _f: self.running.discard(key))
-        result: JsonValue = to_jsonable_python(await asyncio.shield(call))
-        return result
-
-    async def verify_effect(
-        self, tool: Tool, args: dict[str, Any], key: str, *, site: ToolSite
-    ) -> Verification:
-        return await asyncio.to_thread(tool.verify, args, key)
-
-    async def effect_running(self, key: str) -> bool:
-        return key in self.running

@@ -33,13 +33,13 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
-from keel.actors.runner import InlineNodeRunner
 from keel.client import Keel
 from keel.config import KeelConfig, OrchestratorConfig, StorageConfig
 from keel.core.nodes import NodeContext
 from keel.core.state import append
 from keel.core.workflow import END, Workflow
 from keel.runtime.engine import RunEngine
+from keel.runtime.inline import InlineNodeRunner
 from keel.storage.local import LocalStore
 from keel.storage.runs import RunStore
 

@@ -20,7 +20,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from keel.config import RunBudgets
+from keel.config import Budgets
 from keel.errors import InputError, first_error
 
 HERE = Path(__file__).resolve().parent
@@ -71,7 +71,7 @@ class Scenario(_Strict):
     goal: str | None = Field(default=None, max_length=20_000, description="default: the suite's")
     fault: Fault = "none"
     approval: Approval = Field(default_factory=Approval)
-    budgets: RunBudgets | None = None
+    budgets: Budgets | None = None
     expect: Expect = Field(default_factory=Expect)
 
 

@@ -21,7 +21,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from keel.config import RunBudgets
+from keel.config import Budgets
 from keel.core.events import RunStatus
 from keel.errors import InputError, KeelError, RunStateError, first_error
 from keel.storage.runs import check_run_id
@@ -38,7 +38,7 @@ class Task(BaseModel):
     workflow: str | None = Field(default=None, min_length=1, max_length=300)
     goal: str = Field(default="", max_length=20_000)
     inputs: dict[str, JsonValue] = Field(default_factory=dict)
-    budgets: RunBudgets | None = None
+    budgets: Budgets | None = None
 
 
 class BadLine(BaseModel):
@@ -148,7 +148,7 @@ class Batch:
         outcome: Outcome = "started"
         try:
             try:
-                budgets = task.budgets.model_dump(exclude_none=True) if task.budgets else None
+                budgets = task.budgets.own() if task.budgets else None
                 state = self.keel.start(
                     str(task.workflow), task.goal, task.inputs, run_id=run_id, budgets=budgets
                 )

@@ -231,7 +231,7 @@ class Keel:
         budgets: Mapping[str, Any] | None = None,
     ) -> RunState:
         """Validate everything locally first (nothing is written for bad input), then
-        ask the orchestrator to create the run. ``budgets`` (RunBudgets) tighten the
+        ask the orchestrator to create the run. ``budgets`` (Budgets) tighten the
         deployment's limits for this run only."""
         ref = resolve_ref(workflow, self.config.workflows)
         wf = load_workflow(ref)

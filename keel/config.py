@@ -171,39 +171,38 @@ class WorkersConfig(_Section):
     validator: int = Field(default=1, ge=1, le=256)
 
 
-class BudgetConfig(_Section):
-    """Per-run limits. Crossing one pauses the run for a person, saying which and by how
-    much. Steps and tool calls are checked before they happen; model calls, cost and wall
-    time as soon as they have been crossed."""
+class Budgets(_Section):
+    """Limits on a run: the deployment's (``budgets`` in keel.yaml) and a run's own
+    (``budgets`` in the API, ``--budget`` in the CLI), one model for both.
+
+    Crossing one pauses the run for a person, saying which and by how much. Steps and tool
+    calls are checked before they happen; model calls, cost and wall time as soon as they
+    have been crossed. ``None`` is no limit. A run's own limits only count where it set
+    them, and can only tighten the deployment's.
+    """
 
     max_cost: float | None = Field(default=None, ge=0.0, description="model cost, in USD")
     max_model_calls: int | None = Field(default=None, ge=0)
     max_tool_calls: int | None = Field(default=None, ge=0)
     max_steps: int | None = Field(default=1000, ge=1)
     max_wall_s: float | None = Field(default=None, gt=0.0)
-    max_rejections: int = Field(default=3, ge=0, description="rejected proposals before a person")
+    max_rejections: int | None = Field(
+        default=3, ge=0, description="rejected proposals before a person"
+    )
 
-    def tightened(self, run: RunBudgets | None) -> BudgetConfig:
+    def own(self) -> dict[str, Any]:
+        """The limits this run set itself, as stored with the run."""
+        return self.model_dump(exclude_unset=True, exclude_none=True)
+
+    def tightened(self, run: Budgets | None) -> Budgets:
         """These limits, lowered by a run's own: a run may ask for less, never more."""
         if run is None:
             return self
         merged: dict[str, Any] = self.model_dump()
-        for name, value in run.model_dump(exclude_none=True).items():
+        for name, value in run.own().items():
             current = merged.get(name)
             merged[name] = value if current is None else min(current, value)
-        return BudgetConfig.model_validate(merged)
-
-
-class RunBudgets(_Section):
-    """Limits one run asks for at start (``budgets`` in the API, ``--budget`` in the CLI).
-    They can only tighten the deployment's ``budgets``."""
-
-    max_cost: float | None = Field(default=None, ge=0.0)
-    max_model_calls: int | None = Field(default=None, ge=0)
-    max_tool_calls: int | None = Field(default=None, ge=0)
-    max_steps: int | None = Field(default=None, ge=1)
-    max_wall_s: float | None = Field(default=None, gt=0.0)
-    max_rejections: int | None = Field(default=None, ge=0)
+        return Budgets.model_validate(merged)
 
 
 class PolicyConfig(_Section):
@@ -265,7 +264,7 @@ class KeelConfig(_Section):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     router: RouterConfig = Field(default_factory=RouterConfig)
     workers: WorkersConfig = Field(default_factory=WorkersConfig)
-    budgets: BudgetConfig = Field(default_factory=BudgetConfig)
+    budgets: Budgets = Field(default_factory=Budgets)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)

@@ -48,7 +48,7 @@ async def _session_call(url: str, fn: Any) -> Any:
             return await fn(session)
 
 
-class MCPTool:
+class MCPTool(Tool):
     """One tool of an MCP server."""
 
     def __init__(

@@ -116,3 +116,26 @@ def ray_session() -> Iterator[None]:
     )
     yield
     ray.shutdown()
+
+
+def _no_ray(*_args: Any, **_kwargs: Any) -> None:
+    raise RuntimeError(
+        "this test starts Ray but is not marked `ray`: mark it, or keep it in-process"
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test that needs Ray, through any of its fixtures, belongs to the `ray` tier; the
+    fast tier (``-m "not ray"``) is everything else, and runs first in ``make test``."""
+    for item in items:
+        if "ray_session" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.ray)
+
+
+@pytest.fixture(autouse=True)
+def _fast_tier_stays_off_ray(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A test outside the `ray` tier that starts Ray anyway fails at once, naming why."""
+    if request.node.get_closest_marker("ray") is None and not ray.is_initialized():
+        monkeypatch.setattr(ray, "init", _no_ray)

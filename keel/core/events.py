@@ -61,7 +61,7 @@ class RunCreated(_Event):
     data: dict[str, JsonValue]
     principal: str = "local"
     budgets: dict[str, JsonValue] = Field(
-        default_factory=dict, description="the run's own limits (RunBudgets), if any"
+        default_factory=dict, description="the run's own limits (Budgets), if any"
     )
 
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Literal, Protocol, runtime_checkable
+from abc import ABC, abstractmethod
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, JsonValue, ValidationInfo
 
@@ -23,46 +24,77 @@ class Verification(BaseModel):
     detail: str = ""
 
 
-@runtime_checkable
-class Tool(Protocol):
-    """A side-effecting capability. ``key`` is unique per run, step, node and attempt;
-    tools that can should use it to make ``apply`` idempotent too."""
-
-    name: str
-
-    def apply(self, args: dict[str, Any], key: str) -> JsonValue:
-        """Perform the effect and return a JSON-safe result."""
-        ...
-
-    def verify(self, args: dict[str, Any], key: str) -> Verification:
-        """Report whether the effect for ``key`` happened, without performing it."""
-        ...
-
-
 ToolAction = Literal["read", "write"]
 
 
-def tool_action(tool: Any) -> ToolAction:
-    """What a tool does to the world, for policy: ``read`` or ``write`` (the default)."""
-    action = getattr(tool, "action", "write")
-    return "read" if action == "read" else "write"
+class Tool(ABC):
+    """A capability with an effect on the world. ``key`` is unique per run, step, node and
+    attempt; tools that can should use it to make ``apply`` idempotent too.
+
+    What the engine, policy and the model need to know is declared here, not discovered:
+    ``action`` decides whether a call needs approval, ``args_model`` (or a JSON Schema in
+    ``parameters``, for tools defined elsewhere such as MCP) is what a proposal is checked
+    against, and ``resource_args`` name the arguments, bound from the run's inputs, that
+    policy decides on. A workflow refuses a tool that declares none of the schemas.
+    """
+
+    name: str = ""
+    description: str = ""
+    action: ToolAction = "write"
+    args_model: type[BaseModel] | None = None
+    parameters: dict[str, Any] | None = None
+    resource_args: tuple[str, ...] = ()
+
+    @abstractmethod
+    def apply(self, args: dict[str, Any], key: str) -> JsonValue:
+        """Perform the effect and return a JSON-safe result."""
+
+    @abstractmethod
+    def verify(self, args: dict[str, Any], key: str) -> Verification:
+        """Report whether the effect for ``key`` happened, without performing it."""
+
+
+def check_tool(tool: object) -> Tool:
+    """A tool as a workflow accepts it, or a ``TypeError`` that names it and what is
+    missing: checked when the workflow is defined, so a bad tool never reaches a run."""
+    label = getattr(tool, "name", None) or type(tool).__name__
+    if not isinstance(tool, Tool):
+        raise TypeError(f"tool {label!r}: a tool subclasses keel.Tool (got {type(tool).__name__})")
+    if not tool.name or not isinstance(tool.name, str):
+        raise TypeError(f"tool of class {type(tool).__name__}: name: a tool needs a name")
+    if tool.action not in ("read", "write"):
+        raise TypeError(f"tool {label!r}: action: must be 'read' or 'write', not {tool.action!r}")
+    model = tool.args_model
+    if model is None and not isinstance(tool.parameters, dict):
+        raise TypeError(
+            f"tool {label!r}: args_model: a tool declares its arguments (a pydantic model, "
+            "or a JSON Schema in parameters)"
+        )
+    if model is not None and not (isinstance(model, type) and issubclass(model, BaseModel)):
+        raise TypeError(f"tool {label!r}: args_model: must be a pydantic model class")
+    return tool
+
+
+def tool_action(tool: Tool) -> ToolAction:
+    """What a tool does to the world, for policy: anything but ``read`` counts as a write."""
+    return "read" if tool.action == "read" else "write"
 
 
 _RESOURCE = re.compile(r"[^a-z0-9._-]")
 
 
-def tool_resource(tool: Any, args: dict[str, Any]) -> str | None:
+def tool_resource(tool: Tool, args: dict[str, Any]) -> str | None:
     """The resource a call acts on, from the arguments the tool names in ``resource_args``
     (each bound from the run's inputs, never chosen by a proposal): lower case, with
     anything but letters, digits, ``.``, ``_`` and ``-`` replaced."""
-    names = getattr(tool, "resource_args", ()) or ()
+    names = tool.resource_args
     if not names:
         return None
     parts = [_RESOURCE.sub("_", str(args.get(n, "")).strip().lower())[:64] for n in names]
     return "/".join(parts)
 
 
-def tool_object(tool: Any, args: dict[str, Any]) -> str:
+def tool_object(tool: Tool, args: dict[str, Any]) -> str:
     """What policy is asked about: ``tool:NAME``, or ``tool:NAME:RESOURCE``."""
     resource = tool_resource(tool, args)
     return f"tool:{tool.name}" + (f":{resource}" if resource else "")
@@ -82,11 +114,8 @@ def confined(path: str, info: ValidationInfo) -> str:
     raise ValueError(f"{path!r} is outside the directories tools may act on")
 
 
-def tool_schema(tool: Any) -> dict[str, Any] | None:
-    """The JSON Schema of a tool's arguments, from its pydantic ``args_model``."""
-    model = getattr(tool, "args_model", None)
-    if model is not None:
-        schema: dict[str, Any] = model.model_json_schema()
-        return schema
-    parameters = getattr(tool, "parameters", None)  # a JSON Schema given as is (MCP tools)
-    return dict(parameters) if isinstance(parameters, dict) else None
+def tool_schema(tool: Tool) -> dict[str, Any] | None:
+    """The JSON Schema of a tool's arguments: its ``args_model``'s, or ``parameters``."""
+    if tool.args_model is not None:
+        return tool.args_model.model_json_schema()
+    return dict(tool.parameters) if isinstance(tool.parameters, dict) else None

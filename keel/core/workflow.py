@@ -42,7 +42,7 @@ from keel.core.nodes import (
     confine,
 )
 from keel.core.state import Reducer, replace
-from keel.core.tool import Tool
+from keel.core.tool import Tool, check_tool
 from keel.errors import InputError, WorkflowError, first_error
 
 END = "__end__"
@@ -148,11 +148,13 @@ class Workflow:
         single: Tool | None = None
         several: dict[str, Tool] | ToolSource | None = None
         if isinstance(tool, list):
-            several = {t.name: t for t in tool}
-        elif isinstance(tool, ToolSource) and not hasattr(tool, "apply"):
+            several = {t.name: t for t in map(check_tool, tool)}
+            if len(several) != len(tool):
+                raise TypeError(f"effect {name or '?'!r}: two tools share a name")
+        elif isinstance(tool, ToolSource) and not isinstance(tool, Tool):
             several = tool
         else:
-            single = tool  # type: ignore[assignment]
+            single = check_tool(tool)
 
         def deco(fn: NodeFn) -> NodeFn:
             self.add_node(

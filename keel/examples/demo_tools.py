@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationInfo, field_validator
 
-from keel.core.tool import Verification, confined
+from keel.core.tool import Tool, Verification, confined
 from keel.errors import SandboxError
 from keel.sandbox.base import SandboxSpec
 from keel.sandbox.bwrap import BubblewrapSandbox
@@ -116,7 +116,7 @@ def _marker(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:24]
 
 
-class _SandboxedTool:
+class _SandboxedTool(Tool):
     resources: tuple[str, ...] = ()
     resource_args: tuple[str, ...] = ("service",)  # policy sees tool:NAME:SERVICE
     name = ""

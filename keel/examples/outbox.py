@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationInfo, field_validator
 
-from keel.core.tool import Verification, confined
+from keel.core.tool import Tool, Verification, confined
 
 
 class OutboxArgs(BaseModel):
@@ -31,7 +31,7 @@ class OutboxArgs(BaseModel):
         return confined(value, info)
 
 
-class OutboxTool:
+class OutboxTool(Tool):
     """Writes ``{"to": ..., "body": ...}`` messages into ``args["outbox"]``."""
 
     action = "write"

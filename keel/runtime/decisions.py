@@ -18,7 +18,7 @@ from typing import Any, cast
 from pydantic import BaseModel, JsonValue, ValidationError
 from pydantic_core import to_jsonable_python
 
-from keel.config import BudgetConfig, RunBudgets
+from keel.config import Budgets
 from keel.core.events import (
     ErrorInfo,
     Event,
@@ -190,23 +190,23 @@ def check_budgets(budgets: Mapping[str, Any] | None) -> dict[str, JsonValue]:
     if not budgets:
         return {}
     try:
-        own = RunBudgets.model_validate(dict(budgets))
+        own = Budgets.model_validate(dict(budgets))
     except ValidationError as exc:
         field, msg = first_error(exc, "budgets")
         raise InputError(f"{field}: {msg}", field=field) from None
-    dumped: dict[str, JsonValue] = own.model_dump(exclude_none=True)
+    dumped: dict[str, JsonValue] = own.own()
     return dumped
 
 
-def limits(deployment: BudgetConfig, st: RunState) -> BudgetConfig:
+def limits(deployment: Budgets, st: RunState) -> Budgets:
     """The deployment's budgets, tightened by the run's own."""
     if not st.budgets:
         return deployment
-    return deployment.tightened(RunBudgets.model_validate(st.budgets))
+    return deployment.tightened(Budgets.model_validate(st.budgets))
 
 
 def budget_crossed(
-    b: BudgetConfig, st: RunState, wf: Workflow, now: float
+    b: Budgets, st: RunState, wf: Workflow, now: float
 ) -> tuple[str, float, float] | None:
     """The first budget this run has crossed (or would cross with its next step)."""
     node = wf.nodes.get(st.next_node or "")
@@ -302,7 +302,7 @@ def rejection(
     state: RunState,
     step: Step,
     errors: list[dict[str, str]],
-    max_rejections: int,
+    max_rejections: int | None,
     duration_s: float,
 ) -> list[Event]:
     """A proposal failed validation or policy: back to the planner with the errors, or to a
@@ -310,7 +310,7 @@ def rejection(
     node, ctx = step.node, step.ctx
     rejected = ProposalRejected(node=node.name, step=ctx.step, errors=errors)
     summary_ = "; ".join(f"{e['field']}: {e['reason']}" for e in errors)[:500]
-    if state.rejections + 1 > max_rejections:
+    if max_rejections is not None and state.rejections + 1 > max_rejections:
         reason = (
             f"{state.rejections + 1} proposals rejected (limit {max_rejections}); last: {summary_}"
         )

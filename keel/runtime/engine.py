@@ -18,7 +18,7 @@ from typing import Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict
 
-from keel.config import BudgetConfig, SandboxConfig
+from keel.config import Budgets, SandboxConfig
 from keel.core.events import ApprovalDecided, Event, RunCreated, RunFinished, RunResumed, RunStatus
 from keel.core.state import RunState
 from keel.core.workflow import Workflow
@@ -74,7 +74,7 @@ class RunEngine(Ownership, StepLoop):
         storage_retries: int = 5,
         context_env: dict[str, Any] | None = None,
         policy: PolicyEngine | None = None,
-        budgets: BudgetConfig | None = None,
+        budgets: Budgets | None = None,
         tracer: RunTracer | None = None,
         hooks: Hooks | None = None,
         tool_roots: list[str] | None = None,
@@ -87,7 +87,7 @@ class RunEngine(Ownership, StepLoop):
         self.tool_roots = tool_roots if tool_roots is not None else SandboxConfig().roots
         self.context_env = dict(context_env or {})
         self.policy = policy or PolicyEngine()
-        self.budgets = budgets or BudgetConfig()
+        self.budgets = budgets or Budgets()
         self.store = store
         self.runner = runner
         self.resolve = resolve

@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic_core import to_jsonable_python
 
-from keel.config import BudgetConfig
+from keel.config import Budgets
 from keel.core.events import BudgetExceeded, Event, RunFinished, RunPaused, RunStatus
 from keel.core.nodes import NodeContext, NodeOutput
 from keel.core.state import RunState
@@ -56,7 +56,7 @@ log = logging.getLogger("keel.engine")
 class StepLoop:
     """The step methods of ``RunEngine`` (a mixin; the engine provides what is declared)."""
 
-    budgets: BudgetConfig
+    budgets: Budgets
     clock: Callable[[], float]
     context_env: dict[str, Any]
     effects: EffectProtocol

@@ -39,7 +39,7 @@ from keel.actors.messages import (
     orchestrator_settings,
 )
 from keel.actors.orchestrator import get_orchestrator
-from keel.config import KeelConfig, RunBudgets, load_config
+from keel.config import Budgets, KeelConfig, load_config
 from keel.core.registry import BUILTIN, load_workflow, resolve_ref
 from keel.errors import ErrorKind, KeelError, PolicyError, RunNotFoundError, http_status
 from keel.policy.engine import PolicyEngine
@@ -66,7 +66,7 @@ class StartBody(BaseModel):
     workflow: str = Field(min_length=1, max_length=300)
     goal: str = Field(default="", max_length=20_000)
     inputs: dict[str, JsonValue] = Field(default_factory=dict)
-    budgets: RunBudgets | None = Field(default=None, description="this run's tighter limits")
+    budgets: Budgets | None = Field(default=None, description="this run's tighter limits")
 
 
 class ApprovalBody(BaseModel):
@@ -262,7 +262,7 @@ class RunsAPI:
         await self._may(principal, name, "start")
         ref = resolve_ref(body.workflow, self.config.workflows)
         clean = load_workflow(ref).check_inputs(body.inputs, self.config.tool_roots())
-        budgets = body.budgets.model_dump(exclude_none=True) if body.budgets else None
+        budgets = body.budgets.own() if body.budgets else None
         msg = StartRun(
             workflow=ref, goal=body.goal, inputs=clean, principal=principal, budgets=budgets
         )

@@ -53,7 +53,7 @@ class SimState(BaseModel):
 def _workflow() -> Workflow:
     wf = Workflow("simflow", state=SimState)
     send, restart = SimTool("send_message"), SimTool("restart_service")  # restart: approval
-    send.args_model = restart.args_model = SendArgs  # type: ignore[assignment]
+    send.args_model = restart.args_model = SendArgs
 
     @wf.node(inline=True)
     def plan(state: SimState, ctx: NodeContext) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import BaseModel, JsonValue
 
 from keel.core.nodes import Node, NodeContext
-from keel.core.tool import Verification
+from keel.core.tool import Tool, Verification
 from keel.errors import ObjectExistsError, ObjectNotFoundError, StorageError, WorkerLostError
 from keel.storage.base import check_key
 from keel.storage.envelope import open_sealed
@@ -65,11 +65,11 @@ class World:
         return self.applied[key]
 
 
-class SimTool:
+class SimTool(Tool):
     """A write tool known by name; the simulated executor decides what applying it does."""
 
     action = "write"
-    args_model = None
+    parameters = {"type": "object"}
 
     def __init__(self, name: str) -> None:
         self.name = name

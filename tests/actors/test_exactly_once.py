@@ -14,17 +14,17 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, JsonValue
 
-from keel.actors.runner import InlineNodeRunner
 from keel.core.events import EffectReconciled, EffectResult, OwnerChanged, RunStatus
 from keel.core.nodes import NodeContext
 from keel.core.state import replay
-from keel.core.tool import Verification
+from keel.core.tool import Tool, Verification
 from keel.core.workflow import END, Workflow
 from keel.errors import RunOwnedError, RunStateError, WorkerLostError
 from keel.examples.demo import workflow as demo
 from keel.policy.engine import PolicyEngine
 from keel.runtime.decisions import load_events
 from keel.runtime.engine import RunEngine
+from keel.runtime.inline import InlineNodeRunner
 from keel.runtime.runlog import RunFenced
 from keel.storage.leases import Lease, Leases
 from keel.storage.local import LocalStore
@@ -37,7 +37,7 @@ class SendArgs(BaseModel):
     sleep_s: float = 0.0
 
 
-class SlowSend:
+class SlowSend(Tool):
     """A plain, non-idempotent send: every apply adds one to the file's count, after
     sleeping as long as it is told. ``verify`` answers from the keys it has seen, or
     cannot tell (``blind``)."""

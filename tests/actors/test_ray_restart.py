@@ -20,6 +20,8 @@ from keel.core.events import NodeCompleted, RunStatus
 from tests.actors.workflows import counter, runs_of
 from tests.conftest import Backend
 
+pytestmark = pytest.mark.ray  # it starts Ray in processes of its own
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

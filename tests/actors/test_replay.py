@@ -19,6 +19,8 @@ from keel.policy.engine import PolicyEngine
 from tests.actors.conftest import stop_orchestrator
 from tests.fakes import Scripted, script_triage, scripted_keel_config
 
+pytestmark = pytest.mark.ray  # it starts Ray in processes of its own
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -9,6 +9,8 @@ import asyncio
 import os
 import time
 
+import pytest
+
 from keel.testing.simloop import VirtualTimeLoop
 from keel.testing.simrun import run_many, run_schedule, summary_line
 from keel.testing.simulation import Simulation
@@ -16,6 +18,7 @@ from keel.testing.simulation import Simulation
 SCHEDULES = int(os.environ.get("KEEL_SIM_SCHEDULES", "2000"))
 
 
+@pytest.mark.slow
 def test_thousands_of_schedules_keep_every_invariant() -> None:
     started = time.monotonic()
     outcomes = run_many(list(range(1, SCHEDULES + 1)), workers=2)

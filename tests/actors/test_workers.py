@@ -12,7 +12,7 @@ import ray
 from ray import serve
 
 from keel.actors.pool import WorkerPool
-from keel.actors.retriever import load_embedder, rank
+from keel.actors.retriever import rank
 from keel.actors.validator import ValidatorWorker, check
 from keel.actors.worker_messages import ToolSpec, ValidateRequest
 from keel.client import Keel
@@ -169,16 +169,6 @@ def test_bm25_ranks_the_matching_runbook_first() -> None:
     got = rank(ITEMS, "service broken by a bad config change", 3)
     assert [i.id for i in got] == ["b"]
     assert [i.id for i in rank(ITEMS, "disk volume config", 2)] == ["a", "b"]
-
-
-def test_embeddings_rank_by_meaning_not_words() -> None:
-
-    embedder = load_embedder()
-    assert embedder is not None, "the embedding model ships with the project's dependencies"
-    # No word in common with "Disk full / free space on the volume":
-    got = embedder.rank(ITEMS, "the storage device has no room left", 3)
-    assert got[0].id == "a" and got[0].score > 0.25
-    assert embedder.rank(ITEMS, "service broken by a bad config change", 1)[0].id == "b"
 
 
 def test_calls_spread_over_a_pool(ray_session: None) -> None:

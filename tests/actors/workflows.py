@@ -22,17 +22,25 @@ from keel.actors.worker_messages import (
 from keel.actors.workers import pool
 from keel.core.nodes import NodeContext, NodeOutput, RetryPolicy
 from keel.core.state import add, append
-from keel.core.tool import Verification
+from keel.core.tool import Tool, Verification
 from keel.core.workflow import END, Workflow
 from keel.sandbox.mcp import MCPTools
 
 
-class CounterTool:
+class CounterArgs(BaseModel):
+    """Where the counter file lives."""
+
+    path: str
+
+
+class CounterTool(Tool):
     """A deliberately naive external system: every ``apply`` adds one, keys or not.
 
     So the counter reads exactly the number of times the effect really ran; a duplicate
     effect shows up as 2. ``verify`` answers from the keys the system has seen.
     """
+
+    args_model: type[BaseModel] | None = CounterArgs
 
     def __init__(self, name: str) -> None:
         self.name = name

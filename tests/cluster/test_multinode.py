@@ -26,6 +26,8 @@ from keel.storage import open_store
 from keel.storage.runs import RunStore
 from tests.conftest import new_bucket, s3_options
 
+pytestmark = pytest.mark.ray  # it starts Ray in processes of its own
+
 ROOT = Path(__file__).resolve().parents[2]
 RUNS = 200
 REMOVE_AFTER = 50

@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import BaseModel, Field, JsonValue
 
 from keel.core.nodes import NodeContext
-from keel.core.tool import Verification
+from keel.core.tool import Tool, Verification
 from keel.core.workflow import END, Workflow
 
 
@@ -21,7 +21,7 @@ class SendArgs(BaseModel):
     text: str = ""
 
 
-class Send:
+class Send(Tool):
     """Appends one line per apply: no deduplication by key, on purpose."""
 
     name = "send_message"

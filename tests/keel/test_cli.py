@@ -71,6 +71,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(
     assert not storage.exists(), "bad input must not write anything"
 
 
+@pytest.mark.ray
 def test_incident_demo_end_to_end(tmp_path: Path) -> None:
 
     config = tmp_path / "keel.yaml"
@@ -86,6 +87,7 @@ def test_incident_demo_end_to_end(tmp_path: Path) -> None:
         assert shown in demo.stdout
 
 
+@pytest.mark.ray
 def test_run_then_runs_and_show(tmp_path: Path) -> None:
     storage = tmp_path / "store"
     outbox = tmp_path / "store-outbox"

@@ -20,6 +20,8 @@ from keel.storage.runs import RunStore
 from tests.conftest import new_bucket, s3_options
 from tests.keel.sendflow import sent
 
+pytestmark = pytest.mark.ray  # it starts Ray in processes of its own
+
 ROOT = Path(__file__).resolve().parents[2]
 RUNS = 110
 

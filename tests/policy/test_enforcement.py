@@ -18,7 +18,7 @@ from keel.actors.validator import check
 from keel.actors.worker_messages import ExecuteRequest, ToolSpec
 from keel.actors.workers import pool
 from keel.client import Keel
-from keel.config import BudgetConfig, KeelConfig, OrchestratorConfig, StorageConfig
+from keel.config import Budgets, KeelConfig, OrchestratorConfig, StorageConfig
 from keel.core.events import (
     ApprovalDecided,
     BudgetExceeded,
@@ -40,7 +40,7 @@ def make(tmp_path: Path, **budgets: Any) -> Keel:
         KeelConfig(
             storage=StorageConfig(url=str(tmp_path / "store"), fsync=False),
             orchestrator=OrchestratorConfig(name=f"orch-{tmp_path.name}", node_num_cpus=0.25),
-            budgets=BudgetConfig(**budgets),
+            budgets=Budgets(**budgets),
         )
     )
 
@@ -252,9 +252,7 @@ def test_model_budgets_stop_the_run(
 ) -> None:
 
     script_triage(scripted)
-    keel = Keel(
-        scripted_keel_config(tmp_path, scripted, serve_port, budgets=BudgetConfig(**limits))
-    )
+    keel = Keel(scripted_keel_config(tmp_path, scripted, serve_port, budgets=Budgets(**limits)))
     try:
         st = keel.start(wf("triage"), "bad config on checkout")
         final = keel.watch(st.run_id, timeout_s=120)

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, JsonValue
 
 from keel.core.nodes import NodeContext
-from keel.core.tool import Verification
+from keel.core.tool import Tool, Verification
 from keel.core.workflow import END, Workflow
 from keel.errors import SandboxError
 from keel.sandbox.base import SandboxSpec
@@ -35,7 +35,7 @@ class MisbehaveArgs(BaseModel):
     target: str = "/nonexistent"
 
 
-class Misbehave:
+class Misbehave(Tool):
     name = "misbehave"
     description = "a tool that tries something it must not"
     action = "write"

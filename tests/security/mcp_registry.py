@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, JsonValue
 
-from keel.core.tool import Verification
+from keel.core.tool import Tool, Verification
 from keel.server.mcp_gateway import gateway_workflow
 
 MARKERS = Path(os.environ.get("KEEL_TEST_GATEWAY_MARKERS", "/tmp/keel-gateway"))
@@ -19,7 +19,7 @@ class EchoArgs(BaseModel):
     text: str = Field(max_length=1000)
 
 
-class Echo:
+class Echo(Tool):
     name = "echo"
     description = "say it back"
     action = "read"
@@ -37,7 +37,7 @@ class WireArgs(BaseModel):
     amount: int = Field(ge=1, le=1_000_000)
 
 
-class WireMoney:
+class WireMoney(Tool):
     name = "wire_money"
     description = "send money (a write: held for a person's approval)"
     action = "write"

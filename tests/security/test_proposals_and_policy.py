@@ -13,16 +13,16 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, Field, JsonValue, ValidationInfo, field_validator
 
-from keel.actors.runner import InlineNodeRunner
 from keel.core.events import PolicyDecided, ProposalRejected, RunStatus
 from keel.core.nodes import ConfinedPath, NodeContext
-from keel.core.tool import Verification, confined
+from keel.core.tool import Tool, Verification, confined
 from keel.core.workflow import END, Workflow
 from keel.errors import InputError
 from keel.examples.demo import workflow as demo
 from keel.policy.engine import DEFAULT_MODEL, DEFAULT_POLICY, PolicyEngine
 from keel.runtime.decisions import load_events
 from keel.runtime.engine import RunEngine
+from keel.runtime.inline import InlineNodeRunner
 from keel.storage.local import LocalStore
 from keel.storage.runs import RunStore
 
@@ -38,7 +38,7 @@ class WriteArgs(BaseModel):
         return confined(value, info)
 
 
-class RewriteConfig:
+class RewriteConfig(Tool):
     """Rewrites service.json under ``root``: the kind of write an attacker wants aimed."""
 
     action = "write"
