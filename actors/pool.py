@@ -13,12 +13,11 @@ import time
 from typing import Any
 
 import ray
-from ray.exceptions import ActorDiedError, ActorUnavailableError
 
+from keel.actors.rayerrors import LOST
 from keel.errors import KeelError, WorkerLostError
 
 NAMESPACE = "keel"
-LOST = (ActorDiedError, ActorUnavailableError)
 
 
 def worker_name(role: str, index: int, scope: str = "") -> str:

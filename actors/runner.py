@@ -7,14 +7,8 @@ from typing import Any
 
 import ray
 from pydantic import BaseModel, JsonValue
-from ray.exceptions import (
-    NodeDiedError,
-    ObjectLostError,
-    RayTaskError,
-    TaskCancelledError,
-    WorkerCrashedError,
-)
 
+from keel.actors.rayerrors import TASK_LOST, RayTaskError, task_lost, unwrap
 from keel.actors.worker_messages import ExecuteRequest, ExecuteResponse
 from keel.actors.workers import pool
 from keel.core.nodes import Node, NodeContext
@@ -51,10 +45,9 @@ async def _await(ref: Any, what: str, timeout_s: float | None, *, abortable: boo
             f"{what} timed out after {timeout_s}s", code=ErrorCode.NODE_TIMEOUT, retryable=True
         ) from None
     except RayTaskError as exc:
-        cause = exc.cause
-        raise (cause if isinstance(cause, Exception) else exc) from None
-    except (WorkerCrashedError, TaskCancelledError, NodeDiedError, ObjectLostError) as exc:
-        raise NodeError(f"{what}: worker lost ({type(exc).__name__})", retryable=True) from None
+        raise unwrap(exc) from None
+    except TASK_LOST as exc:
+        raise task_lost(what, exc) from None
 
 
 class RayNodeRunner:
@@ -82,8 +75,7 @@ class RayNodeRunner:
                 "execute", msg, retry_lost=msg.verify_only
             )
         except RayTaskError as exc:
-            cause = exc.cause
-            raise (cause if isinstance(cause, Exception) else exc) from None
+            raise unwrap(exc) from None
         return resp
 
     async def apply_effect(

@@ -24,7 +24,6 @@ from typing import Any, Literal
 import ray
 from pydantic import JsonValue
 from ray._private import ray_constants
-from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
 from keel.actors.messages import (
     ApproveRun,
@@ -36,6 +35,7 @@ from keel.actors.messages import (
     orchestrator_settings,
 )
 from keel.actors.orchestrator import get_orchestrator
+from keel.actors.rayerrors import LOST
 from keel.config import KeelConfig, load_config
 from keel.core.events import ApprovalDecided, Event, RunStatus
 from keel.core.registry import load_workflow, resolve_ref
@@ -50,6 +50,9 @@ from keel.storage.leases import Leases, OwnerRecord
 from keel.storage.runs import RunStore, check_run_id
 
 log = logging.getLogger("keel.client")
+# Ray announces on every start that it turned token authentication on by default; Keel
+# wants it on (its own docs say so), so the notice is noise on a user's terminal.
+logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
 
 # Ray binds every service to 127.0.0.1 when this is "0" (its switch for laptop clusters).
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
@@ -212,7 +215,7 @@ class Keel:
         while True:
             try:
                 return ray.get(getattr(self.orchestrator(), method).remote(*args))
-            except (ActorUnavailableError, ActorDiedError, RayActorError) as exc:
+            except LOST as exc:
                 if isinstance(exc, KeelError) or time.monotonic() > deadline:
                     raise
                 log.info("orchestrator unavailable (%s); retrying", type(exc).__name__)

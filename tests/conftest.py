@@ -102,6 +102,12 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     return Backend("s3", f"s3://{new_bucket(endpoint)}/keel", s3_options(endpoint))
 
 
+@pytest.fixture
+def s3_backend(s3_endpoint: str) -> Backend:
+    """A fresh bucket on the moto server."""
+    return Backend("s3", f"s3://{new_bucket(s3_endpoint)}/keel", s3_options(s3_endpoint))
+
+
 @pytest.fixture(scope="session")
 def ray_session() -> Iterator[None]:
     """One real local Ray instance for the whole session (no dashboard)."""

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+import traceback
 from collections.abc import Sequence
 
 from rich.markup import escape
@@ -26,6 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="keel", description="Keel: a durable runtime for agents that act.")
     p.add_argument("--config", help="path to keel.yaml (default: ./keel.yaml or $KEEL_CONFIG)")
     p.add_argument("--storage", help="storage URL (overrides config and $KEEL_STORAGE)")
+    p.add_argument(
+        "--debug",
+        action="store_true",
+        help="on an error, print the full traceback too (or set KEEL_DEBUG=1)",
+    )
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     demo = sub.add_parser("demo", help="run the bundled incident demo end to end")
@@ -134,12 +142,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _user_code_importable() -> None:
+    """``keel run flows:wf`` finds ``flows.py`` in the current directory, as ``python -m``
+    would, in this process and in the Ray workers it starts (which inherit PYTHONPATH)."""
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    if cwd not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([cwd, *[p for p in paths if p]])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _user_code_importable()
+    debug = args.debug or os.environ.get("KEEL_DEBUG", "") not in ("", "0")
     try:
         code: int = args.fn(args)
     except KeelError as exc:
         # Who must act decides the exit code (keel.errors.OUTCOMES), never the message.
+        if debug:
+            err.print("".join(traceback.format_exception(exc)), markup=False, highlight=False)
         label = "error" if exc.kind in (ErrorKind.USAGE, ErrorKind.NOT_FOUND) else exc.kind
         err.print(f"keel: {label}: {escape(str(exc))}")
         return exit_code(exc)

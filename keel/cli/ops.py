@@ -32,6 +32,7 @@ from keel.cli.render import _follow
 from keel.client import Keel
 from keel.config import load_config
 from keel.core.events import RunStatus
+from keel.core.registry import resolve_ref
 from keel.core.state import RunState
 from keel.errors import InputError
 from keel.evals import compare, counterfactual, report
@@ -235,6 +236,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
     results_path = Path(args.results) if args.results else path.with_suffix(".results.jsonl")
     keel = Keel(load_config(args.config))
     _apply_storage(keel, args)
+    for ref in sorted({str(t.workflow) for t in tasks}):
+        resolve_ref(ref, keel.config.workflows)  # a broken workflow stops the batch up front
     batch = Batch(
         keel,
         tasks,

@@ -40,7 +40,7 @@ class Tool(ABC):
 
     name: str = ""
     description: str = ""
-    action: ToolAction = "write"
+    action: ToolAction  # declared by every tool: nothing is a write by accident, or a read
     args_model: type[BaseModel] | None = None
     parameters: dict[str, Any] | None = None
     resource_args: tuple[str, ...] = ()
@@ -62,8 +62,12 @@ def check_tool(tool: object) -> Tool:
         raise TypeError(f"tool {label!r}: a tool subclasses keel.Tool (got {type(tool).__name__})")
     if not tool.name or not isinstance(tool.name, str):
         raise TypeError(f"tool of class {type(tool).__name__}: name: a tool needs a name")
-    if tool.action not in ("read", "write"):
-        raise TypeError(f"tool {label!r}: action: must be 'read' or 'write', not {tool.action!r}")
+    action = getattr(tool, "action", None)
+    if action not in ("read", "write"):
+        raise TypeError(
+            f"tool {label!r}: action: declare action = 'read' or 'write' on the tool "
+            f"(got {action!r}); a write waits for approval unless policy exempts it"
+        )
     model = tool.args_model
     if model is None and not isinstance(tool.parameters, dict):
         raise TypeError(

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import ray
@@ -36,8 +37,9 @@ def stop_orchestrator(keel: Keel) -> None:
 
 
 @pytest.fixture
-def keel(ray_session: None, backend: Backend) -> Iterator[Keel]:
-    """A client with its own orchestrator actor over the test's own storage."""
-    client = make_keel(backend)
+def keel(ray_session: None, tmp_path: Path) -> Iterator[Keel]:
+    """A client with its own orchestrator actor over the test's own local storage (S3 is
+    covered where a test asks for ``s3_backend``, and in-process in the fast tier)."""
+    client = make_keel(Backend("local", str(tmp_path / "store")))
     yield client
     stop_orchestrator(client)

@@ -40,6 +40,7 @@ class CounterTool(Tool):
     effect shows up as 2. ``verify`` answers from the keys the system has seen.
     """
 
+    action = "write"
     args_model: type[BaseModel] | None = CounterArgs
 
     def __init__(self, name: str) -> None:

@@ -126,3 +126,79 @@ def test_run_then_runs_and_show(tmp_path: Path) -> None:
         json.loads(keel("show", run_id, "--json", storage=storage).stdout)["state"]["status"]
         == "succeeded"
     )
+
+
+BROKEN = {
+    "missing_import": ("import no_such_package_anywhere\n", "ModuleNotFoundError", 1),
+    "syntax": ("def broken(:\n    pass\n", "SyntaxError", 1),
+    "no_role": (
+        "from pydantic import BaseModel\n"
+        "from keel import Tool, Verification, Workflow\n"
+        "class A(BaseModel):\n    to: str\n"
+        "class Pager(Tool):\n"
+        "    name = 'pager'\n    action = 'write'\n    args_model = A\n"
+        "    def apply(self, args, key): return None\n"
+        "    def verify(self, args, key): return Verification(status='unknown')\n"
+        "wf = Workflow('w')\n"
+        "@wf.effect(Pager())\n"
+        "def page(state, ctx): return {}\n",
+        "TypeError",
+        12,
+    ),
+    "undeclared_tool": (
+        "from keel import Tool, Verification, Workflow\n"
+        "class Pager(Tool):\n"
+        "    name = 'pager'\n"
+        "    def apply(self, args, key): return None\n"
+        "    def verify(self, args, key): return Verification(status='unknown')\n"
+        "wf = Workflow('w')\n"
+        "@wf.effect(Pager(), role='mitigate')\n"
+        "def page(state, ctx): return {}\n",
+        "declare action",
+        7,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN))
+@pytest.mark.parametrize("command", ["run", "batch"])
+def test_a_broken_workflow_is_one_line_naming_the_file_and_writes_nothing(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    case: str,
+    command: str,
+) -> None:
+    source, names, line = BROKEN[case]
+    module = f"userflows_{case}_{command}"
+    (tmp_path / f"{module}.py").write_text(source)
+    monkeypatch.chdir(tmp_path)  # the user's own folder, as they would run keel from it
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    storage = tmp_path / "store"
+    argv = ["--storage", str(storage), "run", f"{module}:wf"]
+    if command == "batch":
+        tasks = tmp_path / "tasks.jsonl"
+        tasks.write_text(json.dumps({"id": "t1", "goal": "page"}) + "\n")
+        argv = ["--storage", str(storage), "batch", str(tasks), "--workflow", f"{module}:wf"]
+    assert main(argv) == 2
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.strip()]
+    assert len(lines) == 1, lines
+    assert f"{module}:wf" in lines[0] and names in lines[0]
+    assert f"{module}.py:{line}" in lines[0], "the message names where in the user's file"
+    assert not storage.exists(), "a broken workflow must not write anything"
+
+    # --debug shows the whole traceback, ending with the same line.
+    assert main(["--debug", *argv]) == 2
+    shown = capsys.readouterr().err
+    assert "Traceback" in shown and shown.strip().splitlines()[-1] == lines[0]
+
+
+def test_a_missing_attribute_names_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "userflows_attr.py").write_text("x = 1\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    assert main(["--storage", str(tmp_path / "s"), "run", "userflows_attr:wf"]) == 2
+    err = capsys.readouterr().err
+    assert "has no attribute 'wf'" in err and len(err.strip().splitlines()) == 1

@@ -23,7 +23,7 @@ from keel.runtime.inline import InlineNodeRunner
 from keel.storage.local import LocalStore
 from keel.storage.runs import RunStore
 from keel.testing.faults import ChaosHooks
-from tests.conftest import TEST_POLICY
+from tests.conftest import TEST_POLICY, Backend
 
 
 @pytest.fixture
@@ -31,16 +31,25 @@ def store(tmp_path: Path) -> RunStore:
     return RunStore(LocalStore(tmp_path / "store", fsync=False))
 
 
+@pytest.fixture
+def s3_store(s3_backend: Backend) -> RunStore:
+    """A run store in a fresh bucket of the moto S3 server (a real process, no Ray)."""
+    return RunStore(s3_backend.open())
+
+
 EngineFactory = Callable[..., RunEngine]
 
 
 @pytest.fixture
 async def engines(store: RunStore) -> AsyncIterator[EngineFactory]:
-    """Makes engines over the test's store; every one still open is closed afterwards."""
+    """Makes engines over the test's store (or ``store=``); every one still open is closed
+    afterwards."""
     made: list[RunEngine] = []
+    default = store
 
     def make(
         *,
+        store: RunStore = default,
         owner: str = "orch",
         hooks: ChaosHooks | None = None,
         budgets: Budgets | None = None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,11 +32,13 @@ FAULTS: list[tuple[FaultPoint, str]] = [
 ]
 
 
-async def crashed(engines: EngineFactory, point: FaultPoint, node: str, tmp_path: Path) -> str:
+async def crashed(
+    engines: EngineFactory, point: FaultPoint, node: str, tmp_path: Path, **kw: Any
+) -> str:
     """Start a run on an engine armed to die at ``point`` of ``node``; wait for the death."""
     hooks = ChaosHooks(crash=raise_crash)
     hooks.arm(point, node)
-    first = engines(hooks=hooks)
+    first = engines(hooks=hooks, **kw)
     created = await first.create(FIVE, "crash me", {"dir": str(tmp_path)})
     task = first.runs[created.run_id].task
     assert task is not None
@@ -73,6 +76,18 @@ async def test_a_crash_at_any_point_never_repeats_an_effect(
         assert any(isinstance(e, EffectReconciled) and not e.applied for e in events)
     if point == "after_commit" and node in ("a", "c", "e"):
         assert runs_of(tmp_path, node) == 1, "a committed node ran again"
+
+
+@pytest.mark.parametrize("point", ["after_intent", "after_effect"])
+async def test_on_s3_a_crash_either_side_of_an_effect_never_repeats_it(
+    engines: EngineFactory, s3_store: RunStore, tmp_path: Path, point: FaultPoint
+) -> None:
+    run_id = await crashed(engines, point, "ship", tmp_path, store=s3_store)
+    second = engines(store=s3_store)
+    assert await second.recover() == [run_id]
+    final = await second.wait(run_id, 30)
+    assert final.status == RunStatus.SUCCEEDED, final.reason
+    assert counter(tmp_path / "charge.json") == counter(tmp_path / "ship.json") == 1
 
 
 async def test_a_crash_during_recovery_is_survived_too(

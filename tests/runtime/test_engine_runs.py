@@ -1,0 +1,84 @@
+"""Runs through the engine without Ray: node retries and their backoff, a node's own bad
+output, resume and cancel, each checked against the ledger and the state it folds into."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from keel.core.events import NodeFailed, RunStatus
+from keel.errors import RunStateError
+from keel.runtime.decisions import load_events
+from keel.storage.runs import RunStore
+from tests.actors.workflows import counter
+from tests.runtime.conftest import EngineFactory
+
+FIVE = "tests.actors.workflows:five"
+
+
+async def test_retries_with_backoff_then_loops_to_end(
+    engines: EngineFactory, store: RunStore
+) -> None:
+    eng = engines()
+    st = await eng.create("tests.actors.workflows:flaky", "", {"fail_times": 3})
+    final = await eng.wait(st.run_id, 30)
+    assert final.status == RunStatus.SUCCEEDED, final.reason
+    failures = [e for e in load_events(store.load(st.run_id).events) if isinstance(e, NodeFailed)]
+    assert [f.attempt for f in failures] == [1, 2]
+    assert all(f.error.type == "ConnectionError" and f.retry_in_s is not None for f in failures)
+    assert final.data == {"tries": 3, "loops": 3}
+
+
+async def test_retries_exhausted_fail_the_run(engines: EngineFactory) -> None:
+    eng = engines()
+    st = await eng.create("tests.actors.workflows:flaky", "", {"fail_times": 9})
+    final = await eng.wait(st.run_id, 30)
+    assert final.status == RunStatus.FAILED
+    assert final.error is not None and "attempt 3" in final.error.message
+
+
+async def test_an_unknown_state_field_fails_without_retry(
+    engines: EngineFactory, store: RunStore
+) -> None:
+    eng = engines()
+    st = await eng.create("tests.actors.workflows:bad", "", {})
+    final = await eng.wait(st.run_id, 30)
+    assert final.status == RunStatus.FAILED
+    assert final.error is not None and final.error.field == "updates.no_such_field"
+    failures = [e for e in load_events(store.load(st.run_id).events) if isinstance(e, NodeFailed)]
+    assert len(failures) == 1
+
+
+async def test_resume_and_cancel_refuse_finished_runs(
+    engines: EngineFactory, tmp_path: Path
+) -> None:
+    eng = engines()
+    st = await eng.create(FIVE, "", {"dir": str(tmp_path)})
+    assert (await eng.wait(st.run_id, 30)).status == RunStatus.SUCCEEDED
+    with pytest.raises(RunStateError) as resumed:
+        await eng.resume(st.run_id)
+    assert resumed.value.field == "run_id"
+    with pytest.raises(RunStateError):
+        await eng.cancel(st.run_id, reason="too late")
+
+
+async def test_cancel_stops_a_running_run_before_its_effects(
+    engines: EngineFactory, tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate"
+    eng = engines()
+    st = await eng.create(FIVE, "", {"dir": str(tmp_path), "gate": str(gate)})
+
+    async def charged() -> None:
+        while counter(tmp_path / "charge.json") < 1:  # noqa: ASYNC110 (a file, not an event)
+            await asyncio.sleep(0.02)
+
+    await asyncio.wait_for(charged(), 30)  # c now waits on the gate
+    final = await eng.cancel(st.run_id, reason="operator said so")
+    assert final.status == RunStatus.CANCELLED and final.reason == "operator said so"
+    gate.touch()
+    await asyncio.sleep(0.3)
+    assert (await eng.view(st.run_id)).state.status == RunStatus.CANCELLED
+    assert counter(tmp_path / "ship.json") == 0, "a cancelled run applied an effect"
