@@ -91,9 +91,7 @@ def parse_query(text: str) -> dict[str, str]:
 
 def select_runs(keel: Any, query: dict[str, str]) -> list[str]:
     entries = keel.runs(status=query.get("status"), workflow=query.get("workflow"))
-    ids = [
-        str(e["run_id"]) for e in entries if str(e["run_id"]).startswith(query.get("prefix", ""))
-    ]
+    ids = [e.run_id for e in entries if e.run_id.startswith(query.get("prefix", ""))]
     return ids[: int(query["limit"])] if "limit" in query else ids
 
 

@@ -23,12 +23,14 @@ _EXPORTS = {
     "RetryPolicy": "keel.core.nodes",
     "ConfinedPath": "keel.core.nodes",
     "RunState": "keel.core.state",
+    "RunSummary": "keel.core.state",
     "append": "keel.core.state",
     "merge": "keel.core.state",
     "add": "keel.core.state",
     "replace": "keel.core.state",
     "RunStatus": "keel.core.events",
     "Event": "keel.core.events",
+    "Approval": "keel.core.events",
     "Tool": "keel.core.tool",
     "Verification": "keel.core.tool",
     "ToolAction": "keel.core.tool",
@@ -49,6 +51,7 @@ _EXPORTS = {
 
 __all__ = [
     "END",
+    "Approval",
     "Budgets",
     "ConfigError",
     "ConfinedPath",
@@ -69,6 +72,7 @@ __all__ = [
     "RunState",
     "RunStateError",
     "RunStatus",
+    "RunSummary",
     "SandboxError",
     "StorageError",
     "Tool",
@@ -86,9 +90,9 @@ __all__ = [
 if TYPE_CHECKING:
     from keel.client import Keel
     from keel.config import Budgets, KeelConfig, load_config
-    from keel.core.events import Event, RunStatus
+    from keel.core.events import Approval, Event, RunStatus
     from keel.core.nodes import ConfinedPath, NodeContext, NodeOutput, RetryPolicy
-    from keel.core.state import RunState, add, append, merge, replace
+    from keel.core.state import RunState, RunSummary, add, append, merge, replace
     from keel.core.tool import Tool, ToolAction, Verification
     from keel.core.validation import FieldError
     from keel.core.workflow import END, Workflow

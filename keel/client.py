@@ -39,7 +39,7 @@ from keel.actors.rayerrors import LOST
 from keel.config import KeelConfig, load_config
 from keel.core.events import ApprovalDecided, Event, RunStatus
 from keel.core.registry import load_workflow, resolve_ref
-from keel.core.state import RunState
+from keel.core.state import RunState, RunSummary
 from keel.errors import ConfigError, KeelError, RunStateError
 from keel.router.service import ensure_router
 from keel.runtime.decisions import check_budgets, new_run_id
@@ -317,7 +317,7 @@ class Keel:
         """Approve (or reject) the action a run is waiting on, as ``principal``; policy
         decides whether that principal may."""
         before = self.show(run_id)
-        asked = before.state.approval or {}
+        asked = before.state.approval
         try:
             state: RunState = self._call(
                 "approve",
@@ -332,7 +332,8 @@ class Keel:
                 and ev.seq > before.state.last_seq
                 and ev.principal == principal
                 and ev.approved == approved
-                and ev.args_digest == asked.get("args_digest")
+                and asked is not None
+                and ev.args_digest == asked.args_digest
                 for ev in after.events
             ):
                 return after.state
@@ -344,7 +345,7 @@ class Keel:
         state: RunState = self._call("cancel", CancelRun(run_id=run_id, by=by, reason=reason))
         return state
 
-    def runs(self, status: str | None = None, workflow: str | None = None) -> list[dict[str, Any]]:
+    def runs(self, status: str | None = None, workflow: str | None = None) -> list[RunSummary]:
         """Index entries of every run, newest first, read from storage."""
         return RunReader(self.store).runs(status, workflow)
 

@@ -74,18 +74,18 @@ def cmd_runs(args: argparse.Namespace) -> int:
     _apply_storage(keel, args)
     rows = keel.runs(status=args.status, workflow=args.workflow)
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps([r.model_dump() for r in rows], indent=2))
         return EXIT_OK
     table = Table("run", "workflow", "status", "created", "goal / reason")
     for r in rows:
-        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.get("created_at", 0)))
-        style = _status_style(r["status"])
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.created_at))
+        style = _status_style(r.status)
         table.add_row(
-            escape(r["run_id"]),
-            escape(r["workflow"]),
-            f"[{style}]{escape(r['status'])}[/{style}]",
+            escape(r.run_id),
+            escape(r.workflow),
+            f"[{style}]{escape(r.status)}[/{style}]",
             created,
-            escape(r.get("reason") or r.get("goal", "")),
+            escape(r.reason or r.goal),
         )
     out.print(table if rows else "no runs")
     return EXIT_OK
@@ -113,7 +113,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         out.print(f"  reason: {escape(st.reason)}")
     if st.status == RunStatus.AWAITING_APPROVAL and st.approval:
         # Everything the action will be given, as it will be given it.
-        out.print(f"  pending approval: {escape(json.dumps(st.approval, sort_keys=True))}")
+        out.print(f"  pending approval: {escape(st.approval.model_dump_json(exclude_none=True))}")
     out.print("timeline:")
     print_events(view.events)
     return EXIT_OK

@@ -181,11 +181,32 @@ class BudgetExceeded(_Event):
     value: float
 
 
+class Approval(BaseModel):
+    """An action held for a person, exactly as it will run, and (once given) the answer.
+
+    The answer is bound to ``args_digest``: an approval of these arguments at this step
+    approves nothing else.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    node: str
+    step: int
+    args_digest: str
+    tool: str = ""
+    resource: str | None = None
+    object: str = ""
+    args: dict[str, JsonValue] = Field(default_factory=dict)
+    rule: list[str] = Field(default_factory=list)
+    approved: bool | None = None
+    principal: str | None = None
+
+
 class RunPaused(_Event):
     type: Literal["run_paused"] = "run_paused"
     status: Literal[RunStatus.AWAITING_APPROVAL, RunStatus.NEEDS_HUMAN]
     reason: str
-    approval: dict[str, JsonValue] | None = None
+    approval: Approval | None = None
 
 
 class RunResumed(_Event):

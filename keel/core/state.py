@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from keel.core.events import (
+    Approval,
     ApprovalDecided,
     BudgetExceeded,
     EffectIntent,
@@ -84,7 +85,7 @@ class RunState(BaseModel):
     effects: dict[str, EffectRecord] = Field(default_factory=dict)
     usage: Usage = Field(default_factory=Usage)
     rejections: int = 0
-    approval: dict[str, JsonValue] | None = Field(
+    approval: Approval | None = Field(
         default=None, description="the approval asked for or granted at the current step"
     )
     last_seq: int = 0
@@ -110,6 +111,26 @@ class RunState(BaseModel):
 
 
 # Channel reducers a workflow state field may declare with ``Annotated[T, reducer]``.
+
+
+class RunSummary(BaseModel):
+    """A run's index entry: enough to list and filter runs without loading them. It is a
+    hint: the checkpoints decide, and a ``pending`` entry may name a run that never began.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    run_id: str
+    workflow: str
+    status: str = Field(description="a RunStatus, or 'pending' before checkpoint 0")
+    goal: str = ""
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    reason: str = ""
+    principal: str = "local"
+    owner: str | None = None
+
+
 def replace(_old: Any, new: Any) -> Any:
     return new
 
@@ -219,14 +240,15 @@ def _proposal_rejected(state: RunState, ev: ProposalRejected, _: Channels) -> Ru
 
 
 def _approval_decided(state: RunState, ev: ApprovalDecided, _: Channels) -> RunState:
-    approval: dict[str, JsonValue] = {
-        "node": ev.node,
-        "step": ev.step,
-        "approved": ev.approved,
-        "principal": ev.principal,
-        "args_digest": ev.args_digest,
-    }
-    return state.model_copy(update={"approval": approval})
+    answer = {"approved": ev.approved, "principal": ev.principal}
+    asked = state.approval
+    if asked is None or (asked.node, asked.step, asked.args_digest) != (
+        ev.node,
+        ev.step,
+        ev.args_digest,
+    ):
+        asked = Approval(node=ev.node, step=ev.step, args_digest=ev.args_digest)
+    return state.model_copy(update={"approval": asked.model_copy(update=answer)})
 
 
 def _budget_exceeded(state: RunState, ev: BudgetExceeded, _: Channels) -> RunState:

@@ -33,7 +33,7 @@ from keel.core.events import (
     parse_event,
 )
 from keel.core.nodes import Node, NodeContext
-from keel.core.state import RunState, fold
+from keel.core.state import RunState, RunSummary, fold
 from keel.core.tool import Tool
 from keel.core.workflow import Workflow
 from keel.errors import InputError, KeelError, WorkflowError, first_error
@@ -161,14 +161,15 @@ def args_digest(args: dict[str, Any]) -> str:
 
 def approved_by(state: RunState, step: Step, args: dict[str, Any]) -> str | None:
     """Who approved exactly these arguments for this step, if anyone did."""
-    ap = state.approval or {}
+    ap = state.approval
     if (
-        ap.get("approved") is True
-        and ap.get("step") == step.ctx.step
-        and ap.get("node") == step.node.name
-        and ap.get("args_digest") == args_digest(args)
+        ap is not None
+        and ap.approved is True
+        and ap.step == step.ctx.step
+        and ap.node == step.node.name
+        and ap.args_digest == args_digest(args)
     ):
-        return str(ap.get("principal"))
+        return str(ap.principal)
     return None
 
 
@@ -333,16 +334,16 @@ def rejection(
     return [rejected, RunFinished(status=RunStatus.FAILED, error=info, reason=info.message)]
 
 
-def summary(state: RunState, owner: str | None = None) -> dict[str, Any]:
+def summary(state: RunState, owner: str | None = None) -> RunSummary:
     """The index entry of a run: enough to list and filter runs without loading them."""
-    return {
-        "run_id": state.run_id,
-        "workflow": state.workflow,
-        "status": str(state.status),
-        "goal": state.goal[:200],
-        "created_at": state.created_at,
-        "updated_at": state.updated_at,
-        "reason": state.reason[:500],
-        "principal": state.principal,
-        "owner": owner,
-    }
+    return RunSummary(
+        run_id=state.run_id,
+        workflow=state.workflow,
+        status=str(state.status),
+        goal=state.goal[:200],
+        created_at=state.created_at,
+        updated_at=state.updated_at,
+        reason=state.reason[:500],
+        principal=state.principal,
+        owner=owner,
+    )

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -372,11 +372,11 @@ class RunEngine(Ownership, StepLoop):
         await self.start()
         run = await self.load(run_id)
         st = run.state
-        ap = st.approval or {}
-        if st.status != RunStatus.AWAITING_APPROVAL or ap.get("approved") is not None:
+        ap = st.approval
+        if st.status != RunStatus.AWAITING_APPROVAL or ap is None or ap.approved is not None:
             raise RunStateError(f"run {run_id} is not awaiting approval", field="run_id")
         takeover = await self._writable(run)
-        node, step = str(ap["node"]), int(cast(int, ap["step"]))
+        node, step = ap.node, ap.step
         # Approving one's own request needs a right of its own (approve_own). A refusal
         # writes nothing: a caller cannot grow a waiting run's ledger by asking.
         action = "approve_own" if principal == st.principal else "approve"
@@ -394,14 +394,14 @@ class RunEngine(Ownership, StepLoop):
             approved=approved,
             principal=principal,
             reason=reason,
-            args_digest=str(ap["args_digest"]),
+            args_digest=ap.args_digest,
         )
         if approved:
             resumed = RunResumed(by=principal, reason=reason)
             await self._commit(run, [*takeover, check, answer, resumed])
             self._spawn(run)
         else:
-            why = f"{ap.get('tool')} rejected by {principal}" + (f": {reason}" if reason else "")
+            why = f"{ap.tool} rejected by {principal}" + (f": {reason}" if reason else "")
             done = RunFinished(status=RunStatus.FAILED, reason=why)
             await self._commit(run, [*takeover, check, answer, done])
         return run.state

@@ -3,11 +3,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from keel.core.events import RunStatus
 from keel.core.registry import load_workflow
-from keel.core.state import replay
+from keel.core.state import RunSummary, replay
 from keel.errors import InputError, KeelError
 from keel.runtime.decisions import load_events, summary
 from keel.runtime.engine import RunView
@@ -20,7 +18,7 @@ class RunReader:
     def __init__(self, store: RunStore) -> None:
         self.store = store
 
-    def runs(self, status: str | None = None, workflow: str | None = None) -> list[dict[str, Any]]:
+    def runs(self, status: str | None = None, workflow: str | None = None) -> list[RunSummary]:
         """Index entries of every run, newest first.
 
         Raises:
@@ -33,19 +31,20 @@ class RunReader:
             )
         out = []
         for run_id in self.store.list_run_ids():
-            entry = self.store.read_index(run_id)
-            if entry is not None and entry.get("status") == PENDING:
+            raw = self.store.read_index(run_id)
+            entry = None if raw is None else RunSummary.model_validate(raw)
+            if entry is not None and entry.status == PENDING:
                 entry = self._settle_pending(run_id)
             if entry is None:
                 continue
-            if status is not None and entry.get("status") != status:
+            if status is not None and entry.status != status:
                 continue
-            if workflow is not None and entry.get("workflow") != workflow:
+            if workflow is not None and entry.workflow != workflow:
                 continue
             out.append(entry)
-        return sorted(out, key=lambda e: e.get("created_at", 0), reverse=True)
+        return sorted(out, key=lambda e: e.created_at, reverse=True)
 
-    def _settle_pending(self, run_id: str) -> dict[str, Any] | None:
+    def _settle_pending(self, run_id: str) -> RunSummary | None:
         """An index entry written before its checkpoint 0: a run if the checkpoint exists
         (its creator died before updating the entry), otherwise no run at all."""
         try:

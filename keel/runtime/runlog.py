@@ -158,7 +158,7 @@ class RunLog:
         run.owner = owner
         run.events.extend(numbered)
         if status_changed or owner_changed:
-            await self.io(self.store.write_index, state.run_id, summary(state, owner))
+            await self.io(self.store.write_index, state.run_id, summary(state, owner).model_dump())
         async with run.changed:
             run.changed.notify_all()
 
@@ -170,12 +170,12 @@ class RunLog:
         """
         state = fold(None, created, workflow.channels)
         owner = self.owner
-        pending = {**summary(state, owner), "status": PENDING}
+        pending = {**summary(state, owner).model_dump(), "status": PENDING}
         await self.io(self.store.write_index, state.run_id, pending)
         digest = await self.io(
             self.store.append, state.run_id, 0, None, [created.model_dump(mode="json")], owner
         )
-        await self.io(self.store.write_index, state.run_id, summary(state, owner))
+        await self.io(self.store.write_index, state.run_id, summary(state, owner).model_dump())
         return LiveRun(
             workflow=workflow,
             state=state,
@@ -226,7 +226,9 @@ class RunLog:
         return result
 
     async def write_index(self, run: LiveRun) -> None:
-        await self.io(self.store.write_index, run.run_id, summary(run.state, run.owner))
+        await self.io(
+            self.store.write_index, run.run_id, summary(run.state, run.owner).model_dump()
+        )
 
     async def run_ids(self) -> list[str]:
         result: list[str] = await self.io(self.store.list_run_ids)

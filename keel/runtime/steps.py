@@ -18,7 +18,14 @@ from typing import Any
 from pydantic_core import to_jsonable_python
 
 from keel.config import Budgets
-from keel.core.events import BudgetExceeded, Event, RunFinished, RunPaused, RunStatus
+from keel.core.events import (
+    Approval,
+    BudgetExceeded,
+    Event,
+    RunFinished,
+    RunPaused,
+    RunStatus,
+)
 from keel.core.nodes import NodeContext, NodeOutput
 from keel.core.state import RunState
 from keel.core.tool import Tool, tool_action, tool_object, tool_resource, tool_schema
@@ -239,17 +246,16 @@ class StepLoop:
         checks: list[Event],
     ) -> None:
         resource = tool_resource(tool, args)
-        request: dict[str, Any] = {
-            "node": step.node.name,
-            "step": step.ctx.step,
-            "tool": tool.name,
-            "resource": resource,
-            "object": decision.object,
-            "args": args,
-            "args_digest": args_digest(args),
-            "rule": list(decision.rule),
-            "approved": None,
-        }
+        request = Approval(
+            node=step.node.name,
+            step=step.ctx.step,
+            tool=tool.name,
+            resource=resource,
+            object=decision.object,
+            args=args,
+            args_digest=args_digest(args),
+            rule=list(decision.rule),
+        )
         # The person sees everything the action will be given, as it will be given it.
         reason = (
             f"{tool.name} on {resource or 'no named resource'} with "

@@ -279,8 +279,8 @@ class RunsAPI:
         offset: int = Query(default=0, ge=0),
     ) -> Any:
         principal = self._principal(request)
-        rows = await asyncio.to_thread(self.reader.runs, status, workflow)
-        rows = [r for r in rows if self._sees(principal, r)]
+        found = await asyncio.to_thread(self.reader.runs, status, workflow)
+        rows = [r.model_dump() for r in found if self._sees(principal, r.model_dump())]
         return {"runs": rows[offset : offset + limit], "total": len(rows)}
 
     async def _view(self, run_id: str, request: Request) -> tuple[str, Any]:

@@ -78,9 +78,12 @@ def test_errors_pickle_with_their_structure(err: KeelError) -> None:
 
 def test_public_api_is_pinned() -> None:
     assert set(keel.__all__) == {
-        "END", "ErrorCode", "InputError", "Keel", "KeelConfig", "KeelError", "NodeContext",
-        "RetryPolicy", "RunState", "RunStatus", "Tool", "Verification", "Workflow", "add",
-        "append", "load_config", "merge", "replace",
+        "Approval", "Budgets", "ConfigError", "ConfinedPath", "ConflictError", "END",
+        "ErrorCode", "ErrorKind", "Event", "FieldError", "InputError", "Keel", "KeelConfig",
+        "KeelError", "NodeContext", "NodeOutput", "PolicyError", "RetryPolicy",
+        "RunNotFoundError", "RunState", "RunStateError", "RunStatus", "RunSummary",
+        "SandboxError", "StorageError", "Tool", "ToolAction", "Verification", "Workflow",
+        "WorkflowError", "add", "append", "load_config", "merge", "replace",
     }  # fmt: skip
     for name in keel.__all__:
         assert getattr(keel, name) is not None

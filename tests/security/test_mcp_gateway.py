@@ -90,7 +90,7 @@ def test_a_call_is_a_recorded_run_of_its_principal(gateway: tuple[str, Keel]) ->
     assert not failed and "hello" in text
     runs = keel.runs(workflow="mcp-ops")
     assert len(runs) == 1
-    view = keel.show(runs[0]["run_id"])
+    view = keel.show(runs[0].run_id)
     assert view.state.principal == "alice" and view.state.status == "succeeded"
     assert view.state.data["result"] == {"echo": "hello"}
 
@@ -100,7 +100,7 @@ def test_a_write_waits_for_a_person_and_then_runs_once(gateway: tuple[str, Keel]
     failed, text = call(url, "alice-key", "wire_money", {"to": "mallory", "amount": 500})
     assert failed and "held for a person's approval" in text
     assert not (MARKERS / "wire_money").exists(), "the write ran before anyone approved it"
-    run_id = keel.runs(workflow="mcp-ops", status="awaiting_approval")[0]["run_id"]
+    run_id = keel.runs(workflow="mcp-ops", status="awaiting_approval")[0].run_id
     final = keel.approve(run_id, principal="local", reason="checked with finance")
     final = keel.watch(run_id, timeout_s=60)
     assert final.status == "succeeded"

@@ -171,11 +171,12 @@ async def test_every_write_waits_for_a_person_unless_policy_exempts_it(
     assert paused.status == RunStatus.AWAITING_APPROVAL
     assert (world["mine"] / "service.json").read_text() == '{"max_connections": 100}'
     # The person sees the whole action, as it will run, and what it acts on.
-    request = paused.approval or {}
-    assert request["resource"] == "checkout"
-    assert request["object"] == "tool:send_payment:checkout"
-    assert request["args"] == {"root": str(world["mine"]), "service": "checkout", "text": "x" * 300}
-    assert json.dumps(request["args"], sort_keys=True) in paused.reason
+    request = paused.approval
+    assert request is not None and request.approved is None
+    assert request.resource == "checkout"
+    assert request.object == "tool:send_payment:checkout"
+    assert request.args == {"root": str(world["mine"]), "service": "checkout", "text": "x" * 300}
+    assert json.dumps(request.args, sort_keys=True) in paused.reason
     await eng.close()
 
 
