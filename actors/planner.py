@@ -52,6 +52,14 @@ def parse_proposal(text: str) -> tuple[Proposal | None, list[FieldError]]:
         ]
 
 
+def ensure_router(router_config: dict[str, Any] | None) -> Any:
+    """Deploy the model router on Serve unless it runs, and return its handle. The router
+    sits in a layer above the workers (and pulls in litellm, slow to import), so it is
+    found through its entry point, and loaded only by what calls a model."""
+    (ensure,) = entry_points(group="keel.router", name="ensure")
+    return ensure.load()(router_config)
+
+
 @ray.remote
 class PlannerWorker:
     """Ray actor. ``plan`` and ``classify`` each take and return one typed message."""
@@ -66,8 +74,7 @@ class PlannerWorker:
         a whole-cluster restart, say), so a resumed run finds its models again. The router
         sits in a layer above the workers, so it is found through its entry point."""
         if self._router is None:
-            (ensure,) = entry_points(group="keel.router", name="ensure")
-            self._router = ensure.load()(self.router_config)
+            self._router = ensure_router(self.router_config)
         return self._router
 
     async def _complete(self, req: RouteRequest, escalated_from: str | None = None) -> ModelCall:

@@ -24,6 +24,9 @@ from typing import Any, Literal
 import ray
 from pydantic import JsonValue
 from ray._private import ray_constants
+from ray._private.authentication.authentication_token_setup import (
+    maybe_enable_token_auth_if_token_available,
+)
 
 from keel.actors.messages import (
     ApproveRun,
@@ -35,13 +38,13 @@ from keel.actors.messages import (
     orchestrator_settings,
 )
 from keel.actors.orchestrator import get_orchestrator
-from keel.actors.rayerrors import LOST
+from keel.actors.planner import ensure_router
+from keel.actors.rayerrors import LOST, RayTaskError, unwrap
 from keel.config import KeelConfig, load_config
 from keel.core.events import ApprovalDecided, Event, RunStatus
 from keel.core.registry import load_workflow, resolve_ref
 from keel.core.state import RunState, RunSummary
 from keel.errors import ConfigError, KeelError, RunStateError
-from keel.router.service import ensure_router
 from keel.runtime.decisions import check_budgets, new_run_id
 from keel.runtime.engine import RunView
 from keel.runtime.reader import RunReader
@@ -124,6 +127,10 @@ class Keel:
         }
         running = self.embedded_instance() if address is None else None
         if running is not None:
+            # The instance runs with Ray's token authentication (on by default for a local
+            # cluster); Ray loads the token for a cluster it finds with "auto", never for an
+            # explicit address, so an attaching process does what "auto" would.
+            maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
             kwargs["address"] = running.address
             log.info("attaching to the Keel instance at %s (pid %s)", running.address, running.pid)
             try:
@@ -215,6 +222,8 @@ class Keel:
         while True:
             try:
                 return ray.get(getattr(self.orchestrator(), method).remote(*args))
+            except RayTaskError as exc:
+                raise unwrap(exc) from None  # the orchestrator's own error, without Ray's
             except LOST as exc:
                 if isinstance(exc, KeelError) or time.monotonic() > deadline:
                     raise

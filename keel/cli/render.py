@@ -14,6 +14,19 @@ from keel.core.events import Event
 from keel.core.state import RunState
 
 
+def _describe_effect(ev: Event) -> tuple[str, str]:
+    match ev.type:
+        case "effect_intent":
+            return ev.node, f"intent {ev.tool} key={ev.key}"
+        case "effect_result":
+            how = " (found by verify)" if ev.reconciled else ""
+            what = json.dumps(ev.result) if ev.ok else ev.error.message if ev.error else ""
+            return "", f"effect {'ok' if ev.ok else 'FAILED'}{how}: {what[:80]}"
+        case "effect_reconciled":
+            return "", f"verify: effect {ev.key} {'applied' if ev.applied else 'not applied'}"
+    return "", ev.type
+
+
 def describe(ev: Event) -> tuple[str, str]:
     """The node an event is about and a one-line description of it."""
     match ev.type:
@@ -26,14 +39,8 @@ def describe(ev: Event) -> tuple[str, str]:
         case "node_failed":
             retry = f"retry in {ev.retry_in_s:.1f}s" if ev.retry_in_s is not None else "no retry"
             return ev.node, f"attempt {ev.attempt} failed: {ev.error.message} ({retry})"
-        case "effect_intent":
-            return ev.node, f"intent {ev.tool} key={ev.key}"
-        case "effect_result":
-            how = " (found by verify)" if ev.reconciled else ""
-            what = json.dumps(ev.result) if ev.ok else ev.error.message if ev.error else ""
-            return "", f"effect {'ok' if ev.ok else 'FAILED'}{how}: {what[:80]}"
-        case "effect_reconciled":
-            return "", f"verify: effect {ev.key} {'applied' if ev.applied else 'not applied'}"
+        case "effect_intent" | "effect_result" | "effect_reconciled":
+            return _describe_effect(ev)
         case "run_paused":
             return "", f"paused ({ev.status}): {ev.reason}"
         case "policy_decided":
@@ -54,6 +61,9 @@ def describe(ev: Event) -> tuple[str, str]:
             )
         case "run_resumed":
             return "", f"resumed by {ev.by} {ev.reason}".rstrip()
+        case "owner_changed":
+            was = f" from {ev.previous}" if ev.previous else ""
+            return "", f"taken over by {ev.owner}{was}" + (f": {ev.reason}" if ev.reason else "")
         case "run_finished":
             why = f": {ev.error.message}" if ev.error else f": {ev.reason}" if ev.reason else ""
             return "", f"run {ev.status}{why}"

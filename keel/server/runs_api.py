@@ -39,6 +39,7 @@ from keel.actors.messages import (
     orchestrator_settings,
 )
 from keel.actors.orchestrator import get_orchestrator
+from keel.actors.rayerrors import RayTaskError, unwrap
 from keel.config import Budgets, KeelConfig, load_config
 from keel.core.registry import BUILTIN, load_workflow, resolve_ref
 from keel.errors import ErrorKind, KeelError, PolicyError, RunNotFoundError, http_status
@@ -122,6 +123,9 @@ async def _invalid(request: Request, exc: RequestValidationError) -> JSONRespons
 
 @runs_api.exception_handler(KeelError)
 async def _keel(request: Request, exc: KeelError) -> JSONResponse:
+    if isinstance(exc, RayTaskError):  # the orchestrator's own error, without Ray's wrapper
+        cause = unwrap(exc)
+        exc = cause if isinstance(cause, KeelError) else exc
     return keel_problem(exc)
 
 

@@ -60,7 +60,8 @@ def cli_env(backend: Backend) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_ray_instance_killed_mid_run_then_resumed(backend: Backend, tmp_path: Path) -> None:
+def test_ray_instance_killed_mid_run_then_resumed(s3_backend: Backend, tmp_path: Path) -> None:
+    backend = s3_backend  # checkpoints outlive the machine's processes: a bucket
     gate = tmp_path / "gate"
     run_id = f"restart-{backend.name}"
     first = subprocess.Popen(

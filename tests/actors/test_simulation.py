@@ -15,7 +15,7 @@ from keel.testing.simloop import VirtualTimeLoop
 from keel.testing.simrun import run_many, run_schedule, summary_line
 from keel.testing.simulation import Simulation
 
-SCHEDULES = int(os.environ.get("KEEL_SIM_SCHEDULES", "2000"))
+SCHEDULES = int(os.environ.get("KEEL_SIM_SCHEDULES", "1000"))
 
 
 @pytest.mark.slow

@@ -1,5 +1,5 @@
 """Keel on a multi-node Ray cluster (head + two worker nodes on this machine), with
-checkpoints on the S3-compatible server: a batch of 200 demo runs, one worker node removed
+checkpoints on the S3-compatible server: a batch of 40 demo runs, one worker node removed
 in the middle. Every run ends once, and no effect happens twice.
 
 The cluster and the `keel batch` driver are their own processes (this test process is on
@@ -29,8 +29,8 @@ from tests.conftest import new_bucket, s3_options
 pytestmark = pytest.mark.ray  # it starts Ray in processes of its own
 
 ROOT = Path(__file__).resolve().parents[2]
-RUNS = 200
-REMOVE_AFTER = 50
+RUNS = 40
+REMOVE_AFTER = 10
 
 
 @pytest.fixture
