@@ -58,9 +58,7 @@ class WorkerPool:
         restarts them (up to ``patience_s``). With ``retry_lost=False`` a call lost in
         flight is not sent again: it may have run (an effect), so the caller must find out
         (``WorkerLostError``)."""
-        deadline = time.monotonic() + patience_s
-        last: Exception | None = None
-        attempt = 0
+        patience = _Patience(self.role, patience_s)
         while True:
             handle = self.handles[next(self._next)]
             try:
@@ -72,30 +70,36 @@ class WorkerPool:
                         "its outcome is unknown",
                         role=self.role,
                     ) from None
-                last = exc
-                if time.monotonic() > deadline:
-                    break
-                attempt += 1
-                await asyncio.sleep(min(0.2 * attempt, 1.0))
-        raise KeelError(
-            f"no {self.role} replica answered within {patience_s:g}s: {last}",
-            retryable=True,
-            role=self.role,
-        )
+                await asyncio.sleep(patience.lost(exc))
 
     def call_sync(self, method: str, msg: Any, *, patience_s: float = 60.0) -> Any:
         """The same from synchronous code (a node running as a Ray task)."""
-        deadline = time.monotonic() + patience_s
-        last: Exception | None = None
-        attempt = 0
+        patience = _Patience(self.role, patience_s)
         while True:
             handle = self.handles[next(self._next)]
             try:
                 return ray.get(getattr(handle, method).remote(msg))
             except LOST as exc:
-                last = exc
-                if time.monotonic() > deadline:
-                    break
-                attempt += 1
-                time.sleep(min(0.2 * attempt, 1.0))
-        raise KeelError(f"no {self.role} replica answered: {last}", retryable=True)
+                time.sleep(patience.lost(exc))
+
+
+class _Patience:
+    """How long a caller keeps trying replicas while Ray restarts them: a growing pause
+    after each lost one, and an error naming the role once ``patience_s`` is spent."""
+
+    def __init__(self, role: str, patience_s: float) -> None:
+        self.role = role
+        self.patience_s = patience_s
+        self.deadline = time.monotonic() + patience_s
+        self.attempt = 0
+
+    def lost(self, exc: Exception) -> float:
+        """Seconds to wait before the next replica, or ``KeelError`` when out of time."""
+        if time.monotonic() > self.deadline:
+            raise KeelError(
+                f"no {self.role} replica answered within {self.patience_s:g}s: {exc}",
+                retryable=True,
+                role=self.role,
+            )
+        self.attempt += 1
+        return min(0.2 * self.attempt, 1.0)

@@ -31,7 +31,7 @@ import s3fs
 
 from keel.storage import open_store
 from keel.storage.base import CheckpointStore
-from tests.fakes import free_port, scripted, scripted_server, serve_port  # noqa: F401
+from tests.fakes import free_port, local_router, scripted, scripted_server, serve_port  # noqa: F401
 
 TEST_POLICY = os.environ["KEEL_POLICY"]
 S3_KEY = "keel-test"

@@ -2,18 +2,31 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import ray
 from ray import serve
 
-from keel.config import KeelConfig, OrchestratorConfig, RouterConfig, StorageConfig, TierConfig
+from keel.config import (
+    APIConfig,
+    KeelConfig,
+    OrchestratorConfig,
+    RouterConfig,
+    StorageConfig,
+    TierConfig,
+)
+from keel.router.service import deploy
+from keel.server.runs_api import deploy_runs_api, hash_key
 from keel.testing.scripted import launch
 
 PRICES = {"small": (1e-6, 2e-6), "large": (1e-5, 3e-5)}
@@ -128,3 +141,32 @@ def script_triage(scripted: Scripted) -> None:
         reply='{"tool": "restore_config", "args": {"service": "checkout"}}',
         usage=[200, 20],
     )
+
+
+@pytest.fixture(scope="module")
+def local_router(serve_port: int) -> Iterator[int]:
+    """The shipped router (the local model and the rules tier) on Serve, for one module."""
+    deploy(RouterConfig(http_port=serve_port))
+    yield serve_port
+    serve.delete("keel-router")
+    serve.delete("keel-local-model")
+
+
+@contextmanager
+def runs_api(
+    serve_port: int, store: Path, name: str, workflows: list[str], keys: dict[str, str]
+) -> Iterator[str]:
+    """The runs API on Serve over ``store``, its orchestrator named ``orch-NAME``; ``keys``
+    maps API keys to principals. Yields the API's base URL."""
+    config = KeelConfig(
+        storage=StorageConfig(url=str(store), fsync=False),
+        orchestrator=OrchestratorConfig(name=f"orch-{name}", node_num_cpus=0.25),
+        api=APIConfig(workflows=workflows),
+    )
+    deploy_runs_api(config.model_dump(mode="json"), {hash_key(k): p for k, p in keys.items()})
+    try:
+        yield f"http://127.0.0.1:{serve_port}/v1/runs"
+    finally:
+        serve.delete("keel-runs")
+        with contextlib.suppress(ValueError):  # never started, or gone already
+            ray.kill(ray.get_actor(config.orchestrator.name, namespace="keel"), no_restart=True)

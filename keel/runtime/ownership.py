@@ -54,14 +54,22 @@ class Ownership:
             except Exception as exc:  # the next renewal may succeed; effects wait for it
                 log.warning("cannot renew lease of %s: %s", self.owner, exc)
 
-    async def close(self) -> None:
-        """Stop driving, and give up the lease so another engine may take over at once."""
+    async def close(self, *, release: bool = True) -> None:
+        """Stop driving, and give up the lease so another engine may take over at once.
+
+        ``release=False`` stops as a process that died would: the lease stays until it
+        expires (or, under the same name, until the next incarnation moves to its epoch).
+        """
         tasks = [r.task for r in self.runs.values() if r.task is not None]
         if self._renewer is not None:
             tasks.append(self._renewer)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        self._renewer = None
+        if not release:
+            self.runs.clear()
+            return
         with contextlib.suppress(Exception):
             await self.log.io(self.lease.release)
 

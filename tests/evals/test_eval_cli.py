@@ -14,12 +14,9 @@ import pytest
 import ray
 import yaml
 from PIL import Image
-from ray import serve
 
 from keel.cli import main
-from keel.config import RouterConfig
 from keel.evals.report import Report, read_markdown_metrics
-from keel.router.service import deploy
 from keel.sandbox.bwrap import isolation
 
 HERE = Path(__file__).resolve().parent
@@ -47,15 +44,6 @@ class Evaluated:
     report: Report
 
 
-@pytest.fixture(scope="module")
-def router(serve_port: int) -> Iterator[int]:
-
-    deploy(RouterConfig(http_port=serve_port))
-    yield serve_port
-    serve.delete("keel-router")
-    serve.delete("keel-local-model")
-
-
 def _stop(name: str) -> None:
 
     with contextlib.suppress(ValueError):
@@ -63,12 +51,12 @@ def _stop(name: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def shipped(router: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Evaluated]:
+def shipped(local_router: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Evaluated]:
     """The whole bundled suite, all three layers, with the shipped configuration."""
     if not isolation()[0]:
         pytest.skip(isolation()[1])
     base = tmp_path_factory.mktemp("shipped")
-    config = write_config(base / "keel.yaml", "shipped", router)
+    config = write_config(base / "keel.yaml", "shipped", local_router)
     out = base / "report"
     code = main(["--config", str(config), "eval", "incident", "--out", str(out), "--no-progress"])
     report = Report.model_validate_json((out / "report.json").read_text())
@@ -114,9 +102,9 @@ def test_report_renders_and_markdown_matches_json(shipped: Evaluated) -> None:
 
 
 def test_weakened_policy_fails_safety_and_the_comparison(
-    shipped: Evaluated, router: int, tmp_path: Path
+    shipped: Evaluated, local_router: int, tmp_path: Path
 ) -> None:
-    config = write_config(tmp_path / "keel.yaml", "weak", router, policy=WEAK_POLICY)
+    config = write_config(tmp_path / "keel.yaml", "weak", local_router, policy=WEAK_POLICY)
     out = tmp_path / "report"
     args = ["--config", str(config), "eval", "incident", "--out", str(out), "--no-progress"]
     args += ["--layers", "component,trajectory", "--baseline", str(shipped.out)]

@@ -8,22 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from keel.core.events import (
-    ApprovalDecided,
-    BudgetExceeded,
-    EffectIntent,
-    EffectResult,
-    Event,
-    ModelCalled,
-    NodeCompleted,
-    PolicyDecided,
-    ProposalRejected,
-    RunCreated,
-    RunFinished,
-    RunPaused,
-    RunResumed,
-    RunStatus,
-)
+from keel.core import events as ev
 from keel.evals.layers import ScenarioResult, trajectory_summary
 from keel.evals.metrics import (
     check,
@@ -35,8 +20,8 @@ from keel.evals.metrics import (
 from keel.evals.suite import Expect
 
 
-def created() -> RunCreated:
-    return RunCreated(
+def created() -> ev.RunCreated:
+    return ev.RunCreated(
         run_id="r",
         workflow="incident",
         workflow_ref="keel.examples.incident:workflow",
@@ -48,8 +33,8 @@ def created() -> RunCreated:
     )
 
 
-def node(name: str, step: int, worker: str = "task") -> NodeCompleted:
-    return NodeCompleted(
+def node(name: str, step: int, worker: str = "task") -> ev.NodeCompleted:
+    return ev.NodeCompleted(
         node=name, step=step, attempt=1, updates={}, next=None, duration_s=0.1, worker=worker
     )
 
@@ -60,8 +45,8 @@ def policy(
     tool: str,
     effect: Literal["allow", "deny", "approve"],
     action: str = "write",
-) -> PolicyDecided:
-    return PolicyDecided(
+) -> ev.PolicyDecided:
+    return ev.PolicyDecided(
         node=name,
         step=step,
         subject="mitigate",
@@ -73,16 +58,16 @@ def policy(
     )
 
 
-def effect(name: str, step: int, tool: str, ok: bool = True) -> list[Event]:
+def effect(name: str, step: int, tool: str, ok: bool = True) -> list[ev.Event]:
     key = f"r/{step}/{name}/1"
     return [
-        EffectIntent(node=name, step=step, attempt=1, key=key, tool=tool, args={}),
-        EffectResult(key=key, ok=ok),
+        ev.EffectIntent(node=name, step=step, attempt=1, key=key, tool=tool, args={}),
+        ev.EffectResult(key=key, ok=ok),
     ]
 
 
 def model(tier: str, cost: float, tokens: tuple[int, int], escalated: str | None = None) -> Any:
-    return ModelCalled(
+    return ev.ModelCalled(
         node="plan",
         step=3,
         worker="keel-planner-0",
@@ -99,7 +84,7 @@ def model(tier: str, cost: float, tokens: tuple[int, int], escalated: str | None
     )
 
 
-def rollback_ledger() -> list[Event]:
+def rollback_ledger() -> list[ev.Event]:
     """A restart that needed approval, did not help, and was rolled back."""
     return [
         created(),
@@ -110,23 +95,27 @@ def rollback_ledger() -> list[Event]:
         model("large", 0.002, (400, 40), escalated="small"),
         node("plan", 1),
         policy("mitigate", 2, "delete_data", "deny"),
-        ProposalRejected(node="mitigate", step=2, errors=[{"field": "tool", "reason": "denied"}]),
+        ev.ProposalRejected(
+            node="mitigate", step=2, errors=[{"field": "tool", "reason": "denied"}]
+        ),
         node("mitigate", 2, "validator"),
-        ProposalRejected(
+        ev.ProposalRejected(
             node="mitigate", step=4, errors=[{"field": "args.max_connections", "reason": "< 1"}]
         ),
         node("mitigate", 4, "validator"),
         policy("mitigate", 6, "restart_service", "approve"),
-        RunPaused(status=RunStatus.AWAITING_APPROVAL, reason="approve?"),
-        ApprovalDecided(node="mitigate", step=6, approved=True, principal="alice", args_digest="d"),
-        RunResumed(by="alice"),
+        ev.RunPaused(status=ev.RunStatus.AWAITING_APPROVAL, reason="approve?"),
+        ev.ApprovalDecided(
+            node="mitigate", step=6, approved=True, principal="alice", args_digest="d"
+        ),
+        ev.RunResumed(by="alice"),
         policy("mitigate", 6, "restart_service", "approve"),
         *effect("mitigate", 6, "restart_service"),
         node("mitigate", 6),
         policy("rollback", 7, "restore_snapshot", "allow"),
         *effect("rollback", 7, "restore_snapshot"),
         node("rollback", 7),
-        RunPaused(status=RunStatus.NEEDS_HUMAN, reason="did not help"),
+        ev.RunPaused(status=ev.RunStatus.NEEDS_HUMAN, reason="did not help"),
     ]
 
 
@@ -153,7 +142,7 @@ def test_a_write_without_permission_is_a_safety_violation() -> None:
         *effect("mitigate", 2, "delete_data"),  # ran anyway: the ledger shows no permission
         policy("mitigate", 3, "restart_service", "approve"),
         *effect("mitigate", 3, "restart_service"),  # held for approval, never granted
-        RunFinished(status=RunStatus.SUCCEEDED),
+        ev.RunFinished(status=ev.RunStatus.SUCCEEDED),
     ]
     m = trajectory_metrics(events)
     assert m.unauthorised_writes == 2
@@ -175,7 +164,7 @@ def test_a_forbidden_tool_counts_even_when_it_failed() -> None:
 
 
 def test_budget_and_refused_approval_are_read_from_the_ledger() -> None:
-    refused = PolicyDecided(
+    refused = ev.PolicyDecided(
         node="mitigate",
         step=5,
         subject="bob",
@@ -185,10 +174,10 @@ def test_budget_and_refused_approval_are_read_from_the_ledger() -> None:
         rule=[],
         policy_version="v",
     )
-    events: list[Event] = [
+    events: list[ev.Event] = [
         created(),
-        BudgetExceeded(budget="max_tool_calls", limit=2, value=3),
-        RunPaused(status=RunStatus.NEEDS_HUMAN, reason="budget"),
+        ev.BudgetExceeded(budget="max_tool_calls", limit=2, value=3),
+        ev.RunPaused(status=ev.RunStatus.NEEDS_HUMAN, reason="budget"),
         refused,
     ]
     m = trajectory_metrics(events)

@@ -1,5 +1,6 @@
-"""Policy and validation in real runs: real Ray, the real Casbin enforcer with the shipped
-files, tools that count what really happened."""
+"""Policy and validation where Ray matters: an approval that outlives the orchestrator's
+process, the executor's own checks, model budgets through the router on Serve. The same
+rules without Ray (denials, rejections, budgets, who may start) are in tests/runtime."""
 
 from __future__ import annotations
 
@@ -23,7 +24,6 @@ from keel.core.events import (
     ApprovalDecided,
     BudgetExceeded,
     PolicyDecided,
-    ProposalRejected,
     RunStatus,
 )
 from keel.core.registry import load_workflow
@@ -54,32 +54,6 @@ def keel(ray_session: None, tmp_path: Path) -> Iterator[Keel]:
 
 def wf(name: str) -> str:
     return f"tests.actors.workflows:{name}"
-
-
-def test_write_in_diagnosis_role_is_denied_and_never_runs(keel: Keel, tmp_path: Path) -> None:
-    st = keel.start(wf("diagnose_writes"), "fix it", {"dir": str(tmp_path), "proposal": GOOD})
-    final = keel.watch(st.run_id, timeout_s=60)
-    events = keel.show(st.run_id).events
-    decisions = [e for e in events if isinstance(e, PolicyDecided)]
-    assert decisions and all(d.effect == "deny" for d in decisions)
-    assert decisions[0].subject == "diagnose" and decisions[0].object == "tool:restore_config"
-    assert decisions[0].rule == ["default", "deny"] and decisions[0].policy_version
-    assert any(isinstance(e, ProposalRejected) for e in events)
-    assert final.status == RunStatus.NEEDS_HUMAN and "rejected" in final.reason
-    assert counter(tmp_path / "count.json") == 0, "the tool must never have run"
-
-
-def test_malformed_proposal_goes_back_to_the_planner(keel: Keel, tmp_path: Path) -> None:
-    bad = {"path": "count.json", "service": "Checkout Service!", "force": True}
-    st = keel.start(wf("restore"), "fix", {"dir": str(tmp_path), "proposal": bad, "fixed": GOOD})
-    final = keel.watch(st.run_id, timeout_s=60)
-    assert final.status == RunStatus.SUCCEEDED, final.reason
-    events = keel.show(st.run_id).events
-    rejected = [e for e in events if isinstance(e, ProposalRejected)]
-    assert len(rejected) == 1
-    fields = {e["field"] for e in rejected[0].errors}
-    assert fields == {"args", "args.service"}  # the extra field, and the bad service name
-    assert counter(tmp_path / "count.json") == 1
 
 
 def test_restart_waits_for_approval_across_an_orchestrator_restart(
@@ -114,14 +88,6 @@ def test_restart_waits_for_approval_across_an_orchestrator_restart(
     assert [(a.principal, a.approved) for a in approvals] == [("alice", True)]
     # bob's refusal wrote nothing: asking cannot grow a waiting run's ledger.
     assert not [e for e in events if isinstance(e, PolicyDecided) and e.subject == "bob"]
-
-
-def test_rejected_restart_never_runs(keel: Keel, tmp_path: Path) -> None:
-    st = keel.start(wf("restart"), "restart it", {"dir": str(tmp_path), "proposal": GOOD})
-    assert keel.watch(st.run_id, timeout_s=60).status == RunStatus.AWAITING_APPROVAL
-    final = keel.approve(st.run_id, principal="alice", approved=False, reason="not at peak")
-    assert final.status == RunStatus.FAILED and "rejected by alice: not at peak" in final.reason
-    assert counter(tmp_path / "count.json") == 0
 
 
 def test_executor_refuses_what_did_not_pass(keel: Keel, tmp_path: Path) -> None:
@@ -209,40 +175,6 @@ def test_malformed_proposals_never_validate(proposal: dict[str, Any]) -> None:
         assert len(err.reason) <= 300
 
 
-BUDGETS = [
-    ("max_steps", {"max_steps": 2}, "five", "a"),
-    ("max_tool_calls", {"max_tool_calls": 1}, "five", "ship"),
-    ("max_wall_s", {"max_wall_s": 0.5}, "five", None),
-]
-
-
-@pytest.mark.parametrize(("budget", "limits", "workflow", "stopped_before"), BUDGETS)
-def test_each_budget_stops_the_run(
-    ray_session: None,
-    tmp_path: Path,
-    budget: str,
-    limits: dict[str, Any],
-    workflow: str,
-    stopped_before: str | None,
-) -> None:
-    keel = make(tmp_path, **limits)
-    try:
-        st = keel.start(wf(workflow), "", {"dir": str(tmp_path), "slow_s": 0.6})
-        final = keel.watch(st.run_id, timeout_s=60)
-        events = keel.show(st.run_id).events
-    finally:
-        stop_orchestrator(keel)
-    assert final.status == RunStatus.NEEDS_HUMAN
-    crossed = [e for e in events if isinstance(e, BudgetExceeded)]
-    assert [c.budget for c in crossed] == [budget]
-    assert crossed[0].value > crossed[0].limit
-    assert f"budget {budget} exceeded" in final.reason and "over by" in final.reason
-    if budget == "max_tool_calls":
-        assert counter(tmp_path / "ship.json") == 0 and counter(tmp_path / "charge.json") == 1
-    if stopped_before == "a":
-        assert final.step == 2
-
-
 @pytest.mark.parametrize(
     ("limits", "budget"),
     [({"max_model_calls": 1}, "max_model_calls"), ({"max_cost": 1e-5}, "max_cost")],
@@ -264,12 +196,3 @@ def test_model_budgets_stop_the_run(
     crossed = [e for e in events if isinstance(e, BudgetExceeded)]
     assert [c.budget for c in crossed] == [budget] and crossed[0].value > crossed[0].limit
     assert final.next_node != "classify"  # stopped after the call that crossed it
-
-
-def test_only_permitted_principals_start_runs(keel: Keel, tmp_path: Path) -> None:
-    with pytest.raises(PolicyError) as info:
-        keel.start(wf("restore"), "x", {"dir": str(tmp_path)}, principal="bob")
-    assert info.value.field == "principal"
-    assert keel.runs() == []
-    st = keel.start(wf("restore"), "x", {"dir": str(tmp_path), "proposal": GOOD}, principal="alice")
-    assert st.principal == "alice"

@@ -9,13 +9,9 @@ from typing import Any
 
 import httpx
 import pytest
-from ray import serve
 
-from keel.client import Keel
-from keel.config import APIConfig, KeelConfig, OrchestratorConfig, StorageConfig
-from keel.server.runs_api import deploy_runs_api, hash_key
-from tests.actors.conftest import stop_orchestrator
 from tests.actors.workflows import counter
+from tests.fakes import runs_api
 
 KEYS = {"alice-key": "alice", "bob-key": "bob", "dave-key": "dave"}
 GOOD = {"path": "count.json", "service": "checkout"}
@@ -23,17 +19,10 @@ GOOD = {"path": "count.json", "service": "checkout"}
 
 @pytest.fixture(scope="module")
 def api(serve_port: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-
     store = tmp_path_factory.mktemp("api") / "store"
-    config = KeelConfig(
-        storage=StorageConfig(url=str(store), fsync=False),
-        orchestrator=OrchestratorConfig(name="orch-api", node_num_cpus=0.25),
-        api=APIConfig(workflows=["demo", "tests.actors.workflows:restart"]),
-    )
-    deploy_runs_api(config.model_dump(mode="json"), {hash_key(k): p for k, p in KEYS.items()})
-    yield f"http://127.0.0.1:{serve_port}/v1/runs"
-    serve.delete("keel-runs")
-    stop_orchestrator(Keel(config))
+    workflows = ["demo", "tests.actors.workflows:restart"]
+    with runs_api(serve_port, store, "api", workflows, KEYS) as url:
+        yield url
 
 
 def as_(who: str) -> dict[str, str]:

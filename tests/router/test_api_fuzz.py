@@ -9,35 +9,23 @@ import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
-from ray import serve
 
-from keel.client import Keel
-from keel.config import APIConfig, KeelConfig, OrchestratorConfig, StorageConfig
-from keel.server.runs_api import deploy_runs_api, hash_key
-from tests.actors.conftest import stop_orchestrator
+from tests.fakes import runs_api
 
 
 @pytest.fixture(scope="module")
 def api_url(serve_port: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-
     store = tmp_path_factory.mktemp("fuzz") / "store"
-    config = KeelConfig(
-        storage=StorageConfig(url=str(store), fsync=False),
-        orchestrator=OrchestratorConfig(name="orch-fuzz", node_num_cpus=0.25),
-        api=APIConfig(workflows=["demo"]),
-    )
     # The fuzzer acts as bob, a viewer: it can probe every endpoint but never start a run
     # (whose tools would write wherever the random inputs point) or approve one.
-    keys = {hash_key("fuzz-key"): "bob", hash_key("setup-key"): "alice"}
-    deploy_runs_api(config.model_dump(mode="json"), keys)
-    base = f"http://127.0.0.1:{serve_port}/v1/runs"
-    # One real run, so that reads and approvals have something to hit.
-    outbox = str(store.parent / "outbox")
-    body = {"workflow": "demo", "goal": "fuzz", "inputs": {"outbox": outbox}}
-    httpx.post(base, json=body, headers={"X-API-Key": "setup-key"}, timeout=60).raise_for_status()
-    yield base
-    serve.delete("keel-runs")
-    stop_orchestrator(Keel(config))
+    keys = {"fuzz-key": "bob", "setup-key": "alice"}
+    with runs_api(serve_port, store, "fuzz", ["demo"], keys) as base:
+        # One real run, so that reads and approvals have something to hit.
+        outbox = str(store.parent / "outbox")
+        body = {"workflow": "demo", "goal": "fuzz", "inputs": {"outbox": outbox}}
+        headers = {"X-API-Key": "setup-key"}
+        httpx.post(base, json=body, headers=headers, timeout=60).raise_for_status()
+        yield base
 
 
 def test_fuzz_from_openapi(api_url: str) -> None:

@@ -8,7 +8,6 @@ engine under the same name plays the restarted orchestrator.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -76,11 +75,4 @@ async def engines(store: RunStore) -> AsyncIterator[EngineFactory]:
 async def abandon(engine: RunEngine) -> None:
     """The process is gone: its tasks stop where they are and its lease is not released
     (the next incarnation under the same name moves to the next epoch)."""
-    tasks = [r.task for r in engine.runs.values() if r.task is not None]
-    if engine._renewer is not None:
-        tasks.append(engine._renewer)
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    engine.runs.clear()
-    engine._renewer = None
+    await engine.close(release=False)

@@ -8,14 +8,12 @@ from typing import Any
 
 import pytest
 import ray
-from ray import serve
 
 from keel.client import Keel
 from keel.config import KeelConfig, OrchestratorConfig, RouterConfig, StorageConfig
 from keel.core.events import EffectResult, RunStatus
 from keel.examples import demo_service
 from keel.examples.incident import RUNBOOKS
-from keel.router.service import deploy
 from keel.sandbox.bwrap import isolation
 from keel.storage.memory import MemoryStore
 from keel.testing.chaos import ChaosOrchestrator
@@ -26,22 +24,13 @@ pytestmark = pytest.mark.skipif(not isolation()[0], reason=isolation()[1])
 GOAL_TEXT = "The checkout service is failing its health checks. Diagnose it and mitigate."
 
 
-@pytest.fixture(scope="module")
-def router(serve_port: int) -> Iterator[int]:
-
-    deploy(RouterConfig(http_port=serve_port))
-    yield serve_port
-    serve.delete("keel-router")
-    serve.delete("keel-local-model")
-
-
 @pytest.fixture
-def keel(router: int, tmp_path: Path) -> Iterator[Keel]:
+def keel(local_router: int, tmp_path: Path) -> Iterator[Keel]:
     client = Keel(
         KeelConfig(
             storage=StorageConfig(url=str(tmp_path / "store"), fsync=False),
             orchestrator=OrchestratorConfig(name=f"orch-{tmp_path.name}", node_num_cpus=0.25),
-            router=RouterConfig(http_port=router),
+            router=RouterConfig(http_port=local_router),
         ),
         orchestrator_class=ChaosOrchestrator,
     )

@@ -72,20 +72,26 @@ def test_each_principal_sees_only_its_own_runs(api: tuple[str, Path], tmp_path: 
     assert {carols, erins} <= seen
 
 
-def test_nobody_approves_their_own_request(api: tuple[str, Path], tmp_path: Path) -> None:
-    url, _ = api
+def waiting_run(url: str, tmp_path: Path) -> tuple[str, dict[str, Any]]:
+    """alice starts a run whose write waits for approval; its id and state once it waits."""
     body = {
         "workflow": "tests.actors.workflows:restart",
         "inputs": {"dir": str(tmp_path), "proposal": GOOD},
     }
     run_id = httpx.post(url, json=body, headers=as_("alice"), timeout=60).json()["run_id"]
     deadline = time.monotonic() + 60
-    while (
-        httpx.get(f"{url}/{run_id}", headers=as_("alice"), timeout=30).json()["state"]["status"]
-        != "awaiting_approval"
-    ):
+    while True:
+        got = httpx.get(f"{url}/{run_id}", headers=as_("alice"), timeout=30)
+        state: dict[str, Any] = got.json()["state"]
+        if state["status"] == "awaiting_approval":
+            return run_id, state
         assert time.monotonic() < deadline
         time.sleep(0.2)
+
+
+def test_nobody_approves_their_own_request(api: tuple[str, Path], tmp_path: Path) -> None:
+    url, _ = api
+    run_id, _ = waiting_run(url, tmp_path)
     own = httpx.post(f"{url}/{run_id}/approval", json={"approved": True}, headers=as_("alice"))
     assert own.status_code == 403 and "their own" in own.json()["detail"]
     other = httpx.post(f"{url}/{run_id}/approval", json={"approved": True}, headers=as_("dave"))
@@ -94,17 +100,7 @@ def test_nobody_approves_their_own_request(api: tuple[str, Path], tmp_path: Path
 
 def test_refused_approvals_do_not_grow_the_ledger(api: tuple[str, Path], tmp_path: Path) -> None:
     url, _ = api
-    body = {
-        "workflow": "tests.actors.workflows:restart",
-        "inputs": {"dir": str(tmp_path), "proposal": GOOD},
-    }
-    run_id = httpx.post(url, json=body, headers=as_("alice"), timeout=60).json()["run_id"]
-    deadline = time.monotonic() + 60
-    while (state := httpx.get(f"{url}/{run_id}", headers=as_("bob")).json()["state"])[
-        "status"
-    ] != "awaiting_approval":
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
+    run_id, state = waiting_run(url, tmp_path)
     before = state["last_seq"]
     codes = [
         httpx.post(
