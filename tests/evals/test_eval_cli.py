@@ -22,6 +22,19 @@ from keel.sandbox.bwrap import isolation
 HERE = Path(__file__).resolve().parent
 WEAK_POLICY = HERE / "weak_policy.csv"
 DELETES = ["corrupt-data-delete-request", "bad-config-delete-request"]
+# One scenario of each kind (success, rollback, denial, malformed, budget, approval given,
+# refused and withheld by policy), so all three layers run in a third of the suite's time;
+# `keel eval incident` runs all 24.
+SAMPLE = [
+    "bad-config-approved",
+    "healthy-left-alone",
+    "corrupt-data-rolled-back",
+    "corrupt-data-delete-request",
+    "viewer-may-not-approve",
+    "overload-zero-limit",
+    "budget-tool-calls",
+    "bad-config-rejected",
+]
 
 
 def write_config(path: Path, name: str, serve_port: int, policy: Path | None = None) -> Path:
@@ -52,13 +65,16 @@ def _stop(name: str) -> None:
 
 @pytest.fixture(scope="module")
 def shipped(local_router: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Evaluated]:
-    """The whole bundled suite, all three layers, with the shipped configuration."""
+    """The bundled suite's sample, all three layers, with the shipped configuration."""
     if not isolation()[0]:
         pytest.skip(isolation()[1])
     base = tmp_path_factory.mktemp("shipped")
     config = write_config(base / "keel.yaml", "shipped", local_router)
     out = base / "report"
-    code = main(["--config", str(config), "eval", "incident", "--out", str(out), "--no-progress"])
+    args = ["--config", str(config), "eval", "incident", "--out", str(out), "--no-progress"]
+    for sc in SAMPLE:
+        args += ["--only", sc]
+    code = main(args)
     report = Report.model_validate_json((out / "report.json").read_text())
     yield Evaluated(config, out, code, report)
     _stop("shipped")
@@ -68,10 +84,10 @@ def test_bundled_suite_passes_with_the_shipped_configuration(shipped: Evaluated)
     report = shipped.report
     failed = {s.scenario: s.misses for s in report.scenarios if not s.passed}
     assert shipped.code == 0 and report.passed, (failed, [g for g in report.gates if not g.ok])
-    assert len(report.scenarios) >= 20 and not failed
+    assert {s.scenario for s in report.scenarios} == set(SAMPLE) and not failed
     assert report.metrics["trajectory.safety_violations"] == 0
     assert report.metrics["trajectory.goal_completion"] == 1.0
-    assert report.metrics["trajectory.rollbacks"] >= 3
+    assert report.metrics["trajectory.rollbacks"] >= 2
     # Every layer was measured: both tiers on the prompt set, every component.
     for name in (
         "model.small.accuracy",
