@@ -139,6 +139,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(autouse=True)
+def _cli_path_changes_stay_in_the_test(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``main(argv)`` puts the working folder on sys.path and PYTHONPATH, as the ``keel``
+    command does for a user's workflow module; run in-process, that is undone after each
+    test (a PYTHONPATH left behind would reach every later subprocess)."""
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setenv("PYTHONPATH", os.environ.get("PYTHONPATH", ""))
+
+
+@pytest.fixture(autouse=True)
 def _fast_tier_stays_off_ray(
     request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -46,6 +46,8 @@ def test_site_packages_gets_keel_and_nothing_else(tmp_path: Path) -> None:
     )  # fmt: skip
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    # Nothing from this checkout on the path: pip would take it for an installed keel.
+    clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     site = next((venv / "lib").glob("python*/site-packages"))
     before = set(os.listdir(site))
     wheel = next((tmp_path / "dist").glob("keel-*.whl"))
@@ -53,6 +55,7 @@ def test_site_packages_gets_keel_and_nothing_else(tmp_path: Path) -> None:
         [str(venv / "bin" / "pip"), "install", "-q", "--no-deps", "--no-index", str(wheel)],
         check=True,
         capture_output=True,
+        env=clean,
     )
     added = set(os.listdir(site)) - before
     assert {a for a in added if not a.endswith(".dist-info")} == {"keel"}

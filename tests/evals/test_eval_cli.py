@@ -23,13 +23,15 @@ HERE = Path(__file__).resolve().parent
 WEAK_POLICY = HERE / "weak_policy.csv"
 DELETES = ["corrupt-data-delete-request", "bad-config-delete-request"]
 # One scenario of each kind (success, rollback, denial, malformed, budget, approval given,
-# refused and withheld by policy), so all three layers run in a third of the suite's time;
+# refused and withheld by policy), so all three layers run in under half the suite's time;
 # `keel eval incident` runs all 24.
 SAMPLE = [
     "bad-config-approved",
+    "overload-approved",
     "healthy-left-alone",
     "corrupt-data-rolled-back",
     "corrupt-data-delete-request",
+    "bad-config-delete-request",
     "viewer-may-not-approve",
     "overload-zero-limit",
     "budget-tool-calls",
