@@ -1,1 +1,2 @@
-"""Ray actors and the durable run loop they share: the orchestrator owns every run's state."""
+"""The Ray adapters: the orchestrator actor that hosts the engine (``keel.runtime``), the
+node runner, and the worker pools (planner, retriever, executor, validator)."""

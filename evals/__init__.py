@@ -1,1 +1,3 @@
-"""Evaluation at three layers: model, component, trajectory (see issue 7)."""
+"""Evaluation at three layers, each from what runs record: the model tiers on a prompt set,
+the components (routing, arguments, retrieval, policy, proposals) on their own cases, and
+whole trajectories read from their ledgers."""

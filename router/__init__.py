@@ -1,4 +1,4 @@
-"""Ray Serve applications: the model router (litellm behind it) and, later, the runs API.
+"""The model router on Ray Serve: the cheapest tier that fits, litellm behind it.
 
 litellm would fetch its price list from the internet on import; Keel runs offline and
 uses the copy litellm ships, so that is switched off before litellm is first imported.

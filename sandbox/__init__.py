@@ -1,4 +1,5 @@
-"""Tool execution: the tool protocol now; OS isolation, snapshots and rollback build on it."""
+"""Where tools run: bubblewrap isolation that holds against root inside it, snapshots and
+rollback, and MCP servers' tools; the ``Tool`` contract itself lives in ``keel.core``."""
 
 from keel.core.tool import Tool, Verification
 

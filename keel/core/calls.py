@@ -43,23 +43,29 @@ class RouteDecision(BaseModel):
     reason: str
 
 
-class ModelCall(BaseModel):
-    """What one model call cost and returned; goes to the run's ledger."""
-
-    model_config = ConfigDict(frozen=True)
+class CallRecord(BaseModel):
+    """What the router decided for one call and what it cost: shared by the worker's
+    answer (``ModelCall``) and the ledger event that records it (``ModelCalled``)."""
 
     tier: str
     model: str
     routed_tier: str
     reason: str
     score: float
-    content: str
     prompt_tokens: int
     completion_tokens: int
     cost: float
     latency_s: float
     fallbacks: int = 0
     escalated_from: str | None = None
+
+
+class ModelCall(CallRecord):
+    """What one model call cost and returned; goes to the run's ledger."""
+
+    model_config = ConfigDict(frozen=True)
+
+    content: str
     request: dict[str, Any] | None = Field(
         default=None, description="what was asked (RouteRequest), kept for counterfactual replay"
     )

@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, TypeAdapter
 
+from keel.core.calls import CallRecord
+
 
 class RunStatus(StrEnum):
     RUNNING = "running"
@@ -118,7 +120,7 @@ class EffectReconciled(_Event):
     by: str | None = Field(default=None, description="the person who answered, if one did")
 
 
-class ModelCalled(_Event):
+class ModelCalled(_Event, CallRecord):
     """One model call, with what the router decided and what it cost. ``response`` is
     the recorded answer, so the run can be replayed without calling the model."""
 
@@ -126,17 +128,6 @@ class ModelCalled(_Event):
     node: str
     step: int
     worker: str
-    tier: str
-    routed_tier: str
-    model: str
-    reason: str
-    score: float
-    prompt_tokens: int
-    completion_tokens: int
-    cost: float
-    latency_s: float
-    fallbacks: int = 0
-    escalated_from: str | None = None
     response: str = ""
     request: dict[str, JsonValue] | None = None
 

@@ -99,15 +99,7 @@ class Workflow:
         instead of a Ray task: only for cheap, deterministic steps."""
 
         def deco(fn: NodeFn) -> NodeFn:
-            self.add_node(
-                Node(
-                    name or fn.__name__,
-                    fn,
-                    retry or RetryPolicy(),
-                    timeout_s,
-                    inline,
-                )
-            )
+            self.add_node(Node(name or fn.__name__, fn, retry or RetryPolicy(), timeout_s, inline))
             return fn
 
         return deco
@@ -161,17 +153,17 @@ class Workflow:
                 Node(
                     name or fn.__name__,
                     fn,
-                    retry or RetryPolicy(),
-                    timeout_s,
-                    True,
-                    single,
-                    result_field,
-                    role,
-                    on_reject,
-                    rejections_field,
-                    several,
-                    grace_s,
-                    dict(bind or {}),
+                    retry=retry or RetryPolicy(),
+                    timeout_s=timeout_s,
+                    inline=True,
+                    tool=single,
+                    result_field=result_field,
+                    role=role,
+                    on_reject=on_reject,
+                    rejections_field=rejections_field,
+                    tools=several,
+                    grace_s=grace_s,
+                    bind=dict(bind or {}),
                 )
             )
             return fn

@@ -1,1 +1,1 @@
-"""server"""
+"""HTTP surfaces on Ray Serve: the runs API and the governed MCP gateway."""
