@@ -38,12 +38,13 @@ def copy_project(dest: Path) -> Path:
 def test_site_packages_gets_keel_and_nothing_else(tmp_path: Path) -> None:
     project = copy_project(tmp_path / "src")
     # Built with this environment's setuptools (no network), installed into a clean venv.
-    subprocess.run(
+    built = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
          "-w", str(tmp_path / "dist"), str(project)],
-        check=True,
         capture_output=True,
+        text=True,
     )  # fmt: skip
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     # Nothing from this checkout on the path: pip would take it for an installed keel.
@@ -51,19 +52,20 @@ def test_site_packages_gets_keel_and_nothing_else(tmp_path: Path) -> None:
     site = next((venv / "lib").glob("python*/site-packages"))
     before = set(os.listdir(site))
     wheel = next((tmp_path / "dist").glob("keel-*.whl"))
-    subprocess.run(
+    installed = subprocess.run(
         [str(venv / "bin" / "pip"), "install", "-q", "--no-deps", "--no-index", str(wheel)],
-        check=True,
         capture_output=True,
+        text=True,
         env=clean,
     )
+    assert installed.returncode == 0, installed.stderr[-3000:]
     added = set(os.listdir(site)) - before
     assert {a for a in added if not a.endswith(".dist-info")} == {"keel"}
     assert len(added) == 2, added
-    installed = site / "keel"
+    package = site / "keel"
     for folder in ("actors", "router", "policy", "sandbox", "storage", "evals"):
-        assert (installed / folder / "__init__.py").is_file(), folder
-        assert not (installed / folder).is_symlink()
+        assert (package / folder / "__init__.py").is_file(), folder
+        assert not (package / folder).is_symlink()
 
 
 def lint(project: Path) -> subprocess.CompletedProcess[str]:
