@@ -38,10 +38,12 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 
 # Two tiers: the fast one (the engine's semantics in-process, no Ray) fails fast; then Ray,
-# clusters, S3 and the long runs. pytest exits 5 when it selects nothing, and make fails on it.
+# clusters, S3 and the long runs, on two xdist workers (each with a Ray of its own: much of
+# a Ray test is waiting on process starts, so two overlap well even on 2 cores). pytest
+# exits 5 when it selects nothing, and make fails on it.
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -m "not ray and not slow"
-	$(BIN)/python -m pytest -m "ray or slow"
+	$(BIN)/python -m pytest -m "ray or slow" -n 2
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not ray and not slow"

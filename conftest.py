@@ -24,6 +24,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.docs)
 
 
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Under xdist the blocks run in a worker: its counts travel back to the controller."""
+    output = getattr(session.config, "workeroutput", None)
+    if output is not None:
+        output["doc_counts"] = dict(COUNTS)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: object, error: object) -> None:
+    COUNTS.update(getattr(node, "workeroutput", {}).get("doc_counts", {}))
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if COUNTS:
         ran = COUNTS["python"] + COUNTS["console"]

@@ -125,6 +125,7 @@ def plan_request(msg: PlanRequest) -> RouteRequest:
         tools=len(msg.tools),
         failures=msg.failures,
         response_format={"type": "json_object"},
+        max_tokens=msg.max_tokens,
     )
 
 

@@ -39,6 +39,13 @@ class PlanRequest(_Msg):
     hints: dict[str, JsonValue] = Field(default_factory=dict)
     tried: list[str] = Field(default_factory=list)
     failures: int = Field(default=0, ge=0)
+    max_tokens: int = Field(
+        default=128,
+        ge=16,
+        le=8192,
+        description="the longest answer asked for: a proposal is one tool call, and a tier "
+        "that cannot close its JSON in time fails fast and escalates instead of rambling",
+    )
 
 
 class PlanResponse(_Msg):

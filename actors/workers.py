@@ -1,4 +1,5 @@
-"""Where a node finds its workers: one pool per role, sized by configuration.
+"""Where a node finds its workers: one pool per role, sized by configuration, and typed
+handles on them (``workers(ctx).planner.plan(PlanRequest(...)) -> PlanResponse``).
 
 The sizes and the storage the retriever reads travel in ``NodeContext.env``, so a node
 running as a Ray task anywhere in the cluster reaches the same named replicas.
@@ -9,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from keel.actors.executor import ExecutorWorker
 from keel.actors.planner import PlannerWorker
@@ -17,10 +18,22 @@ from keel.actors.pool import WorkerPool
 from keel.actors.replay import RECORDED, ReplayPool
 from keel.actors.retriever import RetrieverWorker
 from keel.actors.validator import ValidatorWorker
+from keel.actors.worker_messages import (
+    ClassifyRequest,
+    ClassifyResponse,
+    PlanRequest,
+    PlanResponse,
+    RetrieveRequest,
+    RetrieveResponse,
+    ValidateRequest,
+    ValidateResponse,
+)
+from keel.core.nodes import NodeContext
 from keel.errors import InputError
 
 ROLES = ("planner", "retriever", "executor", "validator")
 _POOLS: dict[tuple[str, int, str], WorkerPool] = {}
+_R = TypeVar("_R")
 
 
 def pool(role: str, env: Mapping[str, Any]) -> Any:
@@ -57,3 +70,68 @@ def _spec(role: str, env: Mapping[str, Any]) -> tuple[Any, tuple[Any, ...]]:
         )
 
     return ValidatorWorker, ()
+
+
+class Planner:
+    """The planner role as a node sees it: a request model in, a response model out."""
+
+    def __init__(self, env: Mapping[str, Any]) -> None:
+        self._pool = pool("planner", env)
+
+    def plan(self, req: PlanRequest) -> PlanResponse:
+        return _expect(PlanResponse, self._pool.call_sync("plan", req))
+
+    def classify(self, req: ClassifyRequest) -> ClassifyResponse:
+        return _expect(ClassifyResponse, self._pool.call_sync("classify", req))
+
+
+class Retriever:
+    """The retriever role: ranked items from the deployment's memory."""
+
+    def __init__(self, env: Mapping[str, Any]) -> None:
+        self._pool = pool("retriever", env)
+
+    def retrieve(self, req: RetrieveRequest) -> RetrieveResponse:
+        return _expect(RetrieveResponse, self._pool.call_sync("retrieve", req))
+
+
+class Validator:
+    """The validator role: a raw proposal checked against the tools' schemas."""
+
+    def __init__(self, env: Mapping[str, Any]) -> None:
+        self._pool = pool("validator", env)
+
+    def validate(self, req: ValidateRequest) -> ValidateResponse:
+        return _expect(ValidateResponse, self._pool.call_sync("validate", req))
+
+
+class Workers:
+    """The roles a node may call, typed. The executor is not among them: a node proposes,
+    and only the runner applies an effect (through the policy and the sandbox)."""
+
+    def __init__(self, env: Mapping[str, Any]) -> None:
+        self._env = env
+
+    @property
+    def planner(self) -> Planner:
+        return Planner(self._env)
+
+    @property
+    def retriever(self) -> Retriever:
+        return Retriever(self._env)
+
+    @property
+    def validator(self) -> Validator:
+        return Validator(self._env)
+
+
+def workers(ctx: NodeContext) -> Workers:
+    """The worker roles of the deployment running ``ctx``'s node (or, during a replay,
+    stand-ins answering from the ledger)."""
+    return Workers(ctx.env)
+
+
+def _expect(cls: type[_R], value: object) -> _R:
+    if not isinstance(value, cls):
+        raise TypeError(f"a worker answered {type(value).__name__}, not {cls.__name__}")
+    return value

@@ -36,7 +36,7 @@ from rich.table import Table
 
 import keel.router  # noqa: F401  (before litellm: its price map stays local, nothing leaves loopback)
 from keel.actors.worker_messages import ClassifyRequest
-from keel.actors.workers import pool
+from keel.actors.workers import workers
 from keel.batch import Batch, Task
 from keel.client import Keel
 from keel.config import KeelConfig
@@ -69,9 +69,7 @@ workflow = Workflow("bench-job", state=JobState, inputs=JobInputs, uses_models=T
 @workflow.node(retry=RetryPolicy(attempts=3, backoff_s=0.1), timeout_s=60)
 def classify(state: JobState, ctx: NodeContext) -> Any:
 
-    resp = pool("planner", ctx.env).call_sync(
-        "classify", ClassifyRequest(text=ctx.goal, labels=LABELS)
-    )
+    resp = workers(ctx).planner.classify(ClassifyRequest(text=ctx.goal, labels=LABELS))
     return NodeOutput(updates={"label": resp.label}, calls=resp.calls, worker=resp.worker)
 
 

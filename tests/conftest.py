@@ -31,7 +31,14 @@ import s3fs
 
 from keel.storage import open_store
 from keel.storage.base import CheckpointStore
-from tests.fakes import free_port, local_router, scripted, scripted_server, serve_port  # noqa: F401
+from tests.fakes import (  # noqa: F401
+    free_port,
+    local_router,
+    scripted,
+    scripted_router,
+    scripted_server,
+    serve_port,
+)
 
 TEST_POLICY = os.environ["KEEL_POLICY"]
 S3_KEY = "keel-test"
@@ -122,6 +129,32 @@ def ray_session() -> Iterator[None]:
     )
     yield
     ray.shutdown()
+
+
+# Tests whose own `keel` processes start Serve on the configured default port (8000) or a
+# detached instance: two of them at once on one machine would meet on that port, so they
+# share one xdist worker. Every other file is a unit of its own.
+ONE_WORKER = (
+    "README.md",
+    "docs/",
+    "tests/keel/test_cli.py",
+    "tests/actors/test_ray_restart.py",
+    "tests/cluster/",
+)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """The Ray tier runs on two workers (``-n 2``): whole files go to one worker, so a
+    module's fixtures (a deployed router, an evaluated suite) are made once."""
+    from xdist.scheduler import LoadScopeScheduling  # noqa: PLC0415  # only under xdist
+
+    class ByFile(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "serve-default-port" if path.startswith(ONE_WORKER) else path
+
+    return ByFile(config, log)
 
 
 def _no_ray(*_args: Any, **_kwargs: Any) -> None:

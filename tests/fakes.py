@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import tempfile
@@ -16,6 +18,7 @@ import httpx
 import pytest
 import ray
 from ray import serve
+from ray.serve.exceptions import RayServeException
 
 from keel.config import (
     APIConfig,
@@ -25,7 +28,7 @@ from keel.config import (
     StorageConfig,
     TierConfig,
 )
-from keel.router.service import deploy
+from keel.router.service import APP_NAME, deploy
 from keel.server.runs_api import deploy_runs_api, hash_key
 from keel.testing.scripted import launch
 
@@ -53,8 +56,14 @@ def _reserve_mcp_port() -> None:
     """The test MCP server's address, fixed at import (before Ray starts) so Ray workers
     inherit it and the test workflow can name the server."""
 
-    os.environ.setdefault("KEEL_TEST_MCP_URL", f"http://127.0.0.1:{free_port()}/mcp")
-    os.environ.setdefault("KEEL_TEST_MCP_MARKERS", tempfile.mkdtemp(prefix="keel-mcp-"))
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    if os.environ.get("KEEL_TEST_MCP_WORKER") == worker:
+        return  # set by this process's parent for it (a subprocess of the suite)
+    os.environ["KEEL_TEST_MCP_WORKER"] = worker  # an xdist worker picks ports of its own
+    os.environ["KEEL_TEST_MCP_URL"] = f"http://127.0.0.1:{free_port()}/mcp"
+    markers = tempfile.mkdtemp(prefix="keel-mcp-")
+    atexit.register(shutil.rmtree, markers, ignore_errors=True)
+    os.environ["KEEL_TEST_MCP_MARKERS"] = markers
 
 
 def free_port() -> int:
@@ -143,13 +152,40 @@ def script_triage(scripted: Scripted) -> None:
     )
 
 
+class _Router:
+    """The router configuration Serve runs now. A deployment costs a replica process and
+    litellm's import (about 10 s on 2 cores), so tests that want the same one share it;
+    every test that needs a router says which, through the fixtures below."""
+
+    running: str | None = None
+
+
+def use_router(config: RouterConfig) -> None:
+    """Serve runs ``config`` as the router when this returns, deployed only if it is not
+    the one running already."""
+    key = config.model_dump_json()
+    if _Router.running == key:
+        try:
+            serve.get_app_handle(APP_NAME)
+            return
+        except RayServeException:
+            pass
+    deploy(config)
+    _Router.running = key
+
+
 @pytest.fixture(scope="module")
-def local_router(serve_port: int) -> Iterator[int]:
-    """The shipped router (the local model and the rules tier) on Serve, for one module."""
-    deploy(RouterConfig(http_port=serve_port))
-    yield serve_port
-    serve.delete("keel-router")
-    serve.delete("keel-local-model")
+def local_router(serve_port: int) -> int:
+    """The shipped router (the local model and the rules tier) on Serve."""
+    use_router(RouterConfig(http_port=serve_port))
+    return serve_port
+
+
+@pytest.fixture
+def scripted_router(serve_port: int, scripted: Scripted) -> Scripted:
+    """Both router tiers on the scripted provider (reset for this test), on Serve."""
+    use_router(two_tier_config(scripted.base).model_copy(update={"http_port": serve_port}))
+    return scripted
 
 
 @contextmanager

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field
 
 from keel.actors.worker_messages import ClassifyRequest, PlanRequest, RetrieveRequest, ToolSpec
-from keel.actors.workers import pool
+from keel.actors.workers import workers
 from keel.core.nodes import ConfinedPath, NodeContext, NodeOutput, RetryPolicy
 from keel.core.state import append
 from keel.core.tool import Tool
@@ -140,9 +140,7 @@ def classify(state: IncidentState, ctx: NodeContext) -> Any:
 
     errors = [line for line in state.logs.get("lines") or [] if "ERROR" in str(line)][-5:]
     text = f"{ctx.goal}\n" + "\n".join(str(e) for e in errors)
-    resp = pool("planner", ctx.env).call_sync(
-        "classify", ClassifyRequest(text=text[:4000], labels=LABELS)
-    )
+    resp = workers(ctx).planner.classify(ClassifyRequest(text=text[:4000], labels=LABELS))
     return NodeOutput(updates={"label": resp.label}, calls=resp.calls, worker=resp.worker)
 
 
@@ -153,8 +151,8 @@ workflow.edge("classify", "recall")
 def recall(state: IncidentState, ctx: NodeContext) -> Any:
 
     query = " ".join([ctx.goal, state.label.replace("_", " "), *_problems(state)])
-    resp = pool("retriever", ctx.env).call_sync(
-        "retrieve", RetrieveRequest(query=query[:4000], k=3, kind="document")
+    resp = workers(ctx).retriever.retrieve(
+        RetrieveRequest(query=query[:4000], k=3, kind="document")
     )
     hints: dict[str, Any] = {}
     for item in resp.items:  # the best-ranked runbook that says how to act
@@ -214,8 +212,7 @@ def plan(state: IncidentState, ctx: NodeContext) -> Any:
     hints = {**state.hints, **{k: v for k, v in asked.items() if k not in rejected}}
     observations = [f"classified as {state.label}", *_problems(state), *state.runbooks]
     observations += [f"rejected: {e['field']}: {e['reason']}" for e in state.errors]
-    resp = pool("planner", ctx.env).call_sync(
-        "plan",
+    resp = workers(ctx).planner.plan(
         PlanRequest(
             goal=ctx.goal,
             observations=observations,

@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from ray import serve
 
 from keel.actors.replay import replay
 from keel.client import Keel
@@ -25,14 +24,15 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def finished(serve_port: int, scripted: Scripted, tmp_path: Path) -> Iterator[tuple[Keel, str]]:
+def finished(
+    serve_port: int, scripted_router: Scripted, tmp_path: Path
+) -> Iterator[tuple[Keel, str]]:
 
-    script_triage(scripted)
-    keel = Keel(scripted_keel_config(tmp_path, scripted, serve_port))
+    script_triage(scripted_router)
+    keel = Keel(scripted_keel_config(tmp_path, scripted_router, serve_port))
     st = keel.start("tests.actors.workflows:triage", "bad config on checkout")
     assert keel.watch(st.run_id, timeout_s=120).status == RunStatus.SUCCEEDED
     stop_orchestrator(keel)
-    serve.delete("keel-router")
     yield keel, st.run_id
 
 

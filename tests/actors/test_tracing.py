@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import ray
-from ray import serve
 
 from keel.client import Keel
 from keel.config import TelemetryConfig
@@ -20,16 +19,15 @@ TRACED = (NodeCompleted, ModelCalled, PolicyDecided, EffectResult)
 
 
 @pytest.fixture
-def keel(serve_port: int, scripted: Scripted, tmp_path: Path) -> Iterator[Keel]:
+def keel(serve_port: int, scripted_router: Scripted, tmp_path: Path) -> Iterator[Keel]:
 
     client = Keel(
         scripted_keel_config(
-            tmp_path, scripted, serve_port, telemetry=TelemetryConfig(exporter="memory")
+            tmp_path, scripted_router, serve_port, telemetry=TelemetryConfig(exporter="memory")
         )
     )
     yield client
     stop_orchestrator(client)
-    serve.delete("keel-router")
 
 
 def test_spans_match_the_ledger_one_to_one(keel: Keel, scripted: Scripted, tmp_path: Path) -> None:

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import ray
-from ray import serve
 
 from keel.actors.pool import WorkerPool
 from keel.actors.retriever import rank
@@ -33,9 +32,10 @@ def events_of(keel: Keel, run_id: str) -> list[object]:
 
 @pytest.fixture
 def scripted_keel(
-    serve_port: int, scripted: Scripted, tmp_path: Path
+    serve_port: int, scripted_router: Scripted, tmp_path: Path
 ) -> Iterator[tuple[Keel, Scripted]]:
     """A client whose router tiers both live on the scripted provider."""
+    scripted = scripted_router
     router = two_tier_config(scripted.base).model_copy(update={"http_port": serve_port})
     keel = Keel(
         KeelConfig(
@@ -56,8 +56,6 @@ def scripted_keel(
     memory.put(MemoryItem(id="rb-disk", kind="document", title="Disk full", text="Free space."))
     yield keel, scripted
     stop_orchestrator(keel)
-
-    serve.delete("keel-router")
 
 
 def test_run_records_worker_and_tier_of_every_call(scripted_keel: tuple[Keel, Scripted]) -> None:

@@ -19,7 +19,7 @@ from keel.actors.worker_messages import (
     ToolSpec,
     ValidateRequest,
 )
-from keel.actors.workers import pool
+from keel.actors.workers import workers
 from keel.core.nodes import NodeContext, NodeOutput, RetryPolicy
 from keel.core.state import add, append
 from keel.core.tool import Tool, Verification
@@ -238,9 +238,7 @@ triage = Workflow("triage", state=TriageState, uses_models=True)
 @triage.node(retry=RetryPolicy(attempts=2))
 def classify(state: TriageState, ctx: NodeContext) -> Any:
 
-    resp = pool("planner", ctx.env).call_sync(
-        "classify", ClassifyRequest(text=ctx.goal, labels=LABELS)
-    )
+    resp = workers(ctx).planner.classify(ClassifyRequest(text=ctx.goal, labels=LABELS))
     return NodeOutput(updates={"label": resp.label}, calls=resp.calls, worker=resp.worker)
 
 
@@ -250,8 +248,8 @@ triage.edge("classify", "recall")
 @triage.node()
 def recall(state: TriageState, ctx: NodeContext) -> Any:
 
-    resp = pool("retriever", ctx.env).call_sync(
-        "retrieve", RetrieveRequest(query=f"{ctx.goal} {state.label}", k=2, kind="document")
+    resp = workers(ctx).retriever.retrieve(
+        RetrieveRequest(query=f"{ctx.goal} {state.label}", k=2, kind="document")
     )
     return NodeOutput(updates={"runbooks": [i.id for i in resp.items]}, worker=resp.worker)
 
@@ -265,8 +263,7 @@ def plan(state: TriageState, ctx: NodeContext) -> Any:
     gate = ctx.inputs.get("gate")
     while gate and not Path(str(gate)).exists():
         time.sleep(0.05)
-    resp = pool("planner", ctx.env).call_sync(
-        "plan",
+    resp = workers(ctx).planner.plan(
         PlanRequest(
             goal=ctx.goal,
             observations=[f"classified as {state.label}", *state.runbooks],
@@ -285,8 +282,7 @@ triage.edge("plan", "check")
 @triage.node()
 def check(state: TriageState, ctx: NodeContext) -> Any:
 
-    resp = pool("validator", ctx.env).call_sync(
-        "validate",
+    resp = workers(ctx).validator.validate(
         ValidateRequest(
             proposal=state.proposal or {}, tools=[ToolSpec.model_validate(t) for t in TOOLS]
         ),

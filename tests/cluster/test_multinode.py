@@ -29,8 +29,8 @@ from tests.conftest import new_bucket, s3_options
 pytestmark = pytest.mark.ray  # it starts Ray in processes of its own
 
 ROOT = Path(__file__).resolve().parents[2]
-RUNS = 40
-REMOVE_AFTER = 10
+RUNS = 24
+REMOVE_AFTER = 8
 
 
 @pytest.fixture

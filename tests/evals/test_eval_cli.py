@@ -22,20 +22,18 @@ from keel.sandbox.bwrap import isolation
 HERE = Path(__file__).resolve().parent
 WEAK_POLICY = HERE / "weak_policy.csv"
 DELETES = ["corrupt-data-delete-request", "bad-config-delete-request"]
-# One scenario of each kind (success, rollback, denial, malformed, budget, approval given,
-# refused and withheld by policy), so all three layers run in under half the suite's time;
-# `keel eval incident` runs all 24.
+# One scenario of each kind that a test below reads (success, rollback, denial, malformed,
+# budget, approval given and withheld by policy), so all three layers run in a third of the
+# suite's time; `keel eval incident` runs all 24.
 SAMPLE = [
     "bad-config-approved",
     "overload-approved",
-    "healthy-left-alone",
     "corrupt-data-rolled-back",
     "corrupt-data-delete-request",
     "bad-config-delete-request",
     "viewer-may-not-approve",
     "overload-zero-limit",
     "budget-tool-calls",
-    "bad-config-rejected",
 ]
 
 
@@ -161,16 +159,20 @@ def test_counterfactual_policy_swap_finds_the_runs_that_would_change(
 def test_counterfactual_threshold_swap_reasks_the_calls_that_move(
     shipped: Evaluated, tmp_path: Path
 ) -> None:
-    run = next(s.run_id for s in shipped.report.scenarios if s.scenario == "overload-approved")
-    args = ["--config", str(shipped.config), "eval", "--from-runs", f"prefix={run},limit=1"]
-    # With small's ceiling at 0.05 every classify call (score about 0.1) moves up to large.
+    prefix = shipped.report.scenarios[0].run_id.rsplit("-bad-config-approved", 1)[0]
+    args = ["--config", str(shipped.config), "eval", "--from-runs", f"prefix={prefix}"]
+    # With small's ceiling at 0.05 every classify call (score about 0.1) goes to large.
     code = main([*args, "--swap", "threshold=small:0.05", "--out", str(tmp_path)])
     assert code == 0
     cf = json.loads((tmp_path / "counterfactual.json").read_text())
-    assert cf["runs"] == [run]
-    assert cf["metrics"]["calls_asked_again"] >= 1
-    assert all(c["what"] == "classify call: small -> large" for c in cf["items"])
-    assert all(c["counterfactual"].startswith("label=") for c in cf["items"])
+    assert len(cf["runs"]) == len(shipped.report.scenarios)
+    classify = [c for c in cf["items"] if c["what"].startswith("classify call:")]
+    assert classify and all(c["what"].endswith("-> large") for c in classify)
+    # A call the small tier answered is asked again of large (a call that had already
+    # gone to large, after a slow or invalid small answer, stays where it was).
+    moved = [c for c in classify if c["what"] == "classify call: small -> large"]
+    assert moved and cf["metrics"]["calls_asked_again"] >= len(moved)
+    assert all(c["counterfactual"].startswith("label=") for c in moved)
 
 
 @pytest.mark.parametrize(

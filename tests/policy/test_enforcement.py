@@ -13,7 +13,6 @@ import pytest
 import ray
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from ray import serve
 
 from keel.actors.validator import check
 from keel.actors.worker_messages import ExecuteRequest, ToolSpec
@@ -180,9 +179,10 @@ def test_malformed_proposals_never_validate(proposal: dict[str, Any]) -> None:
     [({"max_model_calls": 1}, "max_model_calls"), ({"max_cost": 1e-5}, "max_cost")],
 )
 def test_model_budgets_stop_the_run(
-    serve_port: int, scripted: Any, tmp_path: Path, limits: dict[str, Any], budget: str
+    serve_port: int, scripted_router: Any, tmp_path: Path, limits: dict[str, Any], budget: str
 ) -> None:
 
+    scripted = scripted_router
     script_triage(scripted)
     keel = Keel(scripted_keel_config(tmp_path, scripted, serve_port, budgets=Budgets(**limits)))
     try:
@@ -191,7 +191,6 @@ def test_model_budgets_stop_the_run(
         events = keel.show(st.run_id).events
     finally:
         stop_orchestrator(keel)
-        serve.delete("keel-router")
     assert final.status == RunStatus.NEEDS_HUMAN, final.reason
     crossed = [e for e in events if isinstance(e, BudgetExceeded)]
     assert [c.budget for c in crossed] == [budget] and crossed[0].value > crossed[0].limit

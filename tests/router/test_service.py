@@ -4,28 +4,21 @@ the real local SmolLM2 model (``small``) and the rule-based planner (``large``).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
-from ray import serve
 
 from keel.client import Keel
 from keel.config import KeelConfig, OrchestratorConfig, RouterConfig, StorageConfig
 from keel.core.events import ModelCalled, RunStatus
-from keel.router.service import deploy
 from tests.actors.conftest import stop_orchestrator
 
 
-@pytest.fixture(scope="module")
-def default_router(serve_port: int) -> Iterator[str]:
-
-    deploy(RouterConfig(http_port=serve_port))
-    yield f"http://127.0.0.1:{serve_port}"
-    serve.delete("keel-router")
-    serve.delete("keel-local-model")
+@pytest.fixture
+def default_router(local_router: int) -> str:
+    return f"http://127.0.0.1:{local_router}"
 
 
 def test_openai_client_gets_a_routed_completion(default_router: str) -> None:

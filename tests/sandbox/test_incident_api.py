@@ -30,7 +30,6 @@ from keel.core.registry import load_workflow
 from keel.examples import demo_service
 from keel.examples.incident import RUNBOOKS
 from keel.policy.engine import PolicyEngine
-from keel.router.service import deploy
 from keel.sandbox.bwrap import isolation
 from keel.server.runs_api import deploy_runs_api, hash_key
 from keel.storage.memory import MemoryStore
@@ -42,28 +41,26 @@ KEYS = {hash_key("alice-key"): "alice", hash_key("bob-key"): "bob", hash_key("da
 
 
 @pytest.fixture
-def stack(serve_port: int, tmp_path: Path) -> Iterator[tuple[str, Keel, Path, int]]:
+def stack(local_router: int, tmp_path: Path) -> Iterator[tuple[str, Keel, Path, int]]:
 
     config = KeelConfig(
         storage=StorageConfig(url=str(tmp_path / "store"), fsync=False),
         orchestrator=OrchestratorConfig(name=f"orch-{tmp_path.name}", node_num_cpus=0.25),
-        router=RouterConfig(http_port=serve_port),
+        router=RouterConfig(http_port=local_router),
         telemetry=TelemetryConfig(exporter="memory"),
     )
     keel = Keel(config)
     for item in RUNBOOKS:
         MemoryStore(keel.store.store).put(item)
-    deploy(config.router)
     deploy_runs_api(config.model_dump(mode="json"), KEYS)
     root = tmp_path / "svc"
     demo_service.prepare(root, "bad_config")
     port = free_port()
     proc = demo_service.start(root, port)
-    yield f"http://127.0.0.1:{serve_port}/v1/runs", keel, root, port
+    yield f"http://127.0.0.1:{local_router}/v1/runs", keel, root, port
     demo_service.stop(proc)
     stop_orchestrator(keel)
-    for app in ("keel-runs", "keel-router", "keel-local-model"):
-        serve.delete(app)
+    serve.delete("keel-runs")
 
 
 def sse_until_paused(url: str) -> list[dict[str, Any]]:

@@ -1,0 +1,81 @@
+"""The typed handles a node calls its workers through, in-process: during a replay they
+answer from the ledger with the response model their method declares, and an answer of
+any other type is refused rather than handed to the node."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from keel.actors import workers as workers_module
+from keel.actors.replay import RECORDED, ReplayUnavailable
+from keel.actors.worker_messages import (
+    ClassifyRequest,
+    ClassifyResponse,
+    PlanRequest,
+    PlanResponse,
+    RetrieveRequest,
+    ToolSpec,
+)
+from keel.actors.workers import Workers, workers
+from keel.core.events import ModelCalled
+from keel.core.nodes import NodeContext
+
+CTX = NodeContext(run_id="r", workflow="w", node="n", step=1, attempt=1, goal="", inputs={})
+
+
+def recorded(response: str) -> ModelCalled:
+    return ModelCalled(
+        node="n",
+        step=1,
+        worker="planner-0",
+        response=response,
+        tier="small",
+        model="m",
+        routed_tier="small",
+        reason="test",
+        score=0.1,
+        prompt_tokens=1,
+        completion_tokens=1,
+        cost=0.0,
+        latency_s=0.0,
+    )
+
+
+@pytest.fixture
+def replaying() -> Any:
+    def use(*responses: str) -> None:
+        RECORDED.set([recorded(r) for r in responses])
+
+    token = RECORDED.set(None)
+    yield use
+    RECORDED.reset(token)
+
+
+def test_each_role_answers_with_its_declared_model(replaying: Any) -> None:
+    replaying('{"label": "bad_config"}')
+    label = workers(CTX).planner.classify(ClassifyRequest(text="x", labels=["bad_config", "b"]))
+    assert isinstance(label, ClassifyResponse) and label.label == "bad_config"
+
+    replaying('{"tool": "restart", "args": {"service": "checkout"}}')
+    spec = ToolSpec(name="restart", description="", parameters={"type": "object"})
+    plan = workers(CTX).planner.plan(PlanRequest(goal="g", tools=[spec]))
+    assert isinstance(plan, PlanResponse) and plan.proposal is not None
+    assert plan.proposal.tool == "restart" and plan.worker == "planner-0"
+
+
+def test_what_the_ledger_does_not_record_is_not_made_up(replaying: Any) -> None:
+    replaying('{"label": "a"}')
+    with pytest.raises(ReplayUnavailable, match=r"retriever\.retrieve"):
+        workers(CTX).retriever.retrieve(RetrieveRequest(query="q"))
+
+
+def test_an_answer_of_another_type_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Confused:
+        def call_sync(self, method: str, msg: Any) -> Any:
+            return {"label": "not a model"}
+
+    monkeypatch.setattr(workers_module, "pool", lambda role, env: Confused())
+    with pytest.raises(TypeError, match="dict, not ClassifyResponse"):
+        Workers({}).planner.classify(ClassifyRequest(text="x", labels=["a", "b"]))
