@@ -245,30 +245,45 @@ class Keel:
         """Validate everything locally first (nothing is written for bad input), then
         ask the orchestrator to create the run. ``budgets`` (Budgets) tighten the
         deployment's limits for this run only."""
+        msg = self.check_start(
+            workflow, goal, inputs, run_id=run_id, principal=principal, budgets=budgets
+        )
+        return self.submit(msg, chosen_id=run_id is not None)
+
+    def check_start(
+        self,
+        workflow: str,
+        goal: str = "",
+        inputs: Mapping[str, JsonValue] | None = None,
+        *,
+        run_id: str | None = None,
+        principal: str = "local",
+        budgets: Mapping[str, Any] | None = None,
+    ) -> StartRun:
+        """The request ``start`` would send, checked here without Ray or storage: a
+        caller that must start something first (an instance to host the run) learns of
+        bad input before it does."""
         ref = resolve_ref(workflow, self.config.workflows)
         wf = load_workflow(ref)
-        chosen = run_id is not None
         run_id = check_run_id(run_id) if run_id is not None else new_run_id()
         own = check_budgets(budgets) or None
         clean = wf.check_inputs(inputs or {}, self.config.tool_roots())
-        msg = StartRun(
-            workflow=ref,
-            goal=goal,
-            inputs=clean,
-            principal=principal,
-            run_id=run_id,
-            budgets=own,
+        return StartRun(
+            workflow=ref, goal=goal, inputs=clean, principal=principal, run_id=run_id, budgets=own
         )
-        if wf.uses_models:
+
+    def submit(self, msg: StartRun, *, chosen_id: bool = True) -> RunState:
+        """Create the run ``check_start`` described. Creation is idempotent by id: an
+        orchestrator that restarted after creating it answers with the run (unless the
+        caller chose the id, when an existing run is a conflict)."""
+        if load_workflow(msg.workflow).uses_models:
             self.ensure_router()
         try:
             state: RunState = self._call("start_run", msg)
         except RunStateError:
-            if chosen:
+            if chosen_id or msg.run_id is None:
                 raise
-            # The id is ours alone: the orchestrator restarted after creating the run and
-            # our retry found it. Creation is idempotent by id.
-            return self.show(run_id).state
+            return self.show(msg.run_id).state
         return state
 
     def watch(

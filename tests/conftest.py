@@ -14,7 +14,9 @@ os.environ.setdefault("KEEL_TOOL_ROOTS", "/tmp")
 os.environ.setdefault("KEEL_POLICY", os.path.join(os.path.dirname(__file__), "policy.csv"))
 
 
+import contextlib
 import logging
+import signal
 import socket
 import subprocess
 import sys
@@ -155,6 +157,36 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
             return "serve-default-port" if path.startswith(ONE_WORKER) else path
 
     return ByFile(config, log)
+
+
+def _processes_under(folder: Path) -> dict[int, str]:
+    """Live processes whose command line names ``folder`` (a test's ``keel up``, say)."""
+    found = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            args = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if str(folder) in args:
+            found[int(proc.name)] = args
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _nothing_left_running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A test that leaves a process of its own behind (a background instance, a server)
+    fails the session: it would hold a Ray instance's CPU through every later test."""
+    base = tmp_path_factory.getbasetemp()
+    yield
+    deadline = time.monotonic() + 10  # a process told to stop in the last teardown
+    while (left := _processes_under(base)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    assert not left, f"processes left running by tests: {left}"
 
 
 def _no_ray(*_args: Any, **_kwargs: Any) -> None:

@@ -45,11 +45,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         for k, v in parse_inputs(args.budget, "--budget").items()
     }
     with _client(args) as keel:
-        if args.detach and keel.config.ray.address is None:
-            # The run must outlive this command: make sure an instance hosts it.
-
-            start_background(keel, _cli_storage_args(args))
-        state = keel.start(
+        msg = keel.check_start(
             args.workflow,
             args.goal,
             inputs,
@@ -57,6 +53,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             principal=acting_principal(keel.config, args.principal),
             budgets=budgets,
         )
+        if args.detach and keel.config.ray.address is None:
+            # The run must outlive this command: make sure an instance hosts it (only now,
+            # once the request is known to be good: a refused one starts nothing).
+            start_background(keel, _cli_storage_args(args))
+        state = keel.submit(msg, chosen_id=args.run_id is not None)
         if keel.attached is not None:
             err.print(
                 f"keel: attached to the Keel instance already driving this store "

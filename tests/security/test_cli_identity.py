@@ -63,6 +63,8 @@ def test_the_cli_refuses_as_for_a_mapped_user(
     assert code == 3  # forbidden: someone with the right must act
     assert "--as: carol may not act as alice" in capsys.readouterr().err
     assert not (tmp_path / "store" / "runs").exists()  # nothing was written
+    # ... and nothing was started: no background instance (it would log next to the store).
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keel.yaml"]
 
 
 def test_resume_of_an_effect_is_policy_checked() -> None:
