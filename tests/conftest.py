@@ -139,7 +139,7 @@ def ray_session() -> Iterator[None]:
 ONE_WORKER = (
     "README.md",
     "docs/",
-    "tests/keel/test_cli.py",
+    "tests/cli/test_cli.py",
     "tests/actors/test_ray_restart.py",
     "tests/cluster/",
 )

@@ -6,6 +6,6 @@ from pathlib import Path
 
 Path(os.environ.get("KEEL_TEST_IMPORT_MARKER", "/tmp/keel-imported")).touch()
 
-from tests.keel.sendflow import flow as wf  # noqa: E402
+from tests.cli.sendflow import flow as wf  # noqa: E402
 
 __all__ = ["wf"]

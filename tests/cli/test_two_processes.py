@@ -17,8 +17,8 @@ from keel.config import KeelConfig, StorageConfig
 from keel.storage import open_store
 from keel.storage.leases import Leases
 from keel.storage.runs import RunStore
+from tests.cli.sendflow import sent
 from tests.conftest import new_bucket, s3_options
-from tests.keel.sendflow import sent
 
 pytestmark = pytest.mark.ray  # it starts Ray in processes of its own
 
@@ -58,7 +58,7 @@ def write_tasks(tmp_path: Path, log: Path, count: int) -> Path:
         json.dumps(
             {
                 "id": f"t{i}",
-                "workflow": "tests.keel.sendflow:flow",
+                "workflow": "tests.cli.sendflow:flow",
                 "goal": f"message {i}",
                 "inputs": {"log": str(log), "think_s": 0.3},
             }
@@ -105,7 +105,7 @@ def test_a_second_process_mid_batch_never_sends_twice(
         second_env["KEEL_RAY_ADDRESS"] = "local"  # a Ray instance of its own, same bucket
     second = keel_cli(
         "run",
-        "tests.keel.sendflow:flow",
+        "tests.cli.sendflow:flow",
         "--goal",
         "from the second terminal",
         "--input",
@@ -144,7 +144,7 @@ def test_run_detached_then_approve_from_another_terminal(tmp_path: Path) -> None
         code, out = finish(
             keel_cli(
                 "run",
-                "tests.keel.sendflow:approved",
+                "tests.cli.sendflow:approved",
                 "--detach",
                 "--run-id",
                 "held-1",
