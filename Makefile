@@ -43,7 +43,7 @@ lint: $(STAMP)
 # exits 5 when it selects nothing, and make fails on it.
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -m "not ray and not slow"
-	$(BIN)/python -m pytest -m "ray or slow" -n 2
+	$(BIN)/python -m pytest -m "ray or slow" -n 2 --no-loadscope-reorder
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not ray and not slow"

@@ -133,28 +133,37 @@ def ray_session() -> Iterator[None]:
     ray.shutdown()
 
 
-# Tests whose own `keel` processes start Serve on the configured default port (8000) or a
-# detached instance: two of them at once on one machine would meet on that port, so they
-# share one xdist worker. Every other file is a unit of its own.
-ONE_WORKER = (
-    "README.md",
-    "docs/",
+# The Ray tier's longest files, longest first: xdist hands whole files to its two workers
+# in collection order, so these start at once and the short ones fill in around them.
+LONGEST_FIRST = (
+    "tests/cli/test_two_processes.py",
+    "tests/evals/test_eval_cli.py",
     "tests/cli/test_cli.py",
+    "tests/cluster/test_multinode.py",
+    "docs/tutorial.md",
+    "tests/runtime/test_simulation.py",
+    "tests/actors/test_orchestrator.py",
     "tests/actors/test_ray_restart.py",
-    "tests/cluster/",
+    "README.md",
+    "tests/sandbox/test_incident.py",
 )
+
+
+def _longest_first(item: pytest.Item) -> int:
+    path = item.nodeid.split("::", 1)[0]
+    return LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """The Ray tier runs on two workers (``-n 2``): whole files go to one worker, so a
-    module's fixtures (a deployed router, an evaluated suite) are made once."""
+    """The Ray tier runs on two workers (``-n 2``) a whole file at a time, so a module's
+    fixtures (a deployed router, an evaluated suite) are made once, and a document's
+    blocks run in order."""
     from xdist.scheduler import LoadScopeScheduling  # noqa: PLC0415  # only under xdist
 
     class ByFile(LoadScopeScheduling):  # type: ignore[misc]
         def _split_scope(self, nodeid: str) -> str:
-            path = nodeid.split("::", 1)[0]
-            return "serve-default-port" if path.startswith(ONE_WORKER) else path
+            return nodeid.split("::", 1)[0]
 
     return ByFile(config, log)
 
@@ -201,6 +210,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "ray_session" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.ray)
+    items.sort(key=_longest_first)  # stable: a file's tests keep their order
 
 
 @pytest.fixture(autouse=True)

@@ -96,3 +96,82 @@ def test_real_small_tier_classification_in_a_run(
     planned = next(e for e in events if isinstance(e, ModelCalled) and e.node == "plan")
     assert planned.tier == "large" and planned.model == "keel-rules/planner"
     assert final.data["proposal"]["tool"] == "restore_config"
+
+
+RESTART = {
+    "type": "function",
+    "function": {
+        "name": "restart_service",
+        "description": "Restart a service that is down",
+        "parameters": {
+            "type": "object",
+            "properties": {"service": {"type": "string", "default": "checkout"}},
+            "required": ["service"],
+        },
+    },
+}
+READ = {
+    "type": "function",
+    "function": {
+        "name": "read_logs",
+        "description": "Read the logs of a service",
+        "parameters": {"type": "object", "properties": {"service": {"type": "string"}}},
+    },
+}
+
+
+def test_the_rules_tier_calls_tools_natively_then_answers(default_router: str) -> None:
+    api = openai.OpenAI(base_url=f"{default_router}/v1", api_key="unused", max_retries=0)
+    asked = [{"role": "user", "content": "checkout is down: restart the service"}]
+    first = api.chat.completions.create(model="large", messages=asked, tools=[READ, RESTART])
+    calls = first.choices[0].message.tool_calls or []
+    assert first.choices[0].finish_reason == "tool_calls" and len(calls) == 1
+    assert calls[0].function.name == "restart_service"
+    assert json.loads(calls[0].function.arguments) == {"service": "checkout"}
+    # With the tool's answer in the history, the rules answer in text instead of calling.
+    history = [
+        *asked,
+        first.choices[0].message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": calls[0].id, "content": "restarted"},
+    ]
+    final = api.chat.completions.create(model="large", messages=history, tools=[READ, RESTART])
+    assert final.choices[0].finish_reason == "stop"
+    assert final.choices[0].message.content == "done: restarted"
+    streamed = api.chat.completions.create(
+        model="large", messages=asked, tools=[READ, RESTART], stream=True
+    )
+    names = [
+        d.function.name
+        for chunk in streamed
+        for choice in chunk.choices
+        for d in choice.delta.tool_calls or []
+        if d.function and d.function.name
+    ]
+    assert names == ["restart_service"]
+
+
+def test_the_local_model_answers_with_tool_calls_and_streams(default_router: str) -> None:
+    """The small tier itself (SmolLM2 on llama.cpp), asked directly at its endpoint."""
+    local = f"{default_router}/local/v1/chat/completions"
+    body = {
+        "messages": [{"role": "user", "content": "The checkout service is down. Fix it."}],
+        "tools": [RESTART, READ],
+        "tool_choice": "required",
+        "max_tokens": 64,
+    }
+    resp = httpx.post(local, json=body, timeout=120).json()
+    choice = resp["choices"][0]
+    assert choice["finish_reason"] == "tool_calls", choice
+    call = choice["message"]["tool_calls"][0]["function"]
+    assert call["name"] in ("restart_service", "read_logs")
+    assert isinstance(json.loads(call["arguments"]), dict)  # the grammar keeps it well-formed
+
+    plain = {"messages": body["messages"], "max_tokens": 16, "stream": True}
+    with httpx.stream("POST", local, json=plain, timeout=120) as streamed:
+        data = [line for line in streamed.iter_lines() if line.startswith("data: ")]
+    assert data[-1] == "data: [DONE]" and len(data) > 3  # tokens as they were made
+    text = "".join(
+        json.loads(d.removeprefix("data: "))["choices"][0]["delta"].get("content") or ""
+        for d in data[:-1]
+    )
+    assert text.strip()
