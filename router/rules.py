@@ -11,17 +11,35 @@ on offer or the labels to choose from) and answers JSON:
   its arguments filled from ``hints`` or the schema's defaults;
 - with ``labels``: ``{"label": LABEL}``, by keyword overlap;
 - otherwise a short extractive summary.
+
+Asked with native tools (OpenAI ``tools``), it answers the same choice as a tool call
+(``finish_reason: "tool_calls"``), and once the conversation holds a tool's answer it
+gives a final text answer instead of calling again. It streams too, as one chunk.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import litellm
 from litellm.llms.custom_llm import CustomLLM
-from litellm.types.utils import Choices, Message, ModelResponse, Usage
+from litellm.types.llms.openai import (
+    ChatCompletionToolCallChunk,
+    ChatCompletionToolCallFunctionChunk,
+)
+from litellm.types.utils import (
+    ChatCompletionMessageToolCall,
+    Choices,
+    Function,
+    GenericStreamingChunk,
+    Message,
+    ModelResponse,
+    Usage,
+)
 from litellm.utils import custom_llm_setup
 
 PROVIDER = "keel-rules"
@@ -86,13 +104,37 @@ def answer(doc: dict[str, Any]) -> dict[str, Any] | str:
     return " ".join(sentences[:2])[:400]
 
 
+def tool_answer(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> Message:
+    """The rules' choice as a native tool call; after a tool has answered, a final text."""
+    if messages and messages[-1].get("role") == "tool":
+        results = [str(m.get("content") or "") for m in messages if m.get("role") == "tool"]
+        return Message(role="assistant", content="done: " + "; ".join(results)[:400])
+    functions = [dict(t.get("function") or t) for t in tools]
+    choice = answer({**_prompt_doc(messages), "tools": functions})
+    assert isinstance(choice, dict)  # with tools the rules always choose one
+    call = ChatCompletionMessageToolCall(
+        id=f"call_{uuid.uuid4().hex[:12]}",
+        type="function",
+        function=Function(name=str(choice["tool"]), arguments=json.dumps(choice["args"])),
+    )
+    return Message(role="assistant", content=None, tool_calls=[call])
+
+
 class RulesLLM(CustomLLM):
     """litellm's view of the rules: a provider whose "model" is ``planner``."""
 
     def completion(self, *args: Any, **kwargs: Any) -> ModelResponse:
         messages: list[dict[str, Any]] = list(kwargs.get("messages") or [])
-        out = answer(_prompt_doc(messages))
-        text = out if isinstance(out, str) else json.dumps(out)
+        options: dict[str, Any] = dict(kwargs.get("optional_params") or {})
+        tools = options.get("tools") or []
+        if tools and options.get("tool_choice") != "none":
+            message = tool_answer(messages, tools)
+        else:
+            out = answer(_prompt_doc(messages))
+            message = Message(
+                role="assistant", content=out if isinstance(out, str) else json.dumps(out)
+            )
+        text = message.content or json.dumps([c.model_dump() for c in message.tool_calls or []])
         prompt = sum(len(str(m.get("content") or "")) for m in messages) // 4
         completion = max(1, len(text) // 4)
         return ModelResponse(
@@ -100,8 +142,8 @@ class RulesLLM(CustomLLM):
             choices=[
                 Choices(
                     index=0,
-                    message=Message(role="assistant", content=text),
-                    finish_reason="stop",
+                    message=message,
+                    finish_reason="tool_calls" if message.tool_calls else "stop",
                 )
             ],
             usage=Usage(
@@ -111,6 +153,54 @@ class RulesLLM(CustomLLM):
 
     async def acompletion(self, *args: Any, **kwargs: Any) -> ModelResponse:
         return self.completion(*args, **kwargs)
+
+    def streaming(self, *args: Any, **kwargs: Any) -> Iterator[GenericStreamingChunk]:
+        yield from _as_chunks(self.completion(*args, **kwargs))
+
+    async def astreaming(  # type: ignore[override]
+        self, *args: Any, **kwargs: Any
+    ) -> AsyncIterator[GenericStreamingChunk]:
+        for chunk in _as_chunks(self.completion(*args, **kwargs)):
+            yield chunk
+
+
+def _as_chunks(resp: ModelResponse) -> Iterator[GenericStreamingChunk]:
+    """A whole answer as litellm's generic stream: its text, or one chunk per tool call."""
+    message: Any = resp.choices[0].message
+    u = resp.usage  # type: ignore[attr-defined]
+    usage = {
+        "prompt_tokens": u.prompt_tokens,
+        "completion_tokens": u.completion_tokens,
+        "total_tokens": u.total_tokens,
+    }
+    calls = message.tool_calls or []
+    if not calls:
+        yield GenericStreamingChunk(
+            text=message.content or "",
+            tool_use=None,
+            is_finished=True,
+            finish_reason="stop",
+            usage=usage,  # type: ignore[typeddict-item]
+            index=0,
+        )
+        return
+    for i, call in enumerate(calls):
+        last = i == len(calls) - 1
+        yield GenericStreamingChunk(
+            text="",
+            tool_use=ChatCompletionToolCallChunk(
+                id=call.id,
+                type="function",
+                function=ChatCompletionToolCallFunctionChunk(
+                    name=call.function.name, arguments=call.function.arguments
+                ),
+                index=i,
+            ),
+            is_finished=last,
+            finish_reason="tool_calls" if last else "",
+            usage=usage if last else None,  # type: ignore[typeddict-item]
+            index=0,
+        )
 
 
 def register() -> None:

@@ -1,20 +1,28 @@
 """The model router as a Ray Serve application on 127.0.0.1.
 
-HTTP: ``POST /v1/chat/completions`` (OpenAI-compatible, so any OpenAI client can use it;
-``model: "auto"`` routes by complexity, a tier name sets the floor) and ``POST /v1/route``
-(explains the choice without calling a model). Workers call it through a Serve handle.
+HTTP, OpenAI-compatible so any OpenAI client (or litellm) can use it:
+``POST /v1/chat/completions`` (``model: "auto"`` routes by complexity, a tier name sets
+the floor; tools, tool choice and parallel tool calls pass through to the tier; ``stream``
+answers with server-sent chunks), ``GET /v1/models`` (the tiers), and errors in OpenAI's
+shape. ``POST /v1/route`` explains the choice without calling a model. Every answer says
+under ``keel`` where it went. Workers call the router through a Serve handle.
 """
 
 import hashlib
+import json
 import time
 import uuid
-from typing import Any
+from collections.abc import AsyncIterator
+from typing import Any, Literal
 
-from fastapi import FastAPI, Header, HTTPException
+from fastapi import FastAPI, Header, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.exceptions import ActorAlreadyExistsError
 from ray.serve.exceptions import RayServeException
+from sse_starlette import EventSourceResponse
 
 from keel.config import RouterConfig, load_config
 from keel.core.calls import ChatMessage, ModelCall, RouteDecision, RouteRequest, StepKind
@@ -36,6 +44,10 @@ class KeelHints(BaseModel):
     failures: int = Field(default=0, ge=0, le=1000)
 
 
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
 class ChatCompletionBody(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -43,8 +55,13 @@ class ChatCompletionBody(BaseModel):
     messages: list[ChatMessage] = Field(min_length=1, max_length=1000)
     response_format: dict[str, Any] | None = None
     max_tokens: int | None = Field(default=None, ge=1, le=32_000)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=32_000)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    tools: list[dict[str, Any]] | None = None
+    tools: list[dict[str, Any]] | None = Field(default=None, max_length=128)
+    tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
     keel: KeelHints = Field(default_factory=KeelHints)
 
     def to_route(self) -> RouteRequest:
@@ -55,37 +72,90 @@ class ChatCompletionBody(BaseModel):
             failures=self.keel.failures,
             min_tier=None if self.model == "auto" else self.model,
             response_format=self.response_format,
-            max_tokens=self.max_tokens,
+            max_tokens=self.max_completion_tokens or self.max_tokens,
             temperature=self.temperature,
+            functions=self.tools,
+            tool_choice=self.tool_choice,
+            parallel_tool_calls=self.parallel_tool_calls,
         )
 
 
 def completion_body(call: ModelCall) -> dict[str, Any]:
     """An OpenAI ``chat.completion`` object, plus what Keel recorded under ``keel``."""
+    message: dict[str, Any] = {"role": "assistant", "content": call.content or None}
+    if call.tool_calls:
+        message["tool_calls"] = call.tool_calls
+    elif message["content"] is None:
+        message["content"] = ""
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex[:16]}",
         "object": "chat.completion",
         "created": int(time.time()),
         "model": call.model,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": call.content},
-                "finish_reason": "stop",
-            }
-        ],
+        "choices": [{"index": 0, "message": message, "finish_reason": call.finish_reason}],
         "usage": {
             "prompt_tokens": call.prompt_tokens,
             "completion_tokens": call.completion_tokens,
             "total_tokens": call.prompt_tokens + call.completion_tokens,
         },
-        "keel": call.model_dump(exclude={"content", "request"}),
+        "keel": call.model_dump(exclude={"content", "request", "tool_calls", "finish_reason"}),
     }
 
 
 def _http_error(exc: KeelError) -> HTTPException:
     status = 400 if exc.field else 502
     return HTTPException(status, detail=exc.to_dict())
+
+
+_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error"}
+
+
+def openai_error(status: int, message: str, param: str | None = None) -> JSONResponse:
+    """OpenAI's error object, so its clients raise their own typed errors."""
+    kind = _ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+    body = {"error": {"message": message, "type": kind, "param": param, "code": None}}
+    return JSONResponse(body, status_code=status)
+
+
+# The request's own names for what the router calls otherwise.
+_PARAMS = {"min_tier": "model", "functions": "tools"}
+
+
+@api.exception_handler(HTTPException)
+async def _http_exception(request: Request, exc: HTTPException) -> JSONResponse:
+    detail = exc.detail
+    if isinstance(detail, dict):
+        field = detail.get("field")
+        if field is None:
+            return openai_error(exc.status_code, str(detail.get("message")))
+        param = _PARAMS.get(field, field)
+        return openai_error(exc.status_code, f"{param}: {detail.get('message')}", param)
+    return openai_error(exc.status_code, str(detail))
+
+
+@api.exception_handler(RequestValidationError)
+async def _invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
+    first = exc.errors()[0]
+    param = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+    return openai_error(400, f"{param}: {first.get('msg')}", param)
+
+
+# Above the class: Serve ships the ingress routes with the helpers they name when defined.
+async def _sse(decision: RouteDecision, chunks: AsyncIterator[dict[str, Any]]) -> Any:
+    """Server-sent events as OpenAI streams them, ending with ``[DONE]``; the first chunk
+    carries the routing decision under ``keel``. A failure mid-stream is sent as an error
+    event (the status line has gone already)."""
+    first = True
+    try:
+        async for chunk in chunks:
+            if first:
+                chunk["keel"] = decision.model_dump()
+                first = False
+            yield {"data": json.dumps(chunk)}
+    except Exception as exc:  # the provider broke off: say so in the stream
+        error = {"message": f"the stream broke off: {exc}", "type": "api_error", "code": None}
+        yield {"data": json.dumps({"error": error})}
+    yield {"data": "[DONE]"}
 
 
 def _authorised(keys: dict[str, str], authorization: str | None) -> None:
@@ -110,16 +180,36 @@ class ModelRouter:
         self.gateway = ModelGateway(router)
         self.keys = dict(router.keys)
 
-    @api.post("/v1/chat/completions")
+    @api.post("/v1/chat/completions", response_model=None)
     async def chat(
         self, body: ChatCompletionBody, authorization: str | None = Header(default=None)
-    ) -> dict[str, Any]:
+    ) -> dict[str, Any] | EventSourceResponse:
         _authorised(self.keys, authorization)
         try:
+            if body.stream:
+                usage = body.stream_options is not None and body.stream_options.include_usage
+                decision, chunks = await self.gateway.stream(body.to_route(), include_usage=usage)
+                return EventSourceResponse(_sse(decision, chunks), ping=15)
             call = await self.gateway.complete(body.to_route())
         except KeelError as exc:
             raise _http_error(exc) from None
         return completion_body(call)
+
+    @api.get("/v1/models")
+    async def models(self, authorization: str | None = Header(default=None)) -> dict[str, Any]:
+        _authorised(self.keys, authorization)
+        tiers = [
+            {
+                "id": t.name,
+                "object": "model",
+                "created": 0,
+                "owned_by": "keel",
+                "keel": {"model": t.model, "max_score": t.max_score},
+            }
+            for t in self.gateway.tiers
+        ]
+        auto = {"id": "auto", "object": "model", "created": 0, "owned_by": "keel"}
+        return {"object": "list", "data": [auto, *tiers]}
 
     @api.post("/v1/route")
     async def explain(

@@ -2,18 +2,40 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 StepKind = Literal["classify", "summarize", "extract", "chat", "plan"]
 
 
+ContentPart = Annotated[dict[str, Any], Field(description='e.g. {"type": "text", "text": "..."}')]
+
+
 class ChatMessage(BaseModel):
+    """One message as OpenAI's API writes it: the content is text, a list of content
+    parts, or null (an assistant message that only calls tools); a tool's answer names
+    the call it answers."""
+
     model_config = ConfigDict(extra="allow")
 
-    role: Literal["system", "user", "assistant", "tool"]
-    content: str = Field(default="", max_length=400_000)
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: (
+        Annotated[str, Field(max_length=400_000)]
+        | Annotated[list[ContentPart], Field(max_length=1000)]
+        | None
+    ) = ""
+    tool_calls: list[dict[str, Any]] | None = Field(default=None, max_length=128)
+    tool_call_id: str | None = Field(default=None, max_length=200)
+
+    @property
+    def text(self) -> str:
+        """The message's text, its text parts joined (what routing measures)."""
+        if isinstance(self.content, list):
+            return "\n".join(
+                str(p.get("text", "")) for p in self.content if p.get("type") == "text"
+            )
+        return self.content or ""
 
 
 class RouteRequest(BaseModel):
@@ -32,6 +54,23 @@ class RouteRequest(BaseModel):
     response_format: dict[str, Any] | None = None
     max_tokens: int | None = Field(default=None, ge=1, le=32_000)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    functions: list[dict[str, Any]] | None = Field(
+        default=None, max_length=128, description="OpenAI `tools`: functions the model may call"
+    )
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+
+    def provider_options(self) -> dict[str, Any]:
+        """What litellm passes on to the provider, under OpenAI's names."""
+        options = {
+            "response_format": self.response_format,
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            "tools": self.functions,
+            "tool_choice": self.tool_choice,
+            "parallel_tool_calls": self.parallel_tool_calls,
+        }
+        return {k: v for k, v in options.items() if v is not None}
 
 
 class RouteDecision(BaseModel):
@@ -58,6 +97,10 @@ class CallRecord(BaseModel):
     latency_s: float
     fallbacks: int = 0
     escalated_from: str | None = None
+    tool_calls: list[dict[str, Any]] = Field(
+        default_factory=list, description="the functions the model called, OpenAI's shape"
+    )
+    finish_reason: str = "stop"
 
 
 class ModelCall(CallRecord):

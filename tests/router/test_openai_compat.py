@@ -48,7 +48,7 @@ def collect(chunks: list[Any]) -> dict[str, Any]:
     """A streamed answer put back together: text, tool calls, finish reason, usage."""
     text, calls, finish, usage = "", {}, None, None
     for chunk in chunks:
-        usage = chunk.usage or usage
+        usage = getattr(chunk, "usage", None) or usage
         for choice in chunk.choices:
             finish = choice.finish_reason or finish
             text += choice.delta.content or ""
@@ -209,7 +209,7 @@ def test_models_lists_the_tiers(router_url: str) -> None:
         ({"messages": [{"role": "wizard", "content": "x"}]}, "messages.0.role"),
         ({"messages": []}, "messages"),
         ({"messages": USER, "tool_choice": "sometimes"}, "tool_choice"),
-        ({"messages": USER, "model": "huge"}, "min_tier"),
+        ({"messages": USER, "model": "huge"}, "model"),
     ],
 )
 def test_errors_come_in_openais_shape(router_url: str, body: dict[str, Any], param: str) -> None:
