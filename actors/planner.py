@@ -16,6 +16,8 @@ import ray
 from pydantic import ValidationError
 
 from keel.actors.worker_messages import (
+    ActRequest,
+    ActResponse,
     ClassifyRequest,
     ClassifyResponse,
     PlanRequest,
@@ -86,6 +88,12 @@ class PlannerWorker:
         proposal, errors = parse_proposal(call.content)
         return PlanResponse(proposal=proposal, errors=errors, calls=[call], worker=self.name)
 
+    async def act(self, msg: ActRequest) -> ActResponse:
+        call = await self._complete(act_request(msg))
+        return ActResponse(
+            content=call.content, tool_calls=call.tool_calls, calls=[call], worker=self.name
+        )
+
     async def classify(self, msg: ClassifyRequest) -> ClassifyResponse:
         req, schema = classify_request(msg)
         calls = [await self._complete(req)]
@@ -105,6 +113,19 @@ class PlannerWorker:
                 retryable=True,
             )
         return ClassifyResponse(label=label, calls=calls, worker=self.name)
+
+
+def act_request(msg: ActRequest) -> RouteRequest:
+    """The model request an agent's turn makes: the conversation, the tools as functions."""
+    return RouteRequest(
+        messages=msg.messages,
+        kind="plan",
+        tools=len(msg.tools),
+        failures=msg.failures,
+        functions=msg.functions(),
+        tool_choice="auto",
+        max_tokens=msg.max_tokens,
+    )
 
 
 def plan_request(msg: PlanRequest) -> RouteRequest:

@@ -18,9 +18,16 @@ from pydantic import BaseModel, ConfigDict
 from pydantic_core import to_jsonable_python
 
 from keel.actors.planner import _label, label_schema, parse_proposal
-from keel.actors.worker_messages import ClassifyResponse, PlanResponse
+from keel.actors.worker_messages import ActResponse, ClassifyResponse, PlanResponse
 from keel.core.calls import ModelCall
-from keel.core.events import Event, ModelCalled, NodeCompleted, PolicyDecided, RunCreated
+from keel.core.events import (
+    Event,
+    ModelCalled,
+    NodeCompleted,
+    PolicyDecided,
+    ProposalRejected,
+    RunCreated,
+)
 from keel.core.nodes import NodeContext, NodeOutput
 from keel.core.state import RunState, fold
 from keel.core.workflow import Workflow
@@ -75,6 +82,11 @@ class ReplayPool:
         if method == "plan":
             proposal, errors = parse_proposal(records[-1].content)
             return PlanResponse(proposal=proposal, errors=errors, calls=records, worker=worker)
+        if method == "act":
+            last = records[-1]
+            return ActResponse(
+                content=last.content, tool_calls=last.tool_calls, calls=records, worker=worker
+            )
         if method == "classify":
             label = _label(records[-1].content, label_schema(list(msg.labels))) or ""
             return ClassifyResponse(label=label, calls=records, worker=worker)
@@ -92,12 +104,15 @@ def replay(events: list[Event], wf: Workflow, policy: PolicyEngine | None = None
     """Walk ``events``; return the first divergence from them, or none."""
     state: RunState | None = None
     calls: list[ModelCalled] = []
+    rejected: set[tuple[str, int]] = set()  # (node, step) whose proposal was turned down
     steps = 0
     first = events[0]
     run_id = first.run_id if isinstance(first, RunCreated) else "?"
     for ev in events:
         if isinstance(ev, ModelCalled):
             calls.append(ev)
+        elif isinstance(ev, ProposalRejected):
+            rejected.add((ev.node, ev.step))
         elif isinstance(ev, PolicyDecided) and policy is not None:
             again = policy.decide(ev.subject, ev.object, ev.action)
             if again.effect != ev.effect:
@@ -108,7 +123,8 @@ def replay(events: list[Event], wf: Workflow, policy: PolicyEngine | None = None
                 return ReplayReport(run_id=run_id, steps=steps, divergence=d)
         elif isinstance(ev, NodeCompleted) and state is not None:
             steps += 1
-            divergence = _check_node(wf, state, ev, [c for c in calls if c.node == ev.node])
+            mine = [c for c in calls if c.node == ev.node]
+            divergence = _check_node(wf, state, ev, mine, (ev.node, ev.step) in rejected)
             calls = []
             if divergence is not None:
                 return ReplayReport(run_id=run_id, steps=steps, divergence=divergence)
@@ -117,7 +133,7 @@ def replay(events: list[Event], wf: Workflow, policy: PolicyEngine | None = None
 
 
 def _check_node(
-    wf: Workflow, before: RunState, ev: NodeCompleted, calls: list[ModelCalled]
+    wf: Workflow, before: RunState, ev: NodeCompleted, calls: list[ModelCalled], rejected: bool
 ) -> Divergence | None:
     node = wf.nodes.get(ev.node)
     if node is None:
@@ -143,7 +159,8 @@ def _check_node(
                 )  # fmt: skip
     after = fold(before, ev.model_copy(update={"next": None}), wf.channels)
     try:
-        nxt = wf.next_node(ev.node, wf.state_of(after.data))
+        # A turned-down proposal goes where the effect node sends rejections.
+        nxt = node.on_reject if rejected else wf.next_node(ev.node, wf.state_of(after.data))
     except Exception as exc:
         nxt = f"error: {exc}"
     if ev.next != nxt and not (ev.next is None and nxt is None):

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
-from keel.core.calls import ModelCall
+from keel.core.calls import ChatMessage, ModelCall
 from keel.core.validation import FieldError
 from keel.storage.memory import MemoryKind
 
@@ -51,6 +51,39 @@ class PlanRequest(_Msg):
 class PlanResponse(_Msg):
     proposal: Proposal | None
     errors: list[FieldError] = Field(default_factory=list)
+    calls: list[ModelCall]
+    worker: str
+
+
+class ActRequest(_Msg):
+    """One turn of a tool-calling agent: the conversation so far and the tools on offer,
+    asked as native tool calls (OpenAI ``tools``) through the router."""
+
+    messages: list[ChatMessage] = Field(min_length=1, max_length=1000)
+    tools: list[ToolSpec] = Field(min_length=1, max_length=128)
+    failures: int = Field(default=0, ge=0)
+    max_tokens: int = Field(default=512, ge=16, le=8192)
+
+    def functions(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "type": "function",
+                "function": {
+                    "name": t.name,
+                    "description": t.description,
+                    "parameters": t.parameters,
+                },
+            }
+            for t in self.tools
+        ]
+
+
+class ActResponse(_Msg):
+    """The model's turn: text (a final answer when it calls nothing) and the calls it
+    proposes, each still to be validated, allowed and applied by the engine."""
+
+    content: str
+    tool_calls: list[dict[str, Any]] = Field(default_factory=list)
     calls: list[ModelCall]
     worker: str
 

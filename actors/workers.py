@@ -19,6 +19,8 @@ from keel.actors.replay import RECORDED, ReplayPool
 from keel.actors.retriever import RetrieverWorker
 from keel.actors.validator import ValidatorWorker
 from keel.actors.worker_messages import (
+    ActRequest,
+    ActResponse,
     ClassifyRequest,
     ClassifyResponse,
     PlanRequest,
@@ -83,6 +85,9 @@ class Planner:
 
     def classify(self, req: ClassifyRequest) -> ClassifyResponse:
         return _expect(ClassifyResponse, self._pool.call_sync("classify", req))
+
+    def act(self, req: ActRequest) -> ActResponse:
+        return _expect(ActResponse, self._pool.call_sync("act", req))
 
 
 class Retriever:

@@ -10,7 +10,8 @@ Run it as a process: ``python -m keel.testing.scripted --port 8999``. Control en
 - ``POST /_script`` ``{"model": "m", "reply": "text", "fail": [429, 500, "timeout"],
   "usage": [prompt_tokens, completion_tokens], "tool_calls": [{"name": "f", "arguments":
   {...}}]}``: ``fail`` entries are used up one per request, in order; with ``tool_calls``
-  the answer calls those functions (``finish_reason: "tool_calls"``).
+  the answer calls those functions (``finish_reason: "tool_calls"``); ``turns`` (a list of
+  such answers) are given one per request, in order, for a conversation.
 - ``GET /_calls``: ``{"m": 3, ...}``; ``GET /_last``: the last request body per model;
   ``POST /_reset``: forget scripts, counts and requests.
 
@@ -53,6 +54,7 @@ async def script(body: dict[str, Any]) -> dict[str, Any]:
         "usage": body.get("usage"),
         "delay_s": float(body.get("delay_s", 0.0)),
         "tool_calls": list(body.get("tool_calls") or []),
+        "turns": list(body.get("turns") or []),
     }
     return {"ok": True}
 
@@ -87,6 +89,8 @@ async def chat(request: Request) -> JSONResponse:
     _calls[model] += 1
     _last[model] = body
     plan = _scripts.get(model, {})
+    if plan.get("turns"):  # a conversation: each request takes the next scripted answer
+        plan = {**plan, "reply": None, "tool_calls": [], **plan["turns"].pop(0)}
     if plan.get("fail"):
         failure = plan["fail"].pop(0)
         if failure == "timeout":

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, JsonValue
 
+from keel.actors.agent import AgentState, agent
 from keel.actors.worker_messages import (
     ClassifyRequest,
     PlanRequest,
@@ -392,3 +393,52 @@ def call_mcp(state: McpState, ctx: NodeContext) -> dict[str, Any]:
 
 
 mcp_flow.edge("call", END)
+
+
+# -- a governed agent loop: the model calls tools natively, the engine decides ----------
+
+
+class AgentInputs(BaseModel):
+    counter: str  # where the tools count their applications; bound, never the model's
+
+
+class FixState(AgentState):
+    pass
+
+
+class DropEverything(CounterTool):
+    """Denied to the mitigate role by policy (tool:drop_*), whatever the model says."""
+
+    args_model = CounterArgs
+    action = "write"
+
+    def __init__(self) -> None:
+        super().__init__("drop_everything")
+
+
+class FixArgs(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    path: str
+    service: str = Field(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9-]*$")
+
+
+class Restore(CounterTool):
+    args_model = FixArgs
+    action = "write"
+    description = "Restore a service's last good configuration"
+
+    def __init__(self) -> None:
+        super().__init__("restore_config")
+
+
+fixer = Workflow("fixer", state=FixState, inputs=AgentInputs, uses_models=True)
+agent(
+    fixer,
+    "fix",
+    [Restore(), DropEverything()],
+    role="mitigate",
+    instructions="Fix the service with the tools you have.",
+    bind={"path": "counter"},
+    max_turns=4,
+)
