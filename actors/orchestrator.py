@@ -51,9 +51,12 @@ DEFAULT_NAME = "orchestrator"
 
 
 def _kick_recovery(handle: Any) -> None:
+    """Ask this actor (from a thread of its own) to recover, until a call lands. Waits on
+    the reply's future, not ``ray.get``: Ray warns of any ``ray.get`` in an async actor's
+    process as if it blocked the event loop, and this one does not."""
     for _ in range(600):
         try:
-            ray.get(handle.recover.remote(), timeout=60)
+            handle.recover.remote().future().result(timeout=60)
             return
         except Exception as exc:
             log.warning("recovery call failed (%s); trying again", type(exc).__name__)
