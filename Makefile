@@ -52,6 +52,7 @@ bench: $(STAMP)
 	$(PIP) install -c constraints.txt -e '.[dev,local,charts,bench]' 2>$(VENV)/pip.log || (cat $(VENV)/pip.log; exit 1)
 	$(BIN)/python -m bench.orchestration
 	$(BIN)/python -m bench.router_overhead
+	$(BIN)/python -m bench.router_streaming
 	$(BIN)/python -m bench.batch_throughput
 
 # The engine simulator at length: 100,000 seeded schedules (about 50 minutes on 2 cores).
