@@ -27,7 +27,14 @@ from opentelemetry.sdk.trace.export import (
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
-from keel.core.events import EffectResult, Event, ModelCalled, NodeCompleted, PolicyDecided
+from keel.core.events import (
+    EffectIntent,
+    EffectResult,
+    Event,
+    ModelCalled,
+    NodeCompleted,
+    PolicyDecided,
+)
 
 Exporter = Literal["none", "console", "memory", "otlp"]
 DEFAULT_OTLP = "http://127.0.0.1:4318/v1/traces"
@@ -73,13 +80,14 @@ class RunTracer:
         if not self.enabled:
             return list(events)
         out: list[Event] = []
+        tools = {e.key: e.tool for e in events if isinstance(e, EffectIntent)}
         parent = self._root(run_id)
         now = time.time_ns()
         nodes = [e for e in events if isinstance(e, NodeCompleted)]
         node_ctx = parent
         if nodes:  # the node's span first, so what happened in it nests under it
             node = nodes[0]
-            span = self._span(node, parent, now, run_id)
+            span = self._span(node, parent, now, run_id, tools)
             node_ctx = trace.set_span_in_context(span)
         for ev in events:
             if not isinstance(ev, TRACED):
@@ -88,7 +96,7 @@ class RunTracer:
             if isinstance(ev, NodeCompleted) and nodes and ev is nodes[0]:
                 span_obj = trace.get_current_span(node_ctx)
             else:
-                span_obj = self._span(ev, node_ctx, now, run_id)
+                span_obj = self._span(ev, node_ctx, now, run_id, tools)
             ids = span_obj.get_span_context()
             out.append(
                 ev.model_copy(
@@ -97,8 +105,8 @@ class RunTracer:
             )
         return out
 
-    def _span(self, ev: Event, parent: Any, now: int, run_id: str) -> Any:
-        name, attrs, seconds = describe(ev)
+    def _span(self, ev: Event, parent: Any, now: int, run_id: str, tools: dict[str, str]) -> Any:
+        name, attrs, seconds = describe(ev, tools)
         attrs = {"keel.run_id": run_id, "keel.seq": ev.seq, **attrs}
         span = self.tracer.start_span(
             name, context=parent, start_time=now - int(seconds * 1e9), attributes=attrs
@@ -113,8 +121,15 @@ class RunTracer:
         return list(self.memory.get_finished_spans()) if self.memory else []
 
 
-def describe(ev: Event) -> tuple[str, dict[str, Any], float]:
-    """Span name, attributes and duration for one traced event."""
+def provider_of(model: str) -> str:
+    """``gen_ai.provider.name`` from a litellm model string (``openai/gpt-4o`` -> openai)."""
+    prefix = model.split("/", 1)[0] if "/" in model else "openai"
+    return {"ollama_chat": "ollama", "azure_ai": "azure.ai.inference"}.get(prefix, prefix)
+
+
+def describe(ev: Event, tools: dict[str, str] | None = None) -> tuple[str, dict[str, Any], float]:
+    """Span name, attributes and duration for one traced event, named as OpenTelemetry's
+    GenAI semantic conventions name them (``chat``, ``execute_tool``) where they apply."""
     if isinstance(ev, NodeCompleted):
         attrs = {"keel.node": ev.node, "keel.step": ev.step, "keel.attempt": ev.attempt}
         return f"node {ev.node}", {**attrs, "keel.worker": ev.worker}, ev.duration_s
@@ -123,9 +138,13 @@ def describe(ev: Event) -> tuple[str, dict[str, Any], float]:
             f"chat {ev.model}",
             {
                 "gen_ai.operation.name": "chat",
+                "gen_ai.provider.name": provider_of(ev.model),
                 "gen_ai.request.model": ev.model,
+                "gen_ai.response.model": ev.model,
+                "gen_ai.response.finish_reasons": [ev.finish_reason],
                 "gen_ai.usage.input_tokens": ev.prompt_tokens,
                 "gen_ai.usage.output_tokens": ev.completion_tokens,
+                "keel.tool_calls": len(ev.tool_calls),
                 "keel.cost_usd": ev.cost,
                 "keel.tier": ev.tier,
                 "keel.worker": ev.worker,
@@ -146,4 +165,13 @@ def describe(ev: Event) -> tuple[str, dict[str, Any], float]:
             0.0,
         )
     assert isinstance(ev, EffectResult)
-    return f"tool {ev.key}", {"keel.effect.key": ev.key, "keel.effect.ok": ev.ok}, ev.duration_s
+    tool = (tools or {}).get(ev.key, "")
+    effect: dict[str, Any] = {
+        "gen_ai.operation.name": "execute_tool",
+        "gen_ai.tool.call.id": ev.key,  # the idempotency key: one per call, kept on retry
+        "keel.effect.key": ev.key,
+        "keel.effect.ok": ev.ok,
+    }
+    if tool:
+        effect["gen_ai.tool.name"] = tool
+    return f"execute_tool {tool or ev.key}", effect, ev.duration_s
