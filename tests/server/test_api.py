@@ -20,7 +20,8 @@ GOOD = {"path": "count.json", "service": "checkout"}
 @pytest.fixture(scope="module")
 def api(serve_port: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     store = tmp_path_factory.mktemp("api") / "store"
-    workflows = ["demo", "tests.actors.workflows:restart"]
+    # The last one is allowed but broken (no such module): a start names it, 400.
+    workflows = ["demo", "tests.actors.workflows:restart", "tests.no_such_module:wf"]
     with runs_api(serve_port, store, "api", workflows, KEYS) as url:
         yield url
 
@@ -94,6 +95,7 @@ def test_start_follow_approve_over_http(api: str, tmp_path: Path) -> None:
         ("post", "", {"workflow": "demo"}, {"X-API-Key": "wrong"}, 401, "authorization"),
         ("post", "", {"goal": "x"}, as_("alice"), 400, "workflow"),
         ("post", "", {"workflow": "nope"}, as_("alice"), 403, "workflow"),
+        ("post", "", {"workflow": "tests.no_such_module:wf"}, as_("alice"), 400, "workflow"),
         ("post", "", {"workflow": "demo", "inputs": {"x": 1}}, as_("alice"), 400, "inputs.x"),
         ("post", "", {"workflow": "demo", "extra": 1}, as_("alice"), 400, "extra"),
         (
@@ -131,6 +133,8 @@ def test_errors_are_problem_json_naming_the_field(
     assert resp.status_code == status, resp.text
     assert resp.headers["content-type"].startswith("application/problem+json")
     assert resp.json()["field"] == field
+    if body is not None and body.get("workflow") == "tests.no_such_module:wf":
+        assert "ModuleNotFoundError" in resp.json()["detail"]  # what is broken, in one line
 
 
 def test_body_size_is_limited(api: str) -> None:
