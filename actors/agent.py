@@ -30,7 +30,7 @@ from keel.actors.worker_messages import ActRequest, ToolSpec
 from keel.actors.workers import workers
 from keel.core.calls import ChatMessage
 from keel.core.nodes import NodeContext, NodeOutput
-from keel.core.tool import Tool, check_tool
+from keel.core.tool import Tool, check_tool, tool_schema
 from keel.core.workflow import END, Workflow
 
 
@@ -145,11 +145,7 @@ def _reply(state: AgentState, content: str) -> dict[str, Any]:
 def _parameters(tool: Tool, bind: dict[str, str]) -> dict[str, Any]:
     """The tool's argument schema as the model sees it: without the arguments bound to
     run inputs, which the model does not choose."""
-    schema = dict(
-        tool.args_model.model_json_schema()
-        if tool.args_model is not None
-        else tool.parameters or {}
-    )
+    schema = tool_schema(tool) or {}
     props = {k: v for k, v in (schema.get("properties") or {}).items() if k not in bind}
     required = [r for r in schema.get("required") or [] if r not in bind]
     return {**schema, "properties": props, "required": required}

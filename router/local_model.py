@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import StreamingResponse
 from ray import serve
+from sse_starlette import EventSourceResponse
 
 APP_NAME = "keel-local-model"
 ROUTE_PREFIX = "/local"
@@ -66,7 +66,7 @@ class LocalModel:
         return {"object": "list", "data": [{"id": MODEL_NAME, "object": "model"}]}
 
     @local_api.post("/v1/chat/completions", response_model=None)
-    async def chat(self, request: Request) -> dict[str, Any] | StreamingResponse:
+    async def chat(self, request: Request) -> dict[str, Any] | EventSourceResponse:
         body = await request.json()
         kwargs: dict[str, Any] = {
             "messages": body["messages"],
@@ -85,7 +85,7 @@ class LocalModel:
             kwargs.update(llama=self.llm, tools=tools, tool_choice=choice)
             generate = handler
         if body.get("stream"):
-            return StreamingResponse(self._stream(generate, kwargs), media_type="text/event-stream")
+            return EventSourceResponse(self._stream(generate, kwargs))
         async with self.lock:
             out: dict[str, Any] = await asyncio.to_thread(generate, **kwargs)
         out.update(id=f"chatcmpl-{uuid.uuid4().hex[:16]}", created=int(time.time()))
@@ -94,7 +94,7 @@ class LocalModel:
 
     async def _stream(
         self, generate: Callable[..., Any], kwargs: dict[str, Any]
-    ) -> AsyncIterator[str]:
+    ) -> AsyncIterator[dict[str, str]]:
         """llama.cpp's chunks as they come (it generates in a thread; they cross over a
         queue), as server-sent events."""
         loop = asyncio.get_running_loop()
@@ -111,9 +111,9 @@ class LocalModel:
             worker = asyncio.create_task(asyncio.to_thread(produce))
             while (chunk := await queue.get()) is not None:
                 chunk["model"] = MODEL_NAME
-                yield f"data: {json.dumps(chunk)}\n\n"
+                yield {"data": json.dumps(chunk)}
             await worker
-        yield "data: [DONE]\n\n"
+        yield {"data": "[DONE]"}
 
 
 def deploy_local_model() -> Any:

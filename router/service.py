@@ -140,7 +140,8 @@ async def _invalid_body(request: Request, exc: RequestValidationError) -> JSONRe
     return openai_error(400, f"{param}: {first.get('msg')}", param)
 
 
-# Above the class: Serve ships the ingress routes with the helpers they name when defined.
+# Above the class: serve.ingress pickles the app as the class is defined, so whatever its
+# routes call must exist by then.
 async def _sse(decision: RouteDecision, chunks: AsyncIterator[dict[str, Any]]) -> Any:
     """Server-sent events as OpenAI streams them, ending with ``[DONE]``; the first chunk
     carries the routing decision under ``keel``. A failure mid-stream is sent as an error

@@ -21,26 +21,13 @@ from keel.actors.worker_messages import (
 from keel.actors.workers import Workers, workers
 from keel.core.events import ModelCalled
 from keel.core.nodes import NodeContext
+from tests.ledger import model_called
 
 CTX = NodeContext(run_id="r", workflow="w", node="n", step=1, attempt=1, goal="", inputs={})
 
 
 def recorded(response: str) -> ModelCalled:
-    return ModelCalled(
-        node="n",
-        step=1,
-        worker="planner-0",
-        response=response,
-        tier="small",
-        model="m",
-        routed_tier="small",
-        reason="test",
-        score=0.1,
-        prompt_tokens=1,
-        completion_tokens=1,
-        cost=0.0,
-        latency_s=0.0,
-    )
+    return model_called(node="n", tier="small", routed_tier="small", response=response)
 
 
 @pytest.fixture

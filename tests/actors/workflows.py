@@ -406,37 +406,12 @@ class FixState(AgentState):
     pass
 
 
-class DropEverything(CounterTool):
-    """Denied to the mitigate role by policy (tool:drop_*), whatever the model says."""
-
-    args_model = CounterArgs
-    action = "write"
-
-    def __init__(self) -> None:
-        super().__init__("drop_everything")
-
-
-class FixArgs(BaseModel):
-    model_config = {"extra": "forbid"}
-
-    path: str
-    service: str = Field(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9-]*$")
-
-
-class Restore(CounterTool):
-    args_model = FixArgs
-    action = "write"
-    description = "Restore a service's last good configuration"
-
-    def __init__(self) -> None:
-        super().__init__("restore_config")
-
-
 fixer = Workflow("fixer", state=FixState, inputs=AgentInputs, uses_models=True)
 agent(
     fixer,
     "fix",
-    [Restore(), DropEverything()],
+    # restore_config is exempt from approval in tests/policy.csv; drop_* is denied.
+    [RestoreConfig(), CounterTool("drop_everything")],
     role="mitigate",
     instructions="Fix the service with the tools you have.",
     bind={"path": "counter"},

@@ -5,8 +5,9 @@ from __future__ import annotations
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from keel.core.events import ModelCalled, NodeCompleted
+from keel.core.events import NodeCompleted
 from keel.runtime.tracing import RunTracer
+from tests.ledger import model_called
 
 
 def test_spans_reach_an_otlp_http_endpoint() -> None:
@@ -32,21 +33,7 @@ def test_spans_reach_an_otlp_http_endpoint() -> None:
         events = tracer.annotate(
             "run-otlp",
             [
-                ModelCalled(
-                    seq=2,
-                    node="plan",
-                    step=0,
-                    worker="keel-planner-0",
-                    tier="large",
-                    routed_tier="large",
-                    model="keel-rules/planner",
-                    reason="r",
-                    score=0.8,
-                    prompt_tokens=10,
-                    completion_tokens=2,
-                    cost=0.0,
-                    latency_s=0.01,
-                ),
+                model_called(seq=2, step=0, worker="keel-planner-0"),
                 NodeCompleted(
                     seq=3, node="plan", step=0, attempt=1, updates={}, next=None, duration_s=0.02
                 ),

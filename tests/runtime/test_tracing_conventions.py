@@ -5,28 +5,24 @@ from __future__ import annotations
 
 import pytest
 
-from keel.core.events import EffectIntent, EffectResult, ModelCalled, NodeCompleted
+from keel.core.events import EffectIntent, EffectResult, NodeCompleted
 from keel.runtime.tracing import RunTracer, provider_of
-
-CALL = {
-    "tier": "large", "routed_tier": "large", "reason": "r", "score": 0.8,
-    "prompt_tokens": 120, "completion_tokens": 12, "cost": 0.001, "latency_s": 0.5,
-}  # fmt: skip
+from tests.ledger import model_called
 
 
 def test_a_turn_and_its_tool_call_are_chat_and_execute_tool_spans() -> None:
     tracer = RunTracer("memory")
     key = "run-1/3/fix.call/1"
     events = [
-        ModelCalled(
+        model_called(
             seq=1,
             node="fix",
             step=2,
-            worker="planner-0",
             model="anthropic/claude-sonnet-4-5",
             finish_reason="tool_calls",
             tool_calls=[{"id": "c1"}, {"id": "c2"}],
-            **CALL,
+            prompt_tokens=120,
+            completion_tokens=12,
         ),
         EffectIntent(
             seq=2, node="fix.call", step=3, attempt=1, key=key, tool="restore_config", args={}
