@@ -3,12 +3,14 @@ there), and whole runs as users run them, in a real process with real storage.""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import ray
 
 from keel.cli import main
 from tests.conftest import free_port
@@ -87,45 +89,64 @@ def test_incident_demo_end_to_end(tmp_path: Path) -> None:
         assert shown in demo.stdout
 
 
-@pytest.mark.ray
-def test_run_then_runs_and_show(tmp_path: Path) -> None:
+def in_process(
+    capsys: pytest.CaptureFixture[str], config: Path, storage: Path, *args: str
+) -> tuple[int, str, str]:
+    """``keel ARGS`` through ``main(argv)``, on the session's Ray instance."""
+    code = main(["--config", str(config), "--storage", str(storage), *args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_run_then_runs_and_show(
+    ray_session: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A whole run in-process (a real process is the demo's and the doc tests' to show):
+    run, list, show, a torn checkpoint shown, then resumed."""
     storage = tmp_path / "store"
     outbox = tmp_path / "store-outbox"
-    ran = keel(
-        "run", "demo", "--goal", "checkout is down", "--input", f"outbox={outbox}", storage=storage
-    )
-    assert ran.returncode == 0, ran.stdout + ran.stderr
-    assert "succeeded" in ran.stdout
-    for step in ("intake", "classify", "page_oncall", "file_note", "close"):
-        assert step in ran.stdout
+    config = tmp_path / "keel.yaml"
+    config.write_text(f"orchestrator:\n  name: orch-{tmp_path.name}\n  node_num_cpus: 0.25\n")
 
-    listed = keel("runs", "--json", storage=storage)
-    rows = json.loads(listed.stdout)
-    assert [r["status"] for r in rows] == ["succeeded"] and rows[0]["workflow"] == "demo"
-    run_id = rows[0]["run_id"]
+    def keel_(*args: str) -> tuple[int, str, str]:
+        return in_process(capsys, config, storage, *args)
 
-    shown = json.loads(keel("show", run_id, "--json", storage=storage).stdout)
-    assert shown["state"]["status"] == "succeeded"
-    assert shown["state"]["data"]["severity"] == "high"
-    types = [e["type"] for e in shown["events"]]
-    assert types.count("effect_intent") == types.count("effect_result") == 2
-    # Two deliveries in the outbox, one per effect.
-    assert len(list((tmp_path / "store-outbox").glob("*.json"))) == 2
+    try:
+        code, out, err = keel_(
+            "run", "demo", "--goal", "checkout is down", "--input", f"outbox={outbox}"
+        )
+        assert code == 0, out + err
+        assert "succeeded" in out
+        for step in ("intake", "classify", "page_oncall", "file_note", "close"):
+            assert step in out
 
-    # A torn checkpoint: `show` warns naming the object and shows the last good state.
-    ckpts = sorted((storage / "runs" / run_id / "checkpoints").iterdir())
-    ckpts[-1].write_bytes(ckpts[-1].read_bytes()[:-5])
-    torn = keel("show", run_id, storage=storage)
-    assert torn.returncode == 0
-    assert f"runs/{run_id}/checkpoints/{ckpts[-1].name}" in torn.stderr
-    assert "running" in torn.stdout
+        rows = json.loads(keel_("runs", "--json")[1])
+        assert [r["status"] for r in rows] == ["succeeded"] and rows[0]["workflow"] == "demo"
+        run_id = rows[0]["run_id"]
 
-    again = keel("resume", run_id, storage=storage)
-    assert again.returncode == 0, again.stdout + again.stderr
-    assert (
-        json.loads(keel("show", run_id, "--json", storage=storage).stdout)["state"]["status"]
-        == "succeeded"
-    )
+        shown = json.loads(keel_("show", run_id, "--json")[1])
+        assert shown["state"]["status"] == "succeeded"
+        assert shown["state"]["data"]["severity"] == "high"
+        types = [e["type"] for e in shown["events"]]
+        assert types.count("effect_intent") == types.count("effect_result") == 2
+        # Two deliveries in the outbox, one per effect.
+        assert len(list(outbox.glob("*.json"))) == 2
+
+        # A torn checkpoint: `show` warns naming the object and shows the last good state.
+        ckpts = sorted((storage / "runs" / run_id / "checkpoints").iterdir())
+        ckpts[-1].write_bytes(ckpts[-1].read_bytes()[:-5])
+        code, out, err = keel_("show", run_id)
+        assert code == 0
+        assert f"runs/{run_id}/checkpoints/{ckpts[-1].name}" in err
+        assert "running" in out
+
+        code, out, err = keel_("resume", run_id)
+        assert code == 0, out + err
+        assert json.loads(keel_("show", run_id, "--json")[1])["state"]["status"] == "succeeded"
+        assert len(list(outbox.glob("*.json"))) == 2, "the resumed run delivered nothing twice"
+    finally:
+        with contextlib.suppress(ValueError):
+            ray.kill(ray.get_actor(f"orch-{tmp_path.name}", namespace="keel"), no_restart=True)
 
 
 BROKEN = {
