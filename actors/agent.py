@@ -22,6 +22,7 @@ Past ``max_turns`` the run is handed to a person. The workflow's state model ext
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel, Field, JsonValue
@@ -57,8 +58,12 @@ def agent(
     then: str = END,
     bind: dict[str, str] | None = None,
     timeout_s: float = 120.0,
+    brief: Callable[[Any, NodeContext], str] | None = None,
 ) -> None:
-    """Add the loop's nodes to ``wf``, entered at ``name`` and left for ``then``."""
+    """Add the loop's nodes to ``wf``, entered at ``name`` and left for ``then``.
+
+    The conversation opens with ``instructions`` and the person's message: the run's goal,
+    or what ``brief(state, ctx)`` makes of the run so far (what earlier nodes found)."""
     checked = [check_tool(t) for t in tools]
     specs = [
         ToolSpec(
@@ -74,7 +79,7 @@ def agent(
     def turn(state: AgentState, ctx: NodeContext) -> NodeOutput:
         history = state.messages or [
             {"role": "system", "content": instructions},
-            {"role": "user", "content": ctx.goal},
+            {"role": "user", "content": brief(state, ctx) if brief else ctx.goal},
         ]
         resp = workers(ctx).planner.act(
             ActRequest(messages=[ChatMessage.model_validate(m) for m in history], tools=specs)

@@ -115,9 +115,20 @@ class CounterfactualReport(BaseModel):
     metrics: dict[str, float]
 
 
-def _decision(content: str, request: dict[str, Any]) -> str:
-    """What an answer decides, in a form two answers can be compared by."""
+def _decision(content: str, tool_calls: list[dict[str, Any]], request: dict[str, Any]) -> str:
+    """What an answer decides, in a form two answers can be compared by: the tools it
+    called (an agent's turn), the plan it proposed, the label it chose, or its text."""
 
+    if tool_calls:
+        made = []
+        for call in tool_calls:
+            fn = call.get("function") or {}
+            try:
+                args = json.dumps(json.loads(fn.get("arguments") or "{}"), sort_keys=True)
+            except ValueError:
+                args = "(invalid)"
+            made.append(f"{fn.get('name')} {args}")
+        return "; ".join(made)
     if request.get("kind") == "classify":
         try:
             data = json.loads(content)
@@ -233,8 +244,11 @@ def _model_changes(
     latency_then = latency_now = 0.0
     for (run_id, ev, tier), (got, latency) in zip(todo, answers, strict=True):
         request = ev.request or {}
-        before = _decision(ev.response, request)
-        after = f"error: {got}" if isinstance(got, Exception) else _decision(got.content, request)
+        before = _decision(ev.response, ev.tool_calls, request)
+        if isinstance(got, Exception):
+            after = f"error: {got}"
+        else:
+            after = _decision(got.content, got.tool_calls, request)
         items.append(
             Change(
                 run_id=run_id,

@@ -18,15 +18,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from keel.actors.planner import (
-    _label,
-    classify_request,
-    label_schema,
-    parse_proposal,
-    plan_request,
-)
+from keel.actors.planner import _label, act_request, classify_request, label_schema
 from keel.actors.validator import check as check_proposal
-from keel.actors.worker_messages import ClassifyRequest, PlanRequest, RetrieveRequest, ToolSpec
+from keel.actors.worker_messages import ActRequest, ClassifyRequest, RetrieveRequest, ToolSpec
 from keel.actors.workers import pool
 from keel.core.calls import ChatMessage, RouteRequest
 from keel.evals.environment import ScenarioRun, run_scenario, seed_memory
@@ -114,13 +108,15 @@ def model_layer(keel: Any, suite: Suite, tick: Tick) -> LayerOutput:
         for prompt in suite.models:
             if prompt.kind == "classify":
                 req, _ = classify_request(ClassifyRequest(text=prompt.text, labels=prompt.labels))
-            else:
-                req = plan_request(PlanRequest(goal=prompt.text, tools=mitigations))
+            else:  # as the incident's agent asks: the tools as native functions
+                turn = [ChatMessage(role="user", content=prompt.text)]
+                req = act_request(ActRequest(messages=turn, tools=mitigations, max_tokens=128))
             req = req.model_copy(update={"tier": tier.name})
             started = time.perf_counter()
+            calls: list[dict[str, Any]] = []
             try:
                 call = handle.complete.remote(req).result(timeout_s=300)
-                content, cost, failure = call.content, call.cost, ""
+                content, cost, failure, calls = call.content, call.cost, "", call.tool_calls
             except Exception as exc:  # a tier that cannot answer scores a miss, not a crash
                 content, cost, failure = "", 0.0, f"(error: {type(exc).__name__}: {exc})"[:200]
             latency = time.perf_counter() - started
@@ -129,8 +125,7 @@ def model_layer(keel: Any, suite: Suite, tick: Tick) -> LayerOutput:
             elif prompt.kind == "classify":
                 got = _label(content, label_schema(prompt.labels)) or "(invalid)"
             else:
-                proposal, _ = parse_proposal(content)
-                got = proposal.tool if proposal else "(invalid)"
+                got = str(calls[0]["function"]["name"]) if calls else "(no tool call)"
             out.cases.append(
                 CaseResult(
                     layer="model",

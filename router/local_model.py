@@ -43,6 +43,26 @@ def _response_format(fmt: dict[str, Any]) -> dict[str, Any]:
     return fmt
 
 
+_GRAMMAR_LIMITS = ("pattern", "minLength", "maxLength", "format")
+
+
+def _loosened(value: Any) -> Any:
+    """The tools' schemas without string limits, for the grammar only: llama.cpp refuses to
+    build a grammar for a bounded repetition such as ``{1,100}``, and the engine validates
+    every argument against the full schema anyway."""
+    if isinstance(value, dict):
+        return {
+            k: {n: _loosened(p) for n, p in v.items()}  # field names, not keywords
+            if k == "properties" and isinstance(v, dict)
+            else _loosened(v)
+            for k, v in value.items()
+            if k not in _GRAMMAR_LIMITS
+        }
+    if isinstance(value, list):
+        return [_loosened(v) for v in value]
+    return value
+
+
 def _tool_choice(choice: Any, tools: list[dict[str, Any]]) -> Any:
     """llama.cpp's handler knows "auto", "none" and one named function: "required" names
     the only tool when there is one, and leaves the choice to the grammar otherwise."""
@@ -87,7 +107,7 @@ class LocalModel:
 
             handler = llama_chat_format.get_chat_completion_handler("chatml-function-calling")
             choice = _tool_choice(body.get("tool_choice"), tools)
-            kwargs.update(llama=self.llm, tools=tools, tool_choice=choice)
+            kwargs.update(llama=self.llm, tools=_loosened(tools), tool_choice=choice)
             generate = handler
         if body.get("stream"):
             return EventSourceResponse(self._stream(generate, kwargs))

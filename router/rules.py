@@ -13,8 +13,11 @@ on offer or the labels to choose from) and answers JSON:
 - otherwise a short extractive summary.
 
 Asked with native tools (OpenAI ``tools``), it answers the same choice as a tool call
-(``finish_reason: "tool_calls"``), and once the conversation holds a tool's answer it
-gives a final text answer instead of calling again. It streams too, as one chunk.
+(``finish_reason: "tool_calls"``), reading the conversation as a model would: settings the
+operator wrote in the goal (``max_connections=50``) fill the tool's arguments over the
+hints, a call refused for an argument is made again without the refused setting, a tool
+refused by policy is not called again, and once a call has run it gives a final text
+answer. It streams too, as one chunk.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -44,6 +48,7 @@ from litellm.utils import custom_llm_setup
 
 PROVIDER = "keel-rules"
 _WORD = re.compile(r"[a-z0-9]+")
+_SETTING = re.compile(r"\b([a-z_][a-z0-9_]*)=(\S+)")
 
 
 def _words(text: str) -> set[str]:
@@ -51,7 +56,11 @@ def _words(text: str) -> set[str]:
 
 
 def _prompt_doc(messages: list[dict[str, Any]]) -> dict[str, Any]:
+    """The structured prompt: the latest JSON object a person or the system wrote (tools'
+    answers are JSON too, and are not the prompt)."""
     for message in reversed(messages):
+        if message.get("role") not in ("user", "system"):
+            continue
         content = str(message.get("content") or "")
         try:
             doc = json.loads(content)
@@ -104,13 +113,62 @@ def answer(doc: dict[str, Any]) -> dict[str, Any] | str:
     return " ".join(sentences[:2])[:400]
 
 
+def settings(goal: str, fields: set[str]) -> dict[str, Any]:
+    """``key=value`` settings written in the goal, for the tool's own fields."""
+    found: dict[str, Any] = {}
+    for key, raw in _SETTING.findall(goal):
+        if key in fields:
+            value = raw.rstrip(".,;")
+            try:
+                found[key] = json.loads(value)
+            except ValueError:
+                found[key] = value
+    return found
+
+
+def _refusals(messages: list[dict[str, Any]]) -> tuple[set[str], Counter[str]]:
+    """What the conversation's refused calls say: the tools refused outright (by policy, or
+    unknown) and how often each argument field was refused."""
+    names: dict[str, str] = {}
+    tools: set[str] = set()
+    fields: Counter[str] = Counter()
+    for m in messages:
+        for call in m.get("tool_calls") or []:
+            names[str(call.get("id"))] = str((call.get("function") or {}).get("name"))
+        content = str(m.get("content") or "")
+        if m.get("role") != "tool" or not content.startswith("refused: "):
+            continue
+        said = [part.split(":", 1)[0].strip() for part in content[9:].split("; ")]
+        args = {f.removeprefix("args.") for f in said if f.startswith("args.")}
+        fields.update(args)
+        if not args:
+            tools.add(names.get(str(m.get("tool_call_id")), ""))
+    return tools, fields
+
+
 def tool_answer(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> Message:
-    """The rules' choice as a native tool call; after a tool has answered, a final text."""
-    if messages and messages[-1].get("role") == "tool":
+    """The rules' choice as a native tool call; once a call has run, a final text."""
+    last = messages[-1] if messages else {}
+    answered = last.get("role") == "tool" and not str(last.get("content")).startswith("refused")
+    if answered:
         results = [str(m.get("content") or "") for m in messages if m.get("role") == "tool"]
         return Message(role="assistant", content="done: " + "; ".join(results)[:400])
+    refused_tools, refused_fields = _refusals(messages)
     functions = [dict(t.get("function") or t) for t in tools]
-    choice = answer({**_prompt_doc(messages), "tools": functions})
+    left = [f for f in functions if f.get("name") not in refused_tools]
+    if not left:
+        return Message(role="assistant", content="no tool on offer may be used: over to you")
+    doc = _prompt_doc(messages)
+    fields = {k for f in left for k in ((f.get("parameters") or {}).get("properties") or {})}
+    asked = settings(str(doc.get("goal", "")), fields)
+    hints = dict(doc.get("hints") or {})
+    for field, times in refused_fields.items():  # the operator's setting goes first
+        if field in asked:
+            del asked[field]
+            times -= 1
+        if times > 0:
+            hints.pop(field, None)
+    choice = answer({**doc, "tools": left, "hints": {**hints, **asked}})
     assert isinstance(choice, dict)  # with tools the rules always choose one
     call = ChatCompletionMessageToolCall(
         id=f"call_{uuid.uuid4().hex[:12]}",

@@ -55,8 +55,11 @@ def describe(ev: Event) -> tuple[str, str]:
         case "budget_exceeded":
             return "", f"budget {ev.budget} exceeded: {ev.value:g} > {ev.limit:g}"
         case "model_called":
+            fns = [c.get("function") or {} for c in ev.tool_calls]
+            calls = ", ".join(f"{f.get('name')} {f.get('arguments')}" for f in fns)
             return ev.node, (
-                f"model {ev.model} via {ev.tier} ({ev.worker}): {ev.prompt_tokens}+"
+                f"model {ev.model} via {ev.tier}{f' calls {calls}' if calls else ''} "
+                f"({ev.worker}): {ev.prompt_tokens}+"
                 f"{ev.completion_tokens} tokens, ${ev.cost:.6f}, {ev.latency_s:.2f}s"
             )
         case "run_resumed":

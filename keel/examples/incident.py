@@ -1,26 +1,25 @@
-"""The bundled ``incident`` workflow: diagnose, plan from runbooks, act in the sandbox,
-check health, and roll back and hand over if the action did not help.
+"""The bundled ``incident`` workflow: diagnose, recall runbooks, let an agent act in the
+sandbox, check health, and roll back and hand over if the action did not help.
 
 diagnose (read logs, health; role ``diagnose``) -> nothing to do if healthy, else
-classify (small model) -> recall
-runbooks (retriever) -> plan (large tier) -> snapshot config -> mitigate (validated, policy;
-restarting needs approval; role ``mitigate``) -> health after -> resolved, or
-rollback to the snapshot -> hand back to a person.
+classify (small model) -> recall runbooks (retriever) -> snapshot config -> mitigate: an
+agent loop (large tier, native tool calls) whose every call is validated, checked by policy
+as role ``mitigate`` (restarting needs approval) and applied exactly once, a refused call
+going back to the model with the reason -> health after -> resolved, or rollback to the
+snapshot -> hand back to a person.
 """
 
 from __future__ import annotations
 
 import json
-import re
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from keel.actors.worker_messages import ClassifyRequest, PlanRequest, RetrieveRequest, ToolSpec
+from keel.actors.agent import AgentState, agent
+from keel.actors.worker_messages import ClassifyRequest, RetrieveRequest
 from keel.actors.workers import workers
 from keel.core.nodes import ConfinedPath, NodeContext, NodeOutput, RetryPolicy
-from keel.core.state import append
-from keel.core.tool import Tool
 from keel.core.workflow import END, Workflow
 from keel.examples.demo_tools import (
     CheckHealth,
@@ -70,17 +69,13 @@ class IncidentInputs(BaseModel):
     service: Literal["checkout"] = "checkout"
 
 
-class IncidentState(BaseModel):
+class IncidentState(AgentState):
     logs: dict[str, Any] = {}
     health_before: dict[str, Any] = {}
     label: str = ""
     runbooks: list[str] = []
     hints: dict[str, Any] = {}
-    proposal: dict[str, Any] | None = None
-    errors: list[dict[str, str]] = []
-    tried: Annotated[list[str], append] = []
     snapshot: dict[str, Any] = {}
-    mitigation: dict[str, Any] = {}
     health_after: dict[str, Any] = {}
     rollback: dict[str, Any] = {}
 
@@ -167,67 +162,7 @@ def recall(state: IncidentState, ctx: NodeContext) -> Any:
     )
 
 
-workflow.edge("recall", "plan")
-
-
-MITIGATION_TOOLS = (RestartService(), DeleteDataFile())
-MITIGATIONS: list[Tool] = list(MITIGATION_TOOLS)
-_OPERATOR_HINT = re.compile(r"\b([a-z_][a-z0-9_]*)=(\S+)")
-
-
-def operator_hints(goal: str, fields: set[str]) -> dict[str, Any]:
-    """``key=value`` settings the operator wrote in the goal, for the tool's own fields
-    (never the target's: a goal cannot point the action at another service)."""
-    hints: dict[str, Any] = {}
-    for key, raw in _OPERATOR_HINT.findall(goal):
-        if key in fields:
-            value = raw.rstrip(".,;")
-            try:
-                hints[key] = json.loads(value)
-            except ValueError:
-                hints[key] = value
-    return hints
-
-
-@workflow.node(retry=RetryPolicy(attempts=2, backoff_s=0.5), timeout_s=120)
-def plan(state: IncidentState, ctx: NodeContext) -> Any:
-
-    specs = [
-        ToolSpec(
-            name=t.name,
-            description=t.description,
-            parameters=t.args_model.model_json_schema(),
-            effect="write",
-        )
-        for t in MITIGATION_TOOLS
-    ]
-    fields = {f for t in MITIGATION_TOOLS for f in t.args_model.model_fields} - set(_target(ctx))
-    # A setting that was rejected is not offered again, and a tool policy refused is not
-    # proposed again.
-    rejected = {e.get("field", "").removeprefix("args.") for e in state.errors}
-    last_tool = str((state.proposal or {}).get("tool") or "")
-    refused = last_tool and "tool" in rejected and last_tool not in state.tried
-    denied = [last_tool] if refused else []
-    asked = operator_hints(ctx.goal, fields)
-    hints = {**state.hints, **{k: v for k, v in asked.items() if k not in rejected}}
-    observations = [f"classified as {state.label}", *_problems(state), *state.runbooks]
-    observations += [f"rejected: {e['field']}: {e['reason']}" for e in state.errors]
-    resp = workers(ctx).planner.plan(
-        PlanRequest(
-            goal=ctx.goal,
-            observations=observations,
-            tools=specs,
-            hints={**hints, **_target(ctx)},
-            failures=len(state.errors),
-            tried=[*state.tried, *denied],
-        ),
-    )
-    proposal = resp.proposal.model_dump() if resp.proposal else {}
-    updates: dict[str, Any] = {"proposal": proposal, "tried": denied}
-    return NodeOutput(updates=updates, calls=resp.calls, worker=resp.worker)
-
-
-workflow.edge("plan", "snapshot")
+workflow.edge("recall", "snapshot")
 
 
 @workflow.effect(
@@ -240,21 +175,32 @@ def snapshot(state: IncidentState, ctx: NodeContext) -> dict[str, Any]:
 workflow.edge("snapshot", "mitigate")
 
 
-@workflow.effect(
-    MITIGATIONS,
+MITIGATION_TOOLS = (RestartService(), DeleteDataFile())
+INSTRUCTIONS = (
+    "You mitigate an incident on one service. Call one tool to fix it, with the runbook's "
+    "hints and any settings the operator wrote in the goal. If a call is refused, read why "
+    "and call again differently. Once a call has run, answer in one line."
+)
+
+
+def brief(state: IncidentState, ctx: NodeContext) -> str:
+    """What the agent is told: the goal, what diagnosis found, and the runbook's hints (the
+    service's address is not among them: the engine binds it to the run's inputs)."""
+    observations = [f"classified as {state.label}", *_problems(state), *state.runbooks]
+    return json.dumps({"goal": ctx.goal, "observations": observations, "hints": state.hints})
+
+
+agent(
+    workflow,
     "mitigate",
+    list(MITIGATION_TOOLS),
     role="mitigate",
-    result_field="mitigation",
-    on_reject="plan",
-    rejections_field="errors",
-    timeout_s=60,
+    instructions=INSTRUCTIONS,
+    brief=brief,
+    max_turns=4,
+    then="health_after",
     bind=TARGET,
 )
-def mitigate(state: IncidentState, ctx: NodeContext) -> dict[str, Any]:
-    return dict(state.proposal or {})
-
-
-workflow.edge("mitigate", "health_after")
 
 
 @workflow.effect(
@@ -290,12 +236,31 @@ def rollback(state: IncidentState, ctx: NodeContext) -> dict[str, Any]:
 workflow.edge("rollback", "hand_back")
 
 
+def applied(state: IncidentState) -> list[tuple[str, dict[str, Any]]]:
+    """The agent's calls that ran (not those refused), as (tool, arguments), in order."""
+    calls = {
+        c.get("id"): c.get("function") or {}
+        for m in state.messages
+        for c in m.get("tool_calls") or []
+    }
+    ran = []
+    for m in state.messages:
+        if m.get("role") == "tool" and not str(m.get("content")).startswith("refused: "):
+            fn = calls.get(m.get("tool_call_id"), {})
+            try:
+                args = json.loads(fn.get("arguments") or "{}")
+            except ValueError:
+                args = {}
+            ran.append((str(fn.get("name")), args if isinstance(args, dict) else {}))
+    return ran
+
+
 @workflow.node(inline=True)
 def hand_back(state: IncidentState, ctx: NodeContext) -> Any:
     before, after = state.health_before, state.health_after
-    action = (state.proposal or {}).get("args", {})
+    tool, action = (applied(state) or [("no tool", {})])[-1]
     reason = (
-        f"mitigation restart_service {json.dumps(action.get('config_action'))} did not improve "
+        f"mitigation {tool} {json.dumps(action.get('config_action'))} did not improve "
         f"health ({before.get('code')} -> {after.get('code')}: "
         f"{'; '.join(str(p) for p in after.get('problems') or [])[:200]}); "
         "config rolled back to the snapshot; over to a person"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from keel.client import Keel
 from keel.config import KeelConfig, OrchestratorConfig, RouterConfig, StorageConfig
 from keel.core.events import EffectResult, RunStatus
 from keel.examples import demo_service
-from keel.examples.incident import RUNBOOKS
+from keel.examples.incident import RUNBOOKS, IncidentState, applied
 from keel.sandbox.bwrap import isolation
 from keel.storage.memory import MemoryStore
 from keel.testing.chaos import ChaosOrchestrator
@@ -68,7 +69,12 @@ def test_bad_config_is_mitigated(keel: Keel, service: tuple[Path, int]) -> None:
     assert final.status == RunStatus.SUCCEEDED, final.reason
     code, body = demo_service.health(port)  # the test asks the service itself
     assert code == 200 and body["status"] == "ok"
-    assert final.data["proposal"]["args"]["config_action"] == "restore_last_good"
+    # The agent called the restart once, with the runbook's setting, and then answered.
+    ran = applied(IncidentState.model_validate(final.data))
+    assert [(tool, args["config_action"]) for tool, args in ran] == [
+        ("restart_service", "restore_last_good")
+    ]
+    assert final.data["answer"].startswith("done: ")
 
 
 @pytest.mark.parametrize("service", ["corrupt_data"], indirect=True)
@@ -79,7 +85,8 @@ def test_unhelpful_mitigation_is_rolled_back(keel: Keel, service: tuple[Path, in
     assert final.status == RunStatus.NEEDS_HUMAN
     assert "did not improve health" in final.reason and "rolled back" in final.reason
     # The action did change the config; the rollback put it back byte for byte.
-    assert final.data["mitigation"]["config"] != final.data["health_before"]["config"]
+    result = next(m["content"] for m in final.data["messages"] if m["role"] == "tool")
+    assert json.loads(result)["config"] != final.data["health_before"]["config"]
     assert (root / "service.json").read_bytes() == config_before
     assert demo_service.health(port)[0] == 503
 
@@ -90,7 +97,7 @@ def test_crash_around_mitigation_applies_it_once(
     keel: Keel, service: tuple[Path, int], point: str
 ) -> None:
     root, port = service
-    ray.get(keel.orchestrator().arm_fault.remote(point, "mitigate"))
+    ray.get(keel.orchestrator().arm_fault.remote(point, "mitigate.call"))
     final = run_incident(keel, root, port)
     assert final.status == RunStatus.SUCCEEDED, final.reason
     restarts = (root / "service.log").read_text().count("restart requested")
