@@ -125,6 +125,7 @@ def act_request(msg: ActRequest) -> RouteRequest:
         functions=msg.functions(),
         tool_choice="auto",
         max_tokens=msg.max_tokens,
+        traceparent=msg.traceparent,
     )
 
 
@@ -147,6 +148,7 @@ def plan_request(msg: PlanRequest) -> RouteRequest:
         failures=msg.failures,
         response_format={"type": "json_object"},
         max_tokens=msg.max_tokens,
+        traceparent=msg.traceparent,
     )
 
 
@@ -174,6 +176,7 @@ def classify_request(msg: ClassifyRequest) -> tuple[RouteRequest, dict[str, Any]
         },
         max_tokens=48,
         temperature=0.0,
+        traceparent=msg.traceparent,
     )
     return req, schema
 

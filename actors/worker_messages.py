@@ -6,13 +6,19 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
-from keel.core.calls import ChatMessage, ModelCall
+from keel.core.calls import TRACEPARENT, ChatMessage, ModelCall
 from keel.core.validation import FieldError
 from keel.storage.memory import MemoryKind
 
 
 class _Msg(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class _ModelAsk(_Msg):
+    """A request that ends in a model call, carrying the run's trace context to it."""
+
+    traceparent: str | None = Field(default=None, pattern=TRACEPARENT)
 
 
 class ToolSpec(_Msg):
@@ -32,7 +38,7 @@ class Proposal(_Msg):
     rationale: str = ""
 
 
-class PlanRequest(_Msg):
+class PlanRequest(_ModelAsk):
     goal: str = Field(max_length=20_000)
     observations: list[str] = Field(default_factory=list, max_length=200)
     tools: list[ToolSpec] = Field(min_length=1)
@@ -55,7 +61,7 @@ class PlanResponse(_Msg):
     worker: str
 
 
-class ActRequest(_Msg):
+class ActRequest(_ModelAsk):
     """One turn of a tool-calling agent: the conversation so far and the tools on offer,
     asked as native tool calls (OpenAI ``tools``) through the router."""
 
@@ -88,7 +94,7 @@ class ActResponse(_Msg):
     worker: str
 
 
-class ClassifyRequest(_Msg):
+class ClassifyRequest(_ModelAsk):
     text: str = Field(max_length=100_000)
     labels: list[str] = Field(min_length=2, max_length=100)
     failures: int = Field(default=0, ge=0)

@@ -32,6 +32,7 @@ from keel.actors.worker_messages import (
 )
 from keel.core.nodes import NodeContext
 from keel.errors import InputError
+from keel.runtime.tracing import run_traceparent
 
 ROLES = ("planner", "retriever", "executor", "validator")
 _POOLS: dict[tuple[str, int, str], WorkerPool] = {}
@@ -77,16 +78,20 @@ def _spec(role: str, env: Mapping[str, Any]) -> tuple[Any, tuple[Any, ...]]:
 class Planner:
     """The planner role as a node sees it: a request model in, a response model out."""
 
-    def __init__(self, env: Mapping[str, Any]) -> None:
+    def __init__(self, env: Mapping[str, Any], traceparent: str | None = None) -> None:
         self._pool = pool("planner", env)
+        self._trace = {"traceparent": traceparent} if traceparent else {}
 
     def plan(self, req: PlanRequest) -> PlanResponse:
+        req = req.model_copy(update=self._trace)
         return _expect(PlanResponse, self._pool.call_sync("plan", req))
 
     def classify(self, req: ClassifyRequest) -> ClassifyResponse:
+        req = req.model_copy(update=self._trace)
         return _expect(ClassifyResponse, self._pool.call_sync("classify", req))
 
     def act(self, req: ActRequest) -> ActResponse:
+        req = req.model_copy(update=self._trace)
         return _expect(ActResponse, self._pool.call_sync("act", req))
 
 
@@ -114,12 +119,13 @@ class Workers:
     """The roles a node may call, typed. The executor is not among them: a node proposes,
     and only the runner applies an effect (through the policy and the sandbox)."""
 
-    def __init__(self, env: Mapping[str, Any]) -> None:
+    def __init__(self, env: Mapping[str, Any], traceparent: str | None = None) -> None:
         self._env = env
+        self._traceparent = traceparent
 
     @property
     def planner(self) -> Planner:
-        return Planner(self._env)
+        return Planner(self._env, self._traceparent)
 
     @property
     def retriever(self) -> Retriever:
@@ -132,8 +138,8 @@ class Workers:
 
 def workers(ctx: NodeContext) -> Workers:
     """The worker roles of the deployment running ``ctx``'s node (or, during a replay,
-    stand-ins answering from the ledger)."""
-    return Workers(ctx.env)
+    stand-ins answering from the ledger). Model calls carry the run's trace context."""
+    return Workers(ctx.env, run_traceparent(ctx.run_id) if ctx.run_id else None)
 
 
 def _expect(cls: type[_R], value: object) -> _R:

@@ -10,6 +10,7 @@ under ``keel`` where it went. Workers call the router through a Serve handle.
 
 import hashlib
 import json
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -230,6 +231,22 @@ class ModelRouter:
         return self.gateway.next_tier(tier)
 
 
+def _replica_options(config: RouterConfig) -> dict[str, Any]:
+    """The replicas' options, with the tiers' API keys from this process's environment: on
+    a cluster the router's replicas run on nodes that never saw the shell that exported
+    them (the deployment's runtime_env carries them, so Ray's GCS holds them; a cluster
+    that must not, sets them on its nodes, as deploy/rayservice.yaml does from a secret)."""
+    options = config.replicas.serve_options()
+    keys = {
+        t.api_key_env: os.environ[t.api_key_env]
+        for t in config.resolved_tiers()
+        if t.api_key_env and os.environ.get(t.api_key_env)
+    }
+    if keys:
+        options["ray_actor_options"] = {"num_cpus": 0, "runtime_env": {"env_vars": keys}}
+    return options
+
+
 def deploy(config: RouterConfig) -> Any:
     """Start Serve's HTTP proxy on 127.0.0.1, the local model if a tier uses it, and the
     router; return the router's handle."""
@@ -237,7 +254,7 @@ def deploy(config: RouterConfig) -> Any:
     if config.uses_local_model():
         deploy_local_model()
     return serve.run(
-        ModelRouter.options(**config.replicas.serve_options()).bind(  # type: ignore[attr-defined]
+        ModelRouter.options(**_replica_options(config)).bind(  # type: ignore[attr-defined]
             config.model_dump(mode="json")
         ),
         name=APP_NAME,
@@ -272,6 +289,6 @@ def build(args: dict[str, Any]) -> Any:
 
     config = load_config(args.get("config"))
     router = config.router
-    return ModelRouter.options(**router.replicas.serve_options()).bind(  # type: ignore[attr-defined]
+    return ModelRouter.options(**_replica_options(router)).bind(  # type: ignore[attr-defined]
         router.model_dump(mode="json")
     )

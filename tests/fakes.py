@@ -48,6 +48,11 @@ class Scripted:
         data: dict[str, int] = httpx.get(f"{self.base}/_calls").json()
         return data
 
+    def headers(self) -> dict[str, dict[str, str | None]]:
+        """The Authorization and traceparent headers of the last request, per model."""
+        data: dict[str, dict[str, str | None]] = httpx.get(f"{self.base}/_headers").json()
+        return data
+
     def reset(self) -> None:
         httpx.post(f"{self.base}/_reset").raise_for_status()
 

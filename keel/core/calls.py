@@ -12,6 +12,9 @@ StepKind = Literal["classify", "summarize", "extract", "chat", "plan"]
 ContentPart = Annotated[dict[str, Any], Field(description='e.g. {"type": "text", "text": "..."}')]
 
 
+TRACEPARENT = r"^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"
+
+
 class ChatMessage(BaseModel):
     """One message as OpenAI's API writes it: the content is text, a list of content
     parts, or null (an assistant message that only calls tools); a tool's answer names
@@ -59,6 +62,9 @@ class RouteRequest(BaseModel):
     )
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
+    traceparent: str | None = Field(
+        default=None, pattern=TRACEPARENT, description="W3C trace context sent to the provider"
+    )
 
     def provider_options(self) -> dict[str, Any]:
         """What litellm passes on to the provider, under OpenAI's names."""
@@ -69,6 +75,7 @@ class RouteRequest(BaseModel):
             "tools": self.functions,
             "tool_choice": self.tool_choice,
             "parallel_tool_calls": self.parallel_tool_calls,
+            "extra_headers": {"traceparent": self.traceparent} if self.traceparent else None,
         }
         return {k: v for k, v in options.items() if v is not None}
 

@@ -3,8 +3,10 @@
 One trace per run: its id is derived from the run id, so every incarnation of the
 orchestrator adds to the same trace. Each ``node_completed``, ``model_called``,
 ``policy_decided`` and ``effect_result`` event gets one span (and the span's ids are written
-into the event), so spans and ledger match one to one by construction. Model spans carry
-the GenAI semantic-convention attributes.
+into the event), so spans and ledger match one to one by construction. Spans follow the
+GenAI semantic conventions where they apply: a model call is ``chat``, a tool's effect
+``execute_tool``, and the node of an agent's turn (a node whose model call offered tools as
+functions) ``invoke_agent``, with the turn's ``chat`` nested under it.
 """
 
 from __future__ import annotations
@@ -45,6 +47,16 @@ def run_trace_id(run_id: str) -> int:
     return int(hashlib.sha256(run_id.encode()).hexdigest()[:32], 16) or 1
 
 
+def _root_span_id(run_id: str) -> int:
+    return int(hashlib.sha256(f"root:{run_id}".encode()).hexdigest()[:16], 16) or 1
+
+
+def run_traceparent(run_id: str) -> str:
+    """The run's trace as a W3C ``traceparent``, sent with its model calls: a provider or
+    proxy that traces puts its spans in the run's trace, under the run's root."""
+    return f"00-{run_trace_id(run_id):032x}-{_root_span_id(run_id):016x}-01"
+
+
 class RunTracer:
     """Turns committed events into spans; ``exporter`` picks where they go."""
 
@@ -69,7 +81,7 @@ class RunTracer:
     def _root(self, run_id: str) -> Any:
         ctx = SpanContext(
             trace_id=run_trace_id(run_id),
-            span_id=int(hashlib.sha256(f"root:{run_id}".encode()).hexdigest()[:16], 16) or 1,
+            span_id=_root_span_id(run_id),
             is_remote=True,
             trace_flags=TraceFlags(TraceFlags.SAMPLED),
         )
@@ -87,7 +99,8 @@ class RunTracer:
         node_ctx = parent
         if nodes:  # the node's span first, so what happened in it nests under it
             node = nodes[0]
-            span = self._span(node, parent, now, run_id, tools)
+            turn = any(isinstance(e, ModelCalled) and _offers_tools(e) for e in events)
+            span = self._span(node, parent, now, run_id, tools, agent=turn)
             node_ctx = trace.set_span_in_context(span)
         for ev in events:
             if not isinstance(ev, TRACED):
@@ -105,8 +118,17 @@ class RunTracer:
             )
         return out
 
-    def _span(self, ev: Event, parent: Any, now: int, run_id: str, tools: dict[str, str]) -> Any:
-        name, attrs, seconds = describe(ev, tools)
+    def _span(
+        self,
+        ev: Event,
+        parent: Any,
+        now: int,
+        run_id: str,
+        tools: dict[str, str],
+        *,
+        agent: bool = False,
+    ) -> Any:
+        name, attrs, seconds = describe(ev, tools, agent=agent)
         attrs = {"keel.run_id": run_id, "keel.seq": ev.seq, **attrs}
         span = self.tracer.start_span(
             name, context=parent, start_time=now - int(seconds * 1e9), attributes=attrs
@@ -127,12 +149,23 @@ def provider_of(model: str) -> str:
     return {"ollama_chat": "ollama", "azure_ai": "azure.ai.inference"}.get(prefix, prefix)
 
 
-def describe(ev: Event, tools: dict[str, str] | None = None) -> tuple[str, dict[str, Any], float]:
+def _offers_tools(ev: ModelCalled) -> bool:
+    return bool((ev.request or {}).get("functions"))
+
+
+def describe(
+    ev: Event, tools: dict[str, str] | None = None, *, agent: bool = False
+) -> tuple[str, dict[str, Any], float]:
     """Span name, attributes and duration for one traced event, named as OpenTelemetry's
-    GenAI semantic conventions name them (``chat``, ``execute_tool``) where they apply."""
+    GenAI semantic conventions name them (``chat``, ``execute_tool``, ``invoke_agent`` for
+    the node of an agent's turn) where they apply."""
     if isinstance(ev, NodeCompleted):
         attrs = {"keel.node": ev.node, "keel.step": ev.step, "keel.attempt": ev.attempt}
-        return f"node {ev.node}", {**attrs, "keel.worker": ev.worker}, ev.duration_s
+        attrs = {**attrs, "keel.worker": ev.worker}
+        if agent:
+            named = {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": ev.node}
+            return f"invoke_agent {ev.node}", {**named, **attrs}, ev.duration_s
+        return f"node {ev.node}", attrs, ev.duration_s
     if isinstance(ev, ModelCalled):
         return (
             f"chat {ev.model}",

@@ -13,7 +13,8 @@ Run it as a process: ``python -m keel.testing.scripted --port 8999``. Control en
   the answer calls those functions (``finish_reason: "tool_calls"``); ``turns`` (a list of
   such answers) are given one per request, in order, for a conversation.
 - ``GET /_calls``: ``{"m": 3, ...}``; ``GET /_last``: the last request body per model;
-  ``POST /_reset``: forget scripts, counts and requests.
+  ``GET /_headers``: its Authorization and traceparent headers; ``POST /_reset``: forget
+  scripts, counts and requests.
 
 ``"stream": true`` is answered with server-sent chunks as OpenAI sends them: the role,
 the content a word at a time, each tool call's name and then its arguments in two
@@ -43,6 +44,7 @@ app = FastAPI(title="keel scripted model server")
 _scripts: dict[str, dict[str, Any]] = {}
 _calls: dict[str, int] = defaultdict(int)
 _last: dict[str, dict[str, Any]] = {}
+_headers: dict[str, dict[str, str | None]] = {}
 
 
 @app.post("/_script")
@@ -69,11 +71,17 @@ async def last() -> dict[str, dict[str, Any]]:
     return dict(_last)
 
 
+@app.get("/_headers")
+async def headers() -> dict[str, dict[str, str | None]]:
+    return dict(_headers)
+
+
 @app.post("/_reset")
 async def reset() -> dict[str, bool]:
     _scripts.clear()
     _calls.clear()
     _last.clear()
+    _headers.clear()
     return {"ok": True}
 
 
@@ -88,6 +96,7 @@ async def chat(request: Request) -> JSONResponse:
     model = str(body.get("model", ""))
     _calls[model] += 1
     _last[model] = body
+    _headers[model] = {h: request.headers.get(h) for h in ("authorization", "traceparent")}
     plan = _scripts.get(model, {})
     if plan.get("turns"):  # a conversation: each request takes the next scripted answer
         plan = {**plan, "reply": None, "tool_calls": [], **plan["turns"].pop(0)}

@@ -16,6 +16,7 @@ from keel.client import Keel
 from keel.core.events import ModelCalled, RunStatus
 from keel.core.registry import load_workflow
 from keel.policy.engine import PolicyEngine
+from keel.runtime.tracing import run_traceparent
 from tests.actors.conftest import make_keel, stop_orchestrator
 from tests.actors.workflows import counter
 from tests.conftest import TEST_POLICY, Backend
@@ -71,6 +72,9 @@ def test_refusals_go_back_to_the_model_and_the_corrected_call_runs_once(
     ]
     assert scripted_router.calls() == {"large-model": 3}
     assert len([e for e in events if isinstance(e, ModelCalled)]) == 3
+    # Each turn carried the run's trace context to the provider.
+    sent = scripted_router.headers()["large-model"]["traceparent"]
+    assert sent == run_traceparent(st.run_id)
     # The turns replay from the ledger (recorded tool calls included), calling nothing.
     report = replay(events, load_workflow(FIXER), PolicyEngine(None, TEST_POLICY))
     assert report.identical, report.divergence

@@ -14,7 +14,7 @@ import litellm
 import openai
 import pytest
 
-from tests.fakes import Scripted
+from tests.fakes import Scripted, two_tier_config, use_router
 
 TOOLS = [
     {
@@ -230,3 +230,24 @@ def test_litellm_as_a_client(router_url: str, scripted_router: Scripted, stream:
     )  # fmt: skip
     got = collect(list(resp)) if stream else answer(resp)
     assert got["calls"] == [("restart_service", {"service": "checkout"})]
+
+
+def test_a_tiers_key_reaches_the_replicas_from_the_deploying_process(
+    scripted: Scripted, serve_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The key is exported after Ray started, so no Ray process inherited it: only the
+    deployment's runtime_env brings it to the router's replicas."""
+    monkeypatch.setenv("KEEL_TEST_PROVIDER_KEY", "sk-test-from-the-shell")
+    tiers = [
+        t.model_copy(update={"api_key_env": "KEEL_TEST_PROVIDER_KEY"})
+        for t in two_tier_config(scripted.base).tiers
+    ]
+    config = two_tier_config(scripted.base).model_copy(
+        update={"tiers": tiers, "http_port": serve_port}
+    )
+    use_router(config)
+    scripted.script("small-model", reply="hello")
+    body = {"model": "auto", "messages": USER, "keel": {"kind": "chat"}}
+    resp = httpx.post(f"http://127.0.0.1:{serve_port}/v1/chat/completions", json=body, timeout=60)
+    assert resp.status_code == 200, resp.text
+    assert scripted.headers()["small-model"]["authorization"] == "Bearer sk-test-from-the-shell"

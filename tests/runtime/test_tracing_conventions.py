@@ -45,6 +45,30 @@ def test_a_turn_and_its_tool_call_are_chat_and_execute_tool_spans() -> None:
     assert tool["gen_ai.tool.name"] == "restore_config" and tool["gen_ai.tool.call.id"] == key
 
 
+def test_an_agents_turn_is_an_invoke_agent_span_over_its_chat() -> None:
+    tracer = RunTracer("memory")
+    offered = {"kind": "plan", "functions": [{"type": "function", "function": {"name": "x"}}]}
+    turn = [
+        model_called(seq=1, node="fix", step=2, request=offered, finish_reason="tool_calls"),
+        NodeCompleted(
+            seq=2, node="fix", step=2, attempt=1, updates={}, next="fix.call", duration_s=0.1
+        ),
+    ]
+    plain = [
+        model_called(seq=3, node="plan", step=3, request={"kind": "plan"}),
+        NodeCompleted(seq=4, node="plan", step=3, attempt=1, updates={}, next=None, duration_s=0.1),
+    ]
+    tracer.annotate("run-1", turn)
+    tracer.annotate("run-1", plain)
+    spans = {s.name: s for s in tracer.finished()}
+    agent = spans["invoke_agent fix"]
+    assert dict(agent.attributes or {})["gen_ai.operation.name"] == "invoke_agent"
+    assert dict(agent.attributes or {})["gen_ai.agent.name"] == "fix"
+    chats = [s for s in tracer.finished() if s.name.startswith("chat ")]
+    assert chats[0].parent is not None and chats[0].parent.span_id == agent.context.span_id
+    assert "node plan" in spans and "invoke_agent plan" not in spans  # no tools offered
+
+
 @pytest.mark.parametrize(
     ("model", "provider"),
     [
