@@ -25,6 +25,7 @@ from keel.core.validation import validate_args
 from keel.errors import InputError, KeelError, PolicyError
 from keel.policy.engine import PolicyEngine
 from keel.runtime.decisions import args_digest, load_events, normalise_args
+from keel.runtime.tracing import in_run_trace
 from keel.storage import open_store
 from keel.storage.runs import RunStore
 
@@ -114,7 +115,9 @@ class ExecutorWorker:
         # The apply runs on a thread that nothing can stop: its key stays in ``inflight``
         # until the thread ends, even if the caller gave up, so reconciliation can tell a
         # call that is still under way from one that is over.
-        call = asyncio.get_running_loop().run_in_executor(None, tool.apply, args, msg.key)
+        call = asyncio.get_running_loop().run_in_executor(
+            None, in_run_trace, msg.run_id, tool.apply, args, msg.key
+        )
         self.inflight.add(msg.key)
         call.add_done_callback(lambda _f: self.inflight.discard(msg.key))
         result = await asyncio.shield(call)

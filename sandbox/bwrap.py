@@ -33,6 +33,8 @@ import uuid
 from functools import lru_cache
 from pathlib import Path
 
+from opentelemetry import propagate
+
 from keel.errors import ErrorCode, SandboxError
 from keel.sandbox import seccomp
 from keel.sandbox.base import KillReason, SandboxResult, SandboxSpec
@@ -227,6 +229,10 @@ class BubblewrapSandbox:
         cmd += ["--remount-ro", "/"]  # the new root itself: nothing to write there
         for key, value in spec.env.items():
             cmd += ["--setenv", key, value]
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)  # the caller's trace (a run's tool call), if it is in one
+        if "traceparent" in carrier and "TRACEPARENT" not in spec.env:
+            cmd += ["--setenv", "TRACEPARENT", carrier["traceparent"]]
         inner = relay.forwarder_argv(sys.executable, "/tmp") if relay is not None else []
         return [*cmd, "--", *inner, *spec.argv]
 

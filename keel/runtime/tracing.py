@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Sequence
-from typing import Any, Literal
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, TypeVar
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
@@ -41,6 +42,7 @@ from keel.core.events import (
 Exporter = Literal["none", "console", "memory", "otlp"]
 DEFAULT_OTLP = "http://127.0.0.1:4318/v1/traces"
 TRACED = (NodeCompleted, ModelCalled, PolicyDecided, EffectResult)
+_T = TypeVar("_T")
 
 
 def run_trace_id(run_id: str) -> int:
@@ -49,6 +51,27 @@ def run_trace_id(run_id: str) -> int:
 
 def _root_span_id(run_id: str) -> int:
     return int(hashlib.sha256(f"root:{run_id}".encode()).hexdigest()[:16], 16) or 1
+
+
+def run_context(run_id: str) -> Any:
+    """An OpenTelemetry context inside the run's trace, under its root span."""
+    ctx = SpanContext(
+        trace_id=run_trace_id(run_id),
+        span_id=_root_span_id(run_id),
+        is_remote=True,
+        trace_flags=TraceFlags(TraceFlags.SAMPLED),
+    )
+    return trace.set_span_in_context(NonRecordingSpan(ctx))
+
+
+def in_run_trace(run_id: str, fn: Callable[..., _T], *args: Any) -> _T:
+    """``fn(*args)`` with the run's trace as the current context: a tool that traces (or
+    runs in the sandbox, which passes it on as ``TRACEPARENT``) joins the run's trace."""
+    token = otel_context.attach(run_context(run_id))
+    try:
+        return fn(*args)
+    finally:
+        otel_context.detach(token)
 
 
 def run_traceparent(run_id: str) -> str:
@@ -79,13 +102,7 @@ class RunTracer:
         self.tracer = self.provider.get_tracer("keel")
 
     def _root(self, run_id: str) -> Any:
-        ctx = SpanContext(
-            trace_id=run_trace_id(run_id),
-            span_id=_root_span_id(run_id),
-            is_remote=True,
-            trace_flags=TraceFlags(TraceFlags.SAMPLED),
-        )
-        return trace.set_span_in_context(NonRecordingSpan(ctx))
+        return run_context(run_id)
 
     def annotate(self, run_id: str, events: Sequence[Event]) -> list[Event]:
         """Emit a span per traced event; return the events with trace and span ids set."""

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from keel.errors import SandboxError
+from keel.runtime.tracing import in_run_trace, run_traceparent
 from keel.sandbox.base import Sandbox, SandboxSpec
 from keel.sandbox.bwrap import CGROUP_PIDS, BubblewrapSandbox, isolation
 
@@ -130,3 +131,11 @@ def test_refuses_writes_without_isolation(monkeypatch: pytest.MonkeyPatch) -> No
         assert read.ok and read.isolated is False
     finally:
         isolation.cache_clear()
+
+
+def test_a_run_s_trace_reaches_the_sandboxed_process(box: BubblewrapSandbox) -> None:
+    """The executor applies a tool inside the run's trace; the sandbox passes it on."""
+    spec = SandboxSpec(argv=[PY, "-c", "import os; print(os.environ.get('TRACEPARENT'))"])
+    inside = in_run_trace("run-7", box.run, spec)
+    assert inside.stdout.strip() == run_traceparent("run-7")
+    assert box.run(spec).stdout.strip() == "None"  # outside any run, nothing is made up
