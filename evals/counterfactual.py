@@ -104,6 +104,21 @@ class Change(BaseModel):
     counterfactual: str
     agrees: bool
 
+    @classmethod
+    def at(
+        cls, run_id: str, ev: PolicyDecided | ModelCalled, what: str, recorded: str, now: str
+    ) -> Change:
+        """What was decided at ``ev`` then, and what would be decided now."""
+        return cls(
+            run_id=run_id,
+            node=ev.node,
+            step=ev.step,
+            what=what,
+            recorded=recorded,
+            counterfactual=now,
+            agrees=recorded == now,
+        )
+
 
 class CounterfactualReport(BaseModel):
     query: str
@@ -199,17 +214,8 @@ def _policy_changes(keel: Any, ledgers: dict[str, list[Event]], path: str) -> li
         for ev in events:
             if isinstance(ev, PolicyDecided):
                 new = engine.decide(ev.subject, ev.object, ev.action)
-                out.append(
-                    Change(
-                        run_id=run_id,
-                        node=ev.node,
-                        step=ev.step,
-                        what=f"{ev.subject} {ev.action} {ev.object}",
-                        recorded=ev.effect,
-                        counterfactual=new.effect,
-                        agrees=new.effect == ev.effect,
-                    )
-                )
+                what = f"{ev.subject} {ev.action} {ev.object}"
+                out.append(Change.at(run_id, ev, what, ev.effect, new.effect))
     return out
 
 
@@ -249,17 +255,8 @@ def _model_changes(
             after = f"error: {got}"
         else:
             after = _decision(got.content, got.tool_calls, request)
-        items.append(
-            Change(
-                run_id=run_id,
-                node=ev.node,
-                step=ev.step,
-                what=f"{request.get('kind', 'chat')} call: {ev.tier} -> {tier}",
-                recorded=before,
-                counterfactual=after,
-                agrees=before == after,
-            )
-        )
+        what = f"{request.get('kind', 'chat')} call: {ev.tier} -> {tier}"
+        items.append(Change.at(run_id, ev, what, before, after))
         latency_then += ev.latency_s
         latency_now += latency
     asked = len(items)

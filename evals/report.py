@@ -127,25 +127,19 @@ def markdown(report: Report, charts: list[str]) -> str:
     for g in missing:
         lines.append(f"| {g.metric} | (not measured) | | {_gate_text(g)} | FAIL |")
     lines += ["", *[f"![{Path(c).stem}]({c})" for c in charts], ""]
-    model_cases = [c for c in report.cases if c.layer == "model"]
-    if model_cases:
-        lines += ["## Model tiers", "", "| tier | prompt | expected | got | ok | latency s |"]
-        lines.append("|---|---|---|---|---|---|")
-        lines += [
-            f"| {c.group} | {_cell(c.case)} | {_cell(c.expected)} | {_cell(c.got)} | "
-            f"{'yes' if c.ok else 'no'} | {c.latency_s:.3f} |"
-            for c in model_cases
-        ]
-        lines.append("")
-    comp = [c for c in report.cases if c.layer == "component"]
-    if comp:
-        lines += ["## Components", "", "| component | case | expected | got | ok |"]
-        lines.append("|---|---|---|---|---|")
-        lines += [
-            f"| {c.group} | {_cell(c.case)} | {_cell(c.expected)} | {_cell(c.got)} | "
-            f"{'yes' if c.ok else 'no'} |"
-            for c in comp
-        ]
+    for layer, title, first, timed in (
+        ("model", "Model tiers", ["tier", "prompt"], True),
+        ("component", "Components", ["component", "case"], False),
+    ):
+        cases = [c for c in report.cases if c.layer == layer]
+        if not cases:
+            continue
+        head = [*first, "expected", "got", "ok", *(["latency s"] if timed else [])]
+        lines += [f"## {title}", "", f"| {' | '.join(head)} |", "|" + "---|" * len(head)]
+        for c in cases:
+            row = [c.group, _cell(c.case), _cell(c.expected), _cell(c.got)]
+            row += ["yes" if c.ok else "no", *([f"{c.latency_s:.3f}"] if timed else [])]
+            lines.append(f"| {' | '.join(row)} |")
         lines.append("")
     if report.scenarios:
         lines += [
