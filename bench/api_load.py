@@ -98,7 +98,8 @@ def main() -> None:
     port = 18500 + os.getpid() % 1000
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     deploy_runs_api(config.model_dump(mode="json"), {hash_key("bench-key"): "alice"})
-    result = asyncio.run(load(args.runs, args.concurrency, port, f"{tmp}/outbox"))
+    # Under the store: where the default tool roots let a tool write.
+    result = asyncio.run(load(args.runs, args.concurrency, port, f"{tmp}/store/outbox"))
 
     keel = Keel(config)
     deadline = time.monotonic() + 900

@@ -19,7 +19,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import signal
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,12 +37,13 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
-import keel.router  # noqa: F401  (before litellm: its price map stays local, nothing leaves loopback)
+from bench.cpu_profile import CpuSampler
 from keel.actors.worker_messages import ClassifyRequest
 from keel.actors.workers import workers
 from keel.batch import Batch, Task
 from keel.client import Keel
 from keel.config import KeelConfig
+from keel.core.events import EffectResult, ModelCalled, NodeCompleted
 from keel.core.nodes import NodeContext, NodeOutput, RetryPolicy
 from keel.core.workflow import END, Workflow
 from keel.examples import demo_service
@@ -131,13 +135,16 @@ def tasks(n: int, outbox: Path, tag: str) -> list[Any]:
 
 # -- Keel on a cluster of N nodes ------------------------------------------------------------
 def measure_keel(
-    address: str, base: str, runs: int, concurrency: int, workdir: Path
+    address: str, base: str, runs: int, concurrency: int, workdir: Path, profile: bool = False
 ) -> dict[str, Any]:
-    """In a process of its own (one Ray cluster per driver): warm up, then time a batch."""
+    """In a process of its own (one Ray cluster per driver): warm up, then time a batch
+    (with ``profile``, also the CPU time of every process during it, the wall-clock path
+    of its runs, and a flame graph of the orchestrator)."""
 
     config = KeelConfig.model_validate(
         {
             "storage": {"url": str(workdir / "store"), "fsync": False},
+            "sandbox": {"roots": [str(workdir)]},  # the outbox lies here
             "ray": {"address": address},
             "orchestrator": {"node_num_cpus": 0.25},
             "workers": {"planner": 4, "executor": 4},
@@ -156,6 +163,8 @@ def measure_keel(
         concurrency=concurrency,
         results=workdir / "r.jsonl",
     )
+    if profile:
+        return profiled(keel, batch, runs, workdir)
     t0 = time.perf_counter()
     results = batch.run()
     elapsed = time.perf_counter() - t0
@@ -164,7 +173,77 @@ def measure_keel(
     return {"runs": runs, "succeeded": ok, "seconds": round(elapsed, 3), "deliveries": delivered}
 
 
-def keel_on_nodes(nodes: int, base: str, runs: int, concurrency: int) -> dict[str, Any]:
+def profiled(keel: Keel, batch: Batch, runs: int, workdir: Path) -> dict[str, Any]:
+    """The batch with every process's CPU time sampled and the orchestrator under py-spy."""
+    orch = next(
+        (
+            p
+            for p in Path("/proc").iterdir()
+            if p.name.isdigit() and _cmd(p).startswith("ray::OrchestratorActor")
+        ),
+        None,
+    )
+    svg = OUT / "orchestrator-flame.svg"
+    OUT.mkdir(parents=True, exist_ok=True)
+    spy = None
+    py_spy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+    if orch is not None and py_spy:
+        spy = subprocess.Popen(
+            [py_spy, "record", "--pid", orch.name, "--rate", "50", "--nonblocking",
+             "-o", str(svg)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+    with CpuSampler() as cpu:
+        t0 = time.perf_counter()
+        results = batch.run()
+        elapsed = time.perf_counter() - t0
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)  # py-spy writes its graph on interrupt
+        spy.wait(timeout=120)
+    ok = [r for r in results if r.status == "succeeded"]
+    return {
+        "runs": runs,
+        "succeeded": len(ok),
+        "seconds": round(elapsed, 3),
+        "cpu_s": {k: round(v, 2) for k, v in cpu.by_group.items()},
+        "path": path_of_runs(keel, [r.run_id for r in ok]),
+        "flame": str(svg) if svg.exists() else None,
+    }
+
+
+def _cmd(proc: Path) -> str:
+    try:
+        return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def path_of_runs(keel: Keel, run_ids: list[str]) -> dict[str, float]:
+    """Where one run's wall-clock time goes, the median over ``run_ids``, from the ledger:
+    the model call, the tool's effect, the rest of each node, and what lies between nodes
+    (checkpoint commits, scheduling, waiting for a slot)."""
+    parts: dict[str, list[float]] = {}
+    for run_id in run_ids:
+        events = keel.show(run_id).events
+        total = events[-1].ts - events[0].ts
+        nodes = sum(e.duration_s for e in events if isinstance(e, NodeCompleted))
+        model = sum(e.latency_s for e in events if isinstance(e, ModelCalled))
+        effect = sum(e.duration_s for e in events if isinstance(e, EffectResult))
+        for name, value in (
+            ("whole run", total),
+            ("model call", model),
+            ("tool effect", effect),
+            ("rest of the nodes", nodes - model - effect),
+            ("between nodes", total - nodes),
+        ):
+            parts.setdefault(name, []).append(value)
+    return {k: round(statistics.median(v) * 1000, 1) for k, v in parts.items()}
+
+
+def keel_on_nodes(
+    nodes: int, base: str, runs: int, concurrency: int, *, profile: bool = False
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         state = Path(tmp) / "cluster"
         cluster = subprocess.Popen(
@@ -206,6 +285,7 @@ def keel_on_nodes(nodes: int, base: str, runs: int, concurrency: int) -> dict[st
                     str(concurrency),
                     "--workdir",
                     tmp,
+                    *(["--profile"] if profile else []),
                 ],
                 cwd=ROOT,
                 capture_output=True,
@@ -307,11 +387,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--measure", metavar="ADDRESS", help=argparse.SUPPRESS)
     p.add_argument("--base", help=argparse.SUPPRESS)
     p.add_argument("--workdir", help=argparse.SUPPRESS)
+    p.add_argument("--profile", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if args.measure:
         result = measure_keel(
-            args.measure, args.base, args.runs, args.concurrency, Path(args.workdir)
+            args.measure, args.base, args.runs, args.concurrency, Path(args.workdir), args.profile
         )
         print("RESULT " + json.dumps(result), flush=True)
         return 0

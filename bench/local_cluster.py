@@ -20,6 +20,8 @@ from pathlib import Path
 
 from ray.cluster_utils import Cluster
 
+from keel.client import RAY_NODE_ENV
+
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -31,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     state = Path(args.state)
     state.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    for name, value in RAY_NODE_ENV.items():  # its nodes run as a Keel deployment's do
+        os.environ.setdefault(name, value)
 
     cluster = Cluster(
         initialize_head=True,
