@@ -54,6 +54,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.router_overhead
 	$(BIN)/python -m bench.router_streaming
 	$(BIN)/python -m bench.batch_throughput
+	$(BIN)/python -m bench.cost_breakdown
 
 # The engine simulator at length: 100,000 seeded schedules (about 50 minutes on 2 cores).
 soak: $(STAMP)

@@ -31,6 +31,7 @@ import pytest
 import ray
 import s3fs
 
+from keel.client import RAY_NODE_ENV
 from keel.storage import open_store
 from keel.storage.base import CheckpointStore
 from tests.fakes import (  # noqa: F401
@@ -119,8 +120,11 @@ def s3_backend(s3_endpoint: str) -> Backend:
 
 @pytest.fixture(scope="session")
 def ray_session() -> Iterator[None]:
-    """One real local Ray instance for the whole session (no dashboard)."""
+    """One real local Ray instance for the whole session (no dashboard), its node set up
+    as Keel sets up the nodes it starts."""
 
+    for name, value in RAY_NODE_ENV.items():
+        os.environ.setdefault(name, value)
     ray.init(
         address="local",
         namespace="keel",
