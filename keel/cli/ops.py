@@ -52,16 +52,27 @@ GOAL = "The checkout service is failing its health checks. Diagnose it and mitig
 
 
 def _follow_approving(keel: Any, state: RunState, auto_approve: bool) -> RunState:
+    """Follow a demo run to its end. At an approval, approve it (``--auto-approve``) or wait
+    for a person's answer from another terminal: the demo's service and instance stay up
+    meanwhile, so what the person approves acts on them."""
     seen = 0
     while True:
         state = _follow(keel, state, seen)
         seen = state.last_seq
         if state.status != RunStatus.AWAITING_APPROVAL:
             return state
-        if not auto_approve:
-            return state
-        out.print("  [magenta]auto-approved by local (--auto-approve)[/magenta]")
-        state = keel.approve(state.run_id, principal="local", reason="--auto-approve")
+        if auto_approve:
+            out.print("  [magenta]auto-approved by local (--auto-approve)[/magenta]")
+            state = keel.approve(state.run_id, principal="local", reason="--auto-approve")
+            continue
+        out.print(
+            f"  [magenta]waiting for a person[/magenta]: in another terminal, "
+            f"keel approve {state.run_id} --as alice  (or keel reject {state.run_id} "
+            "--reason TEXT); the service stays up until then, Ctrl-C stops the demo"
+        )
+        while state.status == RunStatus.AWAITING_APPROVAL:
+            time.sleep(1.0)
+            state = keel.show(state.run_id).state
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -18,7 +18,7 @@ from keel.storage import open_store
 from keel.storage.leases import Leases
 from keel.storage.runs import RunStore
 from tests.cli.sendflow import sent
-from tests.conftest import new_bucket, s3_options
+from tests.conftest import free_port, new_bucket, s3_options
 
 pytestmark = pytest.mark.ray  # it starts Ray in processes of its own
 
@@ -170,3 +170,36 @@ def test_run_detached_then_approve_from_another_terminal(tmp_path: Path) -> None
     assert code == 0 and "stopped the Keel instance" in out, out
     keel_cfg = KeelConfig(storage=StorageConfig(url=str(tmp_path / "store")))
     assert Leases(open_store(keel_cfg.storage_url())).find_embedded() is None
+
+
+@pytest.mark.slow
+def test_the_demo_waits_for_a_person_approving_from_another_terminal(tmp_path: Path) -> None:
+    """As the README says: without --auto-approve the demo pauses, the service stays up,
+    `keel approve RUN --as alice` from a second process answers, and the fix works."""
+    config = tmp_path / "keel.yaml"
+    config.write_text(f"router:\n  http_port: {free_port()}\n")
+    env = base_env(str(tmp_path / "store"))
+    demo = keel_cli("--config", str(config), "demo", "--fault", "bad_config", env=env)
+    try:
+        assert demo.stdout is not None
+        seen = []
+        for line in demo.stdout:  # until the demo says it waits, naming the run
+            seen.append(line)
+            if "waiting for a person" in line:
+                break
+        else:
+            pytest.fail("the demo never waited for a person:\n" + "".join(seen)[-3000:])
+        run_id = line.split("keel approve ", 1)[1].split()[0]
+        code, out = finish(
+            keel_cli("--config", str(config), "approve", run_id, "--as", "alice", env=env),
+            timeout=300,
+        )
+        assert code == 0, out[-3000:]
+        code, rest = finish(demo, timeout=300)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait(timeout=30)
+    assert code == 0, rest[-3000:]
+    assert "approved by alice" in rest
+    assert f"bad_config    run {run_id}: succeeded (health 503 -> 200)" in rest
