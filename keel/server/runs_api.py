@@ -24,12 +24,13 @@ from typing import Any
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 from limits import parse
 from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 from ray import serve
+from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from keel.actors.messages import (
     ApproveRun,
@@ -42,7 +43,14 @@ from keel.actors.orchestrator import get_orchestrator
 from keel.actors.rayerrors import RayTaskError, unwrap
 from keel.config import Budgets, KeelConfig, load_config
 from keel.core.registry import BUILTIN, load_workflow, resolve_ref
-from keel.errors import ErrorKind, KeelError, PolicyError, RunNotFoundError, http_status
+from keel.errors import (
+    ErrorKind,
+    InputError,
+    KeelError,
+    PolicyError,
+    RunNotFoundError,
+    http_status,
+)
 from keel.policy.engine import PolicyEngine
 from keel.runtime.reader import RunReader
 from keel.storage import open_store
@@ -54,6 +62,23 @@ APP_NAME = "keel-runs"
 BUILTIN_NAMES = {name: name for name in BUILTIN}
 ROUTE_PREFIX = "/v1/runs"
 MAX_BODY = 1_000_000
+PING_S = 15  # a comment line this often keeps proxies from closing a quiet stream
+
+
+def last_event_id(request: Request) -> int:
+    """Where a reconnecting client left off: the ``Last-Event-ID`` its EventSource sends
+    (an event's id is its sequence number in the ledger); 0 for a first connection."""
+    raw = request.headers.get("last-event-id")
+    if raw is None or raw == "":
+        return 0
+    if not raw.isdigit():
+        raise InputError(
+            f"must be the id of an event this stream sent (a number), not {raw[:40]!r}",
+            field="Last-Event-ID",
+        )
+    return int(raw)
+
+
 runs_api = FastAPI(title="Keel runs API", version="1")
 
 
@@ -307,10 +332,12 @@ class RunsAPI:
         _, view = await self._view(run_id, request)
         if not follow:
             return {"events": [e.model_dump(mode="json") for e in view.events]}
-        return StreamingResponse(self._stream(run_id), media_type="text/event-stream")
+        after = last_event_id(request)
+        return EventSourceResponse(self._stream(run_id, after), ping=PING_S)
 
-    async def _stream(self, run_id: str) -> AsyncIterator[str]:
-        after = 0
+    async def _stream(self, run_id: str, after: int) -> AsyncIterator[ServerSentEvent]:
+        """The run's events after ``after``, each with its sequence number as its id (so
+        a client that reconnects resumes where it was), then ``end`` once it stops."""
         while True:
             view = await self._orchestrator().watch.remote(
                 WatchRun(run_id=run_id, after_seq=after, timeout_s=10)
@@ -318,9 +345,11 @@ class RunsAPI:
             for ev in view.events:
                 after = ev.seq
                 data = json.dumps(ev.model_dump(mode="json"))
-                yield f"id: {ev.seq}\nevent: {ev.type}\ndata: {data}\n\n"
+                yield ServerSentEvent(data=data, event=ev.type, id=str(ev.seq))
             if view.state.status != "running" and not view.events:
-                yield f"event: end\ndata: {json.dumps({'status': str(view.state.status)})}\n\n"
+                yield ServerSentEvent(
+                    data=json.dumps({"status": str(view.state.status)}), event="end"
+                )
                 return
 
     @runs_api.post("/{run_id}/approval")

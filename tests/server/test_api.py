@@ -60,6 +60,22 @@ def test_start_follow_approve_over_http(api: str, tmp_path: Path) -> None:
         ]
     assert kinds[0] == "run_created" and "run_paused" in kinds and kinds[-1] == "end"
 
+    # A client that reconnects with Last-Event-ID gets only what came after it.
+    with httpx.stream(
+        "GET",
+        f"{api}/{run_id}/events?follow=true",
+        headers={**as_("alice"), "Last-Event-ID": "3"},
+        timeout=60,
+    ) as s:
+        ids = [int(line.removeprefix("id: ")) for line in s.iter_lines() if line.startswith("id: ")]
+    assert ids and min(ids) == 4 and ids == sorted(ids)
+    bad = httpx.get(
+        f"{api}/{run_id}/events?follow=true",
+        headers={**as_("alice"), "Last-Event-ID": "yesterday"},
+        timeout=30,
+    )
+    assert bad.status_code == 400 and bad.json()["field"] == "Last-Event-ID"
+
     refused = httpx.post(
         f"{api}/{run_id}/approval", json={"approved": True}, headers=as_("bob"), timeout=30
     )
