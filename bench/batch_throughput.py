@@ -37,7 +37,7 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
-from bench.cpu_profile import CpuSampler
+from bench.cpu_profile import CpuSampler, processes
 from keel.actors.worker_messages import ClassifyRequest
 from keel.actors.workers import workers
 from keel.batch import Batch, Task
@@ -176,11 +176,7 @@ def measure_keel(
 def profiled(keel: Keel, batch: Batch, runs: int, workdir: Path) -> dict[str, Any]:
     """The batch with every process's CPU time sampled and the orchestrator under py-spy."""
     orch = next(
-        (
-            p
-            for p in Path("/proc").iterdir()
-            if p.name.isdigit() and _cmd(p).startswith("ray::OrchestratorActor")
-        ),
+        (pid for pid, cmd in processes().items() if cmd.startswith("ray::OrchestratorActor")),
         None,
     )
     svg = OUT / "orchestrator-flame.svg"
@@ -189,7 +185,7 @@ def profiled(keel: Keel, batch: Batch, runs: int, workdir: Path) -> dict[str, An
     py_spy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
     if orch is not None and py_spy:
         spy = subprocess.Popen(
-            [py_spy, "record", "--pid", orch.name, "--rate", "50", "--nonblocking",
+            [py_spy, "record", "--pid", str(orch), "--rate", "50", "--nonblocking",
              "-o", str(svg)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -210,13 +206,6 @@ def profiled(keel: Keel, batch: Batch, runs: int, workdir: Path) -> dict[str, An
         "path": path_of_runs(keel, [r.run_id for r in ok]),
         "flame": str(svg) if svg.exists() else None,
     }
-
-
-def _cmd(proc: Path) -> str:
-    try:
-        return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
 
 
 def path_of_runs(keel: Keel, run_ids: list[str]) -> dict[str, float]:

@@ -18,14 +18,13 @@ import argparse
 import json
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from bench.batch_throughput import OUT, _cmd, keel_on_nodes, langgraph, start_scripted
-from bench.cpu_profile import CpuSampler, group_of
+from bench.batch_throughput import OUT, keel_on_nodes, langgraph, start_scripted
+from bench.cpu_profile import CpuSampler, group_of, processes
 
 console = Console()
 
@@ -33,7 +32,7 @@ console = Console()
 def ray_gone(timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        names = [group_of(_cmd(p), -1, -2) for p in Path("/proc").iterdir() if p.name.isdigit()]
+        names = [group_of(cmd) for cmd in processes().values()]
         if not any(n.startswith(("Ray", "raylet", "GCS", "Serve")) for n in names):
             return
         time.sleep(0.5)

@@ -39,7 +39,7 @@ GROUPS = (
 )
 
 
-def group_of(cmdline: str, me: int, pid: int) -> str:
+def group_of(cmdline: str, me: int = -1, pid: int = -2) -> str:
     if pid == me:
         return "driver (keel batch)"
     for needle, group in GROUPS:
@@ -49,6 +49,7 @@ def group_of(cmdline: str, me: int, pid: int) -> str:
 
 
 def _snapshot() -> dict[int, tuple[float, str]]:
+    """Every live process: its CPU seconds so far (user + system) and its command line."""
     out: dict[int, tuple[float, str]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -61,6 +62,11 @@ def _snapshot() -> dict[int, tuple[float, str]]:
         fields = stat.rsplit(")", 1)[1].split()
         out[int(entry.name)] = ((int(fields[11]) + int(fields[12])) / _HZ, cmd)
     return out
+
+
+def processes() -> dict[int, str]:
+    """Every live process's command line, by pid."""
+    return {pid: cmd for pid, (_, cmd) in _snapshot().items()}
 
 
 class CpuSampler:

@@ -29,6 +29,7 @@ from opentelemetry.sdk.trace.export import (
 )
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from keel.core.events import (
     EffectIntent,
@@ -77,7 +78,9 @@ def in_run_trace(run_id: str, fn: Callable[..., _T], *args: Any) -> _T:
 def run_traceparent(run_id: str) -> str:
     """The run's trace as a W3C ``traceparent``, sent with its model calls: a provider or
     proxy that traces puts its spans in the run's trace, under the run's root."""
-    return f"00-{run_trace_id(run_id):032x}-{_root_span_id(run_id):016x}-01"
+    carrier: dict[str, str] = {}
+    TraceContextTextMapPropagator().inject(carrier, context=run_context(run_id))
+    return carrier["traceparent"]
 
 
 class RunTracer:
@@ -101,16 +104,13 @@ class RunTracer:
         self.enabled = sink is not None
         self.tracer = self.provider.get_tracer("keel")
 
-    def _root(self, run_id: str) -> Any:
-        return run_context(run_id)
-
     def annotate(self, run_id: str, events: Sequence[Event]) -> list[Event]:
         """Emit a span per traced event; return the events with trace and span ids set."""
         if not self.enabled:
             return list(events)
         out: list[Event] = []
         tools = {e.key: e.tool for e in events if isinstance(e, EffectIntent)}
-        parent = self._root(run_id)
+        parent = run_context(run_id)
         now = time.time_ns()
         nodes = [e for e in events if isinstance(e, NodeCompleted)]
         node_ctx = parent
