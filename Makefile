@@ -9,24 +9,38 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 
-.PHONY: demo test test-fast lint bench soak setup clean
+.PHONY: demo test test-fast lint bench soak setup system-packages browser apt-package clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 
 $(STAMP): $(BIN)/python pyproject.toml constraints.txt
-	@if ! command -v bwrap >/dev/null; then \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    apt-get install -y -q bubblewrap >/dev/null 2>&1 || \
-	    (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q bubblewrap >/dev/null 2>&1) || true; \
-	  fi; \
-	  command -v bwrap >/dev/null || echo "warning: bubblewrap missing: tools that write will be refused"; \
-	fi
+	@$(MAKE) --no-print-directory system-packages
 	$(PIP) install -c constraints.txt -e '.[dev,local,charts]' 2>$(VENV)/pip.log || (cat $(VENV)/pip.log; exit 1)
 	$(BIN)/python -c "import ray, pydantic, fsspec, s3fs, moto, pytest" 
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+# What pip cannot install, from Debian where we are root and it is missing: bubblewrap (the
+# sandbox) for everything, Chromium (the console's browser tests drive the system's browser)
+# for the tests only.
+system-packages:
+	@$(MAKE) --no-print-directory apt-package APT_PKG=bubblewrap APT_CMD=bwrap \
+	  APT_WHY="tools that write will be refused"
+
+browser:
+	@$(MAKE) --no-print-directory apt-package APT_PKG=chromium APT_CMD=chromium \
+	  APT_WHY="the console's browser tests fail"
+
+apt-package:
+	@if ! command -v $(APT_CMD) >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get install -y -q $(APT_PKG) >/dev/null 2>&1 || \
+	    (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q $(APT_PKG) >/dev/null 2>&1) || true; \
+	  fi; \
+	  command -v $(APT_CMD) >/dev/null || echo "warning: $(APT_PKG) missing: $(APT_WHY)"; \
+	fi
 
 demo: $(STAMP)
 	$(BIN)/keel demo --auto-approve
@@ -41,7 +55,7 @@ lint: $(STAMP)
 # clusters, S3 and the long runs, on two xdist workers (each with a Ray of its own: much of
 # a Ray test is waiting on process starts, so two overlap well even on 2 cores). pytest
 # exits 5 when it selects nothing, and make fails on it.
-test: $(STAMP) lint
+test: $(STAMP) browser lint
 	$(BIN)/python -m pytest -m "not ray and not slow"
 	$(BIN)/python -m pytest -m "ray or slow" -n 2 --no-loadscope-reorder
 

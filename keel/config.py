@@ -250,6 +250,9 @@ class APIConfig(_Section):
     refused_approval_limit: str = Field(
         default="10/minute", description="refused approvals per principal"
     )
+    max_followers: int = Field(
+        default=8, ge=1, le=10_000, description="open event streams per API key, per replica"
+    )
     replicas: ReplicaConfig = Field(default_factory=ReplicaConfig)
 
 

@@ -195,14 +195,20 @@ def scripted_router(serve_port: int, scripted: Scripted) -> Scripted:
 
 @contextmanager
 def runs_api(
-    serve_port: int, store: Path, name: str, workflows: list[str], keys: dict[str, str]
+    serve_port: int,
+    store: Path,
+    name: str,
+    workflows: list[str],
+    keys: dict[str, str],
+    **api: Any,
 ) -> Iterator[str]:
     """The runs API on Serve over ``store``, its orchestrator named ``orch-NAME``; ``keys``
-    maps API keys to principals. Yields the API's base URL."""
+    maps API keys to principals, ``api`` sets more of ``api`` in keel.yaml. Yields the
+    API's base URL."""
     config = KeelConfig(
         storage=StorageConfig(url=str(store), fsync=False),
         orchestrator=OrchestratorConfig(name=f"orch-{name}", node_num_cpus=0.25),
-        api=APIConfig(workflows=workflows),
+        api=APIConfig(workflows=workflows, **api),
     )
     deploy_runs_api(config.model_dump(mode="json"), {hash_key(k): p for k, p in keys.items()})
     try:

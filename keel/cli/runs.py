@@ -25,11 +25,12 @@ from keel.cli.common import (
     out,
     parse_inputs,
 )
-from keel.cli.render import _follow, describe, print_events
+from keel.cli.render import _follow, print_events
 from keel.client import Keel
 from keel.config import load_config
-from keel.core.events import Event, RunStatus
+from keel.core.events import RunStatus
 from keel.core.registry import load_workflow
+from keel.core.timeline import trace_tree
 from keel.errors import InputError
 from keel.identity import acting_principal
 from keel.instance import start_background
@@ -191,18 +192,12 @@ def cmd_trace(args: argparse.Namespace) -> int:
     tree = Tree(
         f"[bold]run {st.run_id}[/bold] {st.workflow} [{_status_style(st.status)}]{st.status}"
     )
-    pending: list[Event] = []
-    for ev in view.events:
-        if ev.type == "node_completed":
-            node, _ = describe(ev)
-            branch = tree.add(f"[bold]{escape(node)}[/bold] {ev.duration_s * 1000:.1f} ms")
-            for inner in pending:
-                _, line = describe(inner)
-                branch.add(escape(line))
-            pending = []
-        elif ev.type in ("model_called", "policy_decided", "effect_result", "proposal_rejected"):
-            pending.append(ev)
-        elif ev.type in ("run_paused", "run_finished", "budget_exceeded", "approval_decided"):
-            tree.add(escape(describe(ev)[1]))
+    for node in trace_tree(view.events):
+        if node.duration_ms is None:
+            tree.add(escape(node.label))
+            continue
+        branch = tree.add(f"[bold]{escape(node.label)}[/bold] {node.duration_ms:.1f} ms")
+        for line in node.inner:
+            branch.add(escape(line))
     out.print(tree)
     return EXIT_OK

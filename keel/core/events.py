@@ -189,6 +189,7 @@ class Approval(BaseModel):
     object: str = ""
     args: dict[str, JsonValue] = Field(default_factory=dict)
     rule: list[str] = Field(default_factory=list)
+    change: str = Field(default="", description="what the tool said the action will change")
     approved: bool | None = None
     principal: str | None = None
 

@@ -55,6 +55,12 @@ class Tool(ABC):
     def verify(self, args: dict[str, Any], key: str) -> Verification:
         """Report whether the effect for ``key`` happened, without performing it."""
 
+    def preview(self, args: dict[str, Any]) -> str:
+        """What ``apply`` would change, in words, for the person asked to approve it: it
+        is recorded with the approval request, so the ledger keeps what they were shown.
+        It must not act; empty where the tool cannot say."""
+        return ""
+
 
 def check_tool(tool: object) -> Tool:
     """A tool as a workflow accepts it, or a ``TypeError`` that names it and what is
@@ -98,6 +104,16 @@ def tool_resource(tool: Tool, args: dict[str, Any]) -> str | None:
         return None
     parts = [_RESOURCE.sub("_", str(args.get(n, "")).strip().lower())[:64] for n in names]
     return "/".join(parts)
+
+
+def preview(tool: Tool, args: dict[str, Any]) -> str:
+    """A tool's own preview of a call, bounded; a preview that fails says so rather than
+    stopping the request for approval (the arguments are shown either way)."""
+    try:
+        said = tool.preview(args)
+    except Exception as exc:  # the tool's code: whatever it raises, the approval goes on
+        return f"(the tool could not say: {type(exc).__name__}: {exc})"[:2_000]
+    return str(said or "")[:2_000]
 
 
 def tool_object(tool: Tool, args: dict[str, Any]) -> str:

@@ -219,6 +219,18 @@ class RestartService(_Writer):
     )
     args_model = RestartArgs
 
+    def preview(self, args: dict[str, Any]) -> str:
+        a = RestartArgs.model_validate(args)
+        config = {
+            "keep": "keeps its current config",
+            "restore_last_good": "first puts back its last good config (config.last_good)",
+            "set_max_connections": f"first sets max_connections to {a.max_connections}",
+        }[a.config_action]
+        return (
+            f"Stops the {a.service} service on port {a.port} and starts it again; it "
+            f"{config}. Requests in flight are dropped while it restarts."
+        )
+
     def apply(self, args: dict[str, Any], key: str) -> JsonValue:
         a = RestartArgs.model_validate(args)
         argv = [PY, "-c", _RESTART, a.config_action, str(a.max_connections or 0), str(a.port)]
@@ -262,6 +274,10 @@ class DeleteDataFile(_Writer):
     description = "permanently remove a file under data/ (irreversible)"
     args_model = DeleteDataArgs
     network = False
+
+    def preview(self, args: dict[str, Any]) -> str:
+        a = DeleteDataArgs.model_validate(args)
+        return f"Permanently removes data/{a.file} under {a.root}; it cannot be undone."
 
     def apply(self, args: dict[str, Any], key: str) -> JsonValue:
         a = DeleteDataArgs.model_validate(args)

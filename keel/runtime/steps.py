@@ -28,7 +28,14 @@ from keel.core.events import (
 )
 from keel.core.nodes import NodeContext, NodeOutput
 from keel.core.state import RunState
-from keel.core.tool import Tool, tool_action, tool_object, tool_resource, tool_schema
+from keel.core.tool import (
+    Tool,
+    preview,
+    tool_action,
+    tool_object,
+    tool_resource,
+    tool_schema,
+)
 from keel.core.validation import validate_args
 from keel.errors import (
     RunOwnedError,
@@ -255,6 +262,7 @@ class StepLoop:
             args=args,
             args_digest=args_digest(args),
             rule=list(decision.rule),
+            change=preview(tool, args),
         )
         # The person sees everything the action will be given, as it will be given it.
         reason = (

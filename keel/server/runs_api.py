@@ -18,7 +18,6 @@ as they arrive, whatever ``Content-Length`` claims.
 import asyncio
 import hashlib
 import json
-import logging
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -43,25 +42,28 @@ from keel.actors.orchestrator import get_orchestrator
 from keel.actors.rayerrors import RayTaskError, unwrap
 from keel.config import Budgets, KeelConfig, load_config
 from keel.core.registry import BUILTIN, load_workflow, resolve_ref
-from keel.errors import (
-    ErrorKind,
-    InputError,
-    KeelError,
-    PolicyError,
-    RunNotFoundError,
-    http_status,
-)
+from keel.core.state import RunSummary
+from keel.errors import InputError, KeelError, PolicyError, RunNotFoundError
 from keel.policy.engine import PolicyEngine
+from keel.runtime.engine import RunView
 from keel.runtime.reader import RunReader
+from keel.server.console import ConsoleViews, console
+from keel.server.http import (
+    BodyLimit,
+    Followers,
+    FollowerSlot,
+    TooMany,
+    Unauthorized,
+    keel_problem,
+    problem,
+)
 from keel.storage import open_store
 from keel.storage.runs import RunStore, check_run_id
 
-log = logging.getLogger("keel.api")
 APP_NAME = "keel-runs"
 # A bundled workflow's runs are named after the workflow itself (``run:incident``).
 BUILTIN_NAMES = {name: name for name in BUILTIN}
 ROUTE_PREFIX = "/v1/runs"
-MAX_BODY = 1_000_000
 PING_S = 15  # a comment line this often keeps proxies from closing a quiet stream
 
 
@@ -80,6 +82,7 @@ def last_event_id(request: Request) -> int:
 
 
 runs_api = FastAPI(title="Keel runs API", version="1")
+runs_api.include_router(console)  # before ``/{run_id}``, which would match ``/console``
 
 
 def hash_key(key: str) -> str:
@@ -108,41 +111,10 @@ class CancelBody(BaseModel):
     reason: str = Field(default="", max_length=2_000)
 
 
-def problem(status: int, title: str, detail: str, field: str | None = None) -> JSONResponse:
-    body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status}
-    body["detail"] = detail
-    if field:
-        body["field"] = field
-    return JSONResponse(body, status_code=status, media_type="application/problem+json")
-
-
-TITLES = {
-    ErrorKind.USAGE: "bad request",
-    ErrorKind.NOT_FOUND: "not found",
-    ErrorKind.FORBIDDEN: "forbidden",
-    ErrorKind.CONFLICT: "conflict",
-    ErrorKind.TRANSIENT: "unavailable",
-    ErrorKind.INTERNAL: "internal error",
-}
-
-
-def keel_problem(exc: KeelError) -> JSONResponse:
-    """An error as problem+json, its status from who must act (``keel.errors.OUTCOMES``).
-    What is not the caller's to fix is described generically: the details, which may name
-    storage or internals, stay in the server's log."""
-    status = http_status(exc)
-    if exc.kind == ErrorKind.NOT_FOUND:
-        return problem(status, TITLES[exc.kind], "no such run", "run_id")
-    if exc.kind in (ErrorKind.TRANSIENT, ErrorKind.INTERNAL):
-        log.error("runs API: %s", exc)
-        return problem(status, TITLES[exc.kind], "the request could not be completed; try again")
-    return problem(status, TITLES[exc.kind], exc.message, exc.field)
-
-
 @runs_api.exception_handler(RequestValidationError)
 async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
     err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"] if p not in ("body", "query", "path"))
+    loc = ".".join(str(p) for p in err["loc"] if p not in ("body", "query", "path", "form"))
     return problem(400, "bad request", str(err["msg"]), loc or None)
 
 
@@ -154,74 +126,16 @@ async def _keel(request: Request, exc: KeelError) -> JSONResponse:
     return keel_problem(exc)
 
 
-class _BodyLimit:
-    """Reads a request body in full before the app sees it, counting bytes as they stream
-    in (chunked bodies carry no Content-Length, and a Content-Length can lie), and answers
-    413 the moment it passes ``MAX_BODY``."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        if scope["path"].rstrip("/") == scope.get("root_path", "").rstrip("/"):
-            scope["path"] = scope.get("root_path", "").rstrip("/") + "/"  # the collection
-        declared = dict(scope.get("headers") or []).get(b"content-length", b"0")
-        if declared.isdigit() and int(declared) > MAX_BODY:
-            await _too_large(scope, send)
-            return
-        body, more = b"", True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":
-                break
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
-            if len(body) > MAX_BODY:
-                await _too_large(scope, send)
-                return
-        replayed = False
-
-        async def replay() -> dict[str, Any]:
-            nonlocal replayed
-            if replayed:
-                following: dict[str, Any] = await receive()  # disconnects, for streaming
-                return following
-            replayed = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        await self.app(scope, replay, send)
+runs_api.add_middleware(BodyLimit)
 
 
-async def _too_large(scope: dict[str, Any], send: Any) -> None:
-    response = problem(413, "body too large", f"at most {MAX_BODY} bytes", "body")
-
-    async def nothing() -> dict[str, Any]:
-        return {"type": "http.disconnect"}
-
-    await response(scope, nothing, send)
-
-
-runs_api.add_middleware(_BodyLimit)
-
-
-class _Unauthorized(KeelError):
-    pass
-
-
-class _TooMany(KeelError):
-    pass
-
-
-@runs_api.exception_handler(_Unauthorized)
-async def _unauthorized(request: Request, exc: _Unauthorized) -> JSONResponse:
+@runs_api.exception_handler(Unauthorized)
+async def _unauthorized(request: Request, exc: Unauthorized) -> JSONResponse:
     return problem(401, "unauthorized", "a valid API key is required", "authorization")
 
 
-@runs_api.exception_handler(_TooMany)
-async def _too_many(request: Request, exc: _TooMany) -> JSONResponse:
+@runs_api.exception_handler(TooMany)
+async def _too_many(request: Request, exc: TooMany) -> JSONResponse:
     response = problem(429, "too many requests", exc.message, exc.field)
     response.headers["Retry-After"] = "60"
     return response
@@ -229,7 +143,7 @@ async def _too_many(request: Request, exc: _TooMany) -> JSONResponse:
 
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=100)
 @serve.ingress(runs_api)
-class RunsAPI:
+class RunsAPI(ConsoleViews):
     def __init__(self, config: dict[str, Any], keys: dict[str, str]) -> None:
         self.config = KeelConfig.model_validate(config)
         storage = self.config.storage
@@ -246,6 +160,7 @@ class RunsAPI:
         self.limiter = MovingWindowRateLimiter(MemoryStorage())
         self.per_key = parse(api.rate_limit)
         self.per_refusal = parse(api.refused_approval_limit)
+        self.followers = Followers(api.max_followers)
 
     def _orchestrator(self) -> Any:
         if self._orch is None:
@@ -253,17 +168,25 @@ class RunsAPI:
             self._orch = get_orchestrator(settings, self.config.orchestrator.name)
         return self._orch
 
-    def _principal(self, request: Request) -> str:
+    def _key(self, request: Request) -> str:
         auth = request.headers.get("authorization", "")
         key = auth.removeprefix("Bearer ").strip() if auth.startswith("Bearer ") else ""
-        key = key or request.headers.get("x-api-key", "")
+        return key or request.headers.get("x-api-key", "")
+
+    def _principal_of_key(self, key: str) -> str:
         hashed = hash_key(key) if key else ""
         principal = self.keys.get(hashed) if key else None
         if principal is None:
-            raise _Unauthorized("a valid API key is required", field="authorization")
+            raise Unauthorized("a valid API key is required", field="authorization")
         if not self.limiter.hit(self.per_key, "key", hashed):
-            raise _TooMany(f"more than {self.per_key} requests for this key", field="authorization")
+            raise TooMany(f"more than {self.per_key} requests for this key", field="authorization")
         return principal
+
+    def _principal(self, request: Request) -> str:
+        return self._principal_of_key(self._key(request))
+
+    def _follow_slot(self, key: str) -> FollowerSlot:
+        return self.followers.take(hash_key(key))
 
     async def _may(self, principal: str, workflow: str, action: str) -> None:
         decision = self.policy.decide(principal, f"run:{workflow}", action)
@@ -308,19 +231,27 @@ class RunsAPI:
         offset: int = Query(default=0, ge=0),
     ) -> Any:
         principal = self._principal(request)
-        found = await asyncio.to_thread(self.reader.runs, status, workflow)
-        rows = [r.model_dump() for r in found if self._sees(principal, r.model_dump())]
+        rows = [r.model_dump() for r in await self._listing(principal, status, workflow)]
         return {"runs": rows[offset : offset + limit], "total": len(rows)}
 
-    async def _view(self, run_id: str, request: Request) -> tuple[str, Any]:
+    async def _listing(
+        self, principal: str, status: str | None, workflow: str | None
+    ) -> list[RunSummary]:
+        found = await asyncio.to_thread(self.reader.runs, status, workflow)
+        return [r for r in found if self._sees(principal, r.model_dump())]
+
+    async def _view(self, run_id: str, request: Request) -> tuple[str, RunView]:
         principal = self._principal(request)
+        return principal, await self._view_as(principal, run_id)
+
+    async def _view_as(self, principal: str, run_id: str) -> RunView:
         check_run_id(run_id)
         view = await asyncio.to_thread(self.reader.show, run_id)
         row = {"principal": view.state.principal, "workflow": view.state.workflow}
         if not self._sees(principal, row):
             raise RunNotFoundError("no such run", field="run_id")  # not even that it exists
         await self._may(principal, view.state.workflow, "read")
-        return principal, view
+        return view
 
     @runs_api.get("/{run_id}")
     async def get_run(self, run_id: str, request: Request) -> Any:
@@ -333,11 +264,21 @@ class RunsAPI:
         if not follow:
             return {"events": [e.model_dump(mode="json") for e in view.events]}
         after = last_event_id(request)
-        return EventSourceResponse(self._stream(run_id, after), ping=PING_S)
+        slot = self._follow_slot(self._key(request))
+        return EventSourceResponse(self._stream(run_id, after, slot), ping=PING_S)
 
-    async def _stream(self, run_id: str, after: int) -> AsyncIterator[ServerSentEvent]:
+    async def _stream(
+        self, run_id: str, after: int, slot: FollowerSlot
+    ) -> AsyncIterator[ServerSentEvent]:
         """The run's events after ``after``, each with its sequence number as its id (so
         a client that reconnects resumes where it was), then ``end`` once it stops."""
+        try:
+            async for item in self._events_after(run_id, after):
+                yield item
+        finally:
+            slot.release()
+
+    async def _events_after(self, run_id: str, after: int) -> AsyncIterator[ServerSentEvent]:
         while True:
             view = await self._orchestrator().watch.remote(
                 WatchRun(run_id=run_id, after_seq=after, timeout_s=10)
@@ -356,7 +297,7 @@ class RunsAPI:
     async def approval(self, run_id: str, body: ApprovalBody, request: Request) -> Any:
         principal, _ = await self._view(run_id, request)
         if not self.limiter.test(self.per_refusal, "refused", principal):
-            raise _TooMany(
+            raise TooMany(
                 f"more than {self.per_refusal} refused approvals for {principal}",
                 field="principal",
             )

@@ -318,6 +318,11 @@ class RestartService(CounterTool):
     def __init__(self) -> None:
         super().__init__("restart_service")
 
+    def preview(self, args: dict[str, Any]) -> str:
+        if args["service"] == "unsayable":
+            raise ValueError("no idea")
+        return f"restarts {args['service']}: {Path(args['path']).name} counts one more"
+
 
 class RestoreConfig(CounterTool):
     args_model = TargetArgs

@@ -203,3 +203,9 @@ def test_the_demo_waits_for_a_person_approving_from_another_terminal(tmp_path: P
     assert code == 0, rest[-3000:]
     assert "approved by alice" in rest
     assert f"bad_config    run {run_id}: succeeded (health 503 -> 200)" in rest
+    # What the person was asked, in the tool's own words, and the demo's path through the
+    # tiers and policy.
+    shown = "".join(seen) + rest
+    assert "Stops the checkout service on port" in shown
+    for said in ("policy approve", "via small", "via large", "restart_service"):
+        assert said in shown

@@ -16,10 +16,11 @@ from keel.core.events import (
     ProposalRejected,
     RunStatus,
 )
+from keel.core.tool import preview
 from keel.errors import PolicyError, RunStateError
 from keel.runtime.decisions import load_events
 from keel.storage.runs import RunStore
-from tests.actors.workflows import counter
+from tests.actors.workflows import RestartService, counter
 from tests.runtime.conftest import EngineFactory, abandon
 
 GOOD = {"path": "count.json", "service": "checkout"}
@@ -36,6 +37,9 @@ async def test_a_write_waits_for_approval_across_a_restart(
     st = await first.create(wf("restart"), "restart it", {"dir": str(tmp_path), "proposal": GOOD})
     waiting = await first.wait(st.run_id, 30)
     assert waiting.status == RunStatus.AWAITING_APPROVAL and "keel approve" in waiting.reason
+    # What the person is shown is the tool's own preview, kept in the ledger with the request.
+    assert waiting.approval is not None
+    assert waiting.approval.change == "restarts checkout: count.json counts one more"
     await abandon(first)  # the process dies while the run waits
 
     second = engines()
@@ -176,3 +180,10 @@ def test_a_runs_own_budgets_only_tighten(
     merged = Budgets(**deployment).tightened(Budgets.model_validate(own))
     for name, value in expected.items():
         assert getattr(merged, name) == value
+
+
+def test_a_failing_preview_is_said_not_raised() -> None:
+    tool = RestartService()
+    said = preview(tool, {"path": "count.json", "service": "unsayable"})
+    assert said == "(the tool could not say: ValueError: no idea)"
+    assert preview(tool, GOOD) == "restarts checkout: count.json counts one more"
