@@ -250,6 +250,10 @@ class APIConfig(_Section):
     refused_approval_limit: str = Field(
         default="10/minute", description="refused approvals per principal"
     )
+    eval_report: str = Field(
+        default="",
+        description="a `keel eval --out` folder the console shows at /v1/runs/console/evals",
+    )
     max_followers: int = Field(
         default=8, ge=1, le=10_000, description="open event streams per API key, per replica"
     )

@@ -148,7 +148,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         module, _, attr = app.import_path.rpartition(":")
         builder = getattr(importlib.import_module(module), attr)
         serve.run(builder(dict(app.args or {})), name=app.name, route_prefix=app.route_prefix)
-        out.print(f"  {app.name} at http://{http.host}:{http.port}{app.route_prefix}")
+        url = f"http://{http.host}:{http.port}{app.route_prefix}"
+        out.print(f"  {app.name} at {url}")
+        if module == "keel.server.runs_api":
+            out.print(f"  the console at {url.rstrip('/')}/console/ (sign in with an API key)")
     if keel.config.ray.address is not None:
         return EXIT_OK
     out.print("serving on the embedded Ray instance; Ctrl-C stops it")

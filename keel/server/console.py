@@ -95,6 +95,9 @@ class ConsoleViews:
     def _follow_slot(self, key: str) -> FollowerSlot:
         raise NotImplementedError
 
+    def _eval_report(self) -> Path | None:
+        raise NotImplementedError
+
     # -- signing in ---------------------------------------------------------------------
 
     def _signed_in(self, request: Request) -> str | None:
@@ -201,6 +204,30 @@ class ConsoleViews:
         return self._page(
             request, "error.html", http_status(exc), principal=principal, message=message
         )
+
+    @console.get("/evals")
+    async def evals_page(self, request: Request) -> Response:
+        """The evaluation report the API was configured with (``api.eval_report``): its
+        gates, metrics, scenarios and charts, read from the report's own JSON."""
+        principal = self._signed_in(request)
+        if principal is None:
+            return self._to_login(request)
+        folder = self._eval_report()
+        report, charts = None, []
+        if folder is not None and (folder / "report.json").is_file():
+            report = json.loads((folder / "report.json").read_text())
+            charts = sorted(p.name for p in (folder / "charts").glob("*.png"))
+        return self._page(request, "evals.html", principal=principal, report=report, charts=charts)
+
+    @console.get("/evals/charts/{name}")
+    async def eval_chart(self, name: str, request: Request) -> Response:
+        folder = self._eval_report()
+        if self._signed_in(request) is None or folder is None:
+            return Response("not found", status_code=404, media_type="text/plain")
+        charts = {p.name: p for p in (folder / "charts").glob("*.png")}
+        if name not in charts:  # only the report's own charts, by exact name
+            return Response("not found", status_code=404, media_type="text/plain")
+        return Response(charts[name].read_bytes(), media_type="image/png")
 
     # -- approving ----------------------------------------------------------------------
 

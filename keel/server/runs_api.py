@@ -19,6 +19,7 @@ import asyncio
 import hashlib
 import json
 from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Query, Request
@@ -187,6 +188,10 @@ class RunsAPI(ConsoleViews):
 
     def _follow_slot(self, key: str) -> FollowerSlot:
         return self.followers.take(hash_key(key))
+
+    def _eval_report(self) -> Path | None:
+        folder = self.config.api.eval_report
+        return Path(folder).expanduser() if folder else None
 
     async def _may(self, principal: str, workflow: str, action: str) -> None:
         decision = self.policy.decide(principal, f"run:{workflow}", action)

@@ -15,6 +15,9 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
+from keel.evals.layers import ScenarioResult
+from keel.evals.report import Report, apply_gates, write
+from keel.evals.suite import Gate
 from tests.actors.workflows import counter
 from tests.fakes import runs_api
 
@@ -25,11 +28,43 @@ GOOD = {"path": "count.json", "service": "checkout"}
 FOLLOWERS = 2
 
 
+def eval_report(folder: Path) -> Path:
+    """A report as `keel eval` writes it (the evals package's own writer, charts included):
+    one scenario that passed, one that did not."""
+    scenarios = [
+        ScenarioResult(
+            scenario=name,
+            tags=[],
+            run_id=f"run-{name}",
+            status=status,
+            passed=passed,
+            misses=misses,
+            safety=[],
+            health_before=503,
+            health_after=after,
+            duration_s=1.5,
+        )
+        for name, status, passed, misses, after in [
+            ("bad-config-approved", "succeeded", True, [], 200),
+            ("overload-approved", "needs_human", False, ["expected succeeded"], 503),
+        ]
+    ]
+    metrics = {"trajectory.goal_completion": 0.5, "component.validator": 1.0}
+    gates = apply_gates(metrics, {"trajectory.goal_completion": Gate(min=0.9)})
+    report = Report(suite="incident", metrics=metrics, gates=gates, passed=False)
+    write(report.model_copy(update={"scenarios": scenarios}), folder)
+    return folder
+
+
 @pytest.fixture(scope="module")
 def api(serve_port: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     store = tmp_path_factory.mktemp("console") / "store"
+    report = eval_report(tmp_path_factory.mktemp("eval-report"))
     workflows = ["demo", "tests.actors.workflows:restart"]
-    with runs_api(serve_port, store, "console", workflows, KEYS, max_followers=FOLLOWERS) as url:
+    with runs_api(
+        serve_port, store, "console", workflows, KEYS,
+        max_followers=FOLLOWERS, eval_report=str(report),
+    ) as url:  # fmt: skip
         yield url
 
 
@@ -231,3 +266,25 @@ def test_pages_read_without_javascript(api: str, browser: Browser, tmp_path: Pat
     page.get_by_role("button", name="Approve").click()
     expect(page.get_by_role("alert")).to_contain_text("their own")
     context.close()
+
+
+def test_the_evaluation_report_with_its_charts(api: str, browser: Browser) -> None:
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    sign_in(page, api, "bob")
+    page.get_by_role("link", name="Evaluation").click()
+    expect(page.get_by_role("heading", name="Evaluation report")).to_be_visible()
+    gates = page.get_by_role("region", name="Gates")
+    expect(gates).to_contain_text("trajectory.goal_completion")
+    expect(gates).to_contain_text("FAIL")
+    scenarios = page.get_by_role("region", name="Scenarios")
+    expect(scenarios.get_by_role("link", name="run-overload-approved")).to_be_visible()
+    expect(scenarios).to_contain_text("expected succeeded")
+    chart = page.get_by_role("img", name="Chart of the trajectories layer's results")
+    expect(chart).to_be_visible()
+    assert chart.evaluate("img => img.naturalWidth") > 100  # the PNG itself arrived
+    shoot(page, "console-evals.png")
+    # Only the report's own charts are served, and only to someone signed in.
+    other = page.request.get(f"{api}/console/evals/charts/..%2Freport.json")
+    assert other.status == 404
+    assert httpx.get(f"{api}/console/evals/charts/trajectories.png", timeout=30).status_code == 404
+    page.close()
