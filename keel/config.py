@@ -250,6 +250,11 @@ class APIConfig(_Section):
     refused_approval_limit: str = Field(
         default="10/minute", description="refused approvals per principal"
     )
+    public_url: str = Field(
+        default="",
+        description="where clients reach Serve's HTTP (the A2A agent card names it); "
+        "default http://127.0.0.1:<router.http_port>",
+    )
     eval_report: str = Field(
         default="",
         description="a `keel eval --out` folder the console shows at /v1/runs/console/evals",

@@ -35,14 +35,12 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from keel.actors.messages import (
     ApproveRun,
     CancelRun,
-    StartRun,
     WatchRun,
     orchestrator_settings,
 )
 from keel.actors.orchestrator import get_orchestrator
 from keel.actors.rayerrors import RayTaskError, unwrap
 from keel.config import Budgets, KeelConfig, load_config
-from keel.core.registry import BUILTIN, load_workflow, resolve_ref
 from keel.core.state import RunSummary
 from keel.errors import InputError, KeelError, PolicyError, RunNotFoundError
 from keel.policy.engine import PolicyEngine
@@ -58,12 +56,11 @@ from keel.server.http import (
     keel_problem,
     problem,
 )
+from keel.server.starting import Starter
 from keel.storage import open_store
 from keel.storage.runs import RunStore, check_run_id
 
 APP_NAME = "keel-runs"
-# A bundled workflow's runs are named after the workflow itself (``run:incident``).
-BUILTIN_NAMES = {name: name for name in BUILTIN}
 ROUTE_PREFIX = "/v1/runs"
 PING_S = 15  # a comment line this often keeps proxies from closing a quiet stream
 
@@ -156,7 +153,7 @@ class RunsAPI(ConsoleViews):
         # One enforcer per replica; it re-reads the files itself when they change.
         self.policy = PolicyEngine(self.config.policy.model, self.config.policy.policy)
         api = self.config.api
-        self.offered = set(api.workflows) or {*BUILTIN, *self.config.workflows}
+        self.starter = Starter(self.config, self.policy)
         # Per replica, in memory: with N replicas a key gets up to N times the rate.
         self.limiter = MovingWindowRateLimiter(MemoryStorage())
         self.per_key = parse(api.rate_limit)
@@ -194,9 +191,7 @@ class RunsAPI(ConsoleViews):
         return Path(folder).expanduser() if folder else None
 
     async def _may(self, principal: str, workflow: str, action: str) -> None:
-        decision = self.policy.decide(principal, f"run:{workflow}", action)
-        if decision.effect != "allow":
-            raise PolicyError(f"{principal} may not {action} runs of {workflow}", field="principal")
+        self.starter.may(principal, workflow, action)
 
     def _sees(self, principal: str, row: Mapping[str, Any]) -> bool:
         """A principal sees its own runs, and others' where policy grants ``read_any``."""
@@ -208,21 +203,8 @@ class RunsAPI(ConsoleViews):
     @runs_api.post("/", status_code=201)
     async def start(self, body: StartBody, request: Request) -> Any:
         principal = self._principal(request)
-        if body.workflow not in self.offered:
-            raise PolicyError(
-                f"workflow {body.workflow!r} is not offered over the API (api.workflows)",
-                field="workflow",
-            )
-        # Permission first, on the name as offered: nothing is imported for a caller who
-        # may not start it.
-        name = BUILTIN_NAMES.get(body.workflow, body.workflow)
-        await self._may(principal, name, "start")
-        ref = resolve_ref(body.workflow, self.config.workflows)
-        clean = load_workflow(ref).check_inputs(body.inputs, self.config.tool_roots())
         budgets = body.budgets.own() if body.budgets else None
-        msg = StartRun(
-            workflow=ref, goal=body.goal, inputs=clean, principal=principal, budgets=budgets
-        )
+        msg = self.starter.message(principal, body.workflow, body.goal, body.inputs, budgets)
         state = await self._orchestrator().start_run.remote(msg)
         return state.model_dump(mode="json")
 

@@ -82,9 +82,15 @@ def test_kuberay_manifest_validates() -> None:
     jsonschema.validate(service, schema)
     # The Serve applications inside, with Serve's own schema; each import path builds.
     serve = serve_apps(yaml.safe_load(service["spec"]["serveConfigV2"]))
-    assert {a.name for a in serve.applications} == {"keel-local-model", "keel-router", "keel-runs"}
-    autoscaled = {d.name: d.autoscaling_config for a in serve.applications for d in a.deployments}
-    assert set(autoscaled) == {"ModelRouter", "RunsAPI"}
+    assert {a.name for a in serve.applications} == {
+        "keel-local-model",
+        "keel-router",
+        "keel-runs",
+        "keel-a2a",
+    }
+    deployments = {d.name: d for a in serve.applications for d in a.deployments}
+    assert all(deployments[n].autoscaling_config for n in ("ModelRouter", "RunsAPI"))
+    assert deployments["A2AFacade"].num_replicas == 1  # its task records are in memory
     # keel.yaml from the ConfigMap is a valid Keel config.
     keel_yaml = yaml.safe_load(docs["ConfigMap"]["data"]["keel.yaml"])
     KeelConfig.model_validate(keel_yaml)

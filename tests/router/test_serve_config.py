@@ -23,7 +23,12 @@ def test_serve_config_validates_and_builds() -> None:
     schema = ServeDeploySchema.model_validate(spec)
     assert schema.http_options.host == "127.0.0.1"
     names = {app.name: app.route_prefix for app in schema.applications}
-    assert names == {"keel-local-model": "/local", "keel-router": "/", "keel-runs": "/v1/runs"}
+    assert names == {
+        "keel-local-model": "/local",
+        "keel-router": "/",
+        "keel-runs": "/v1/runs",
+        "keel-a2a": "/a2a",
+    }
     for app in schema.applications:
         module, _, attr = app.import_path.rpartition(":")
         built = getattr(importlib.import_module(module), attr)(dict(app.args or {}))
