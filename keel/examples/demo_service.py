@@ -113,6 +113,7 @@ class Service:
             "problems": self.problems,
             "config": config_digest(self.root),
             "pid": os.getpid(),
+            "started": self.started,  # a restart re-executes in the same process
         }
         return (200 if not self.problems else 503), body
 

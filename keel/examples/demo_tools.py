@@ -54,27 +54,36 @@ else:
 tmp = "service.json.tmp"
 open(tmp, "w").write(text)
 os.replace(tmp, "service.json")
-def pid():
+def pid():  # which start of the service answers: its process and start time
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-            return json.load(r)["pid"]
+            body = json.load(r)
     except urllib.error.HTTPError as e:
-        return json.load(e)["pid"]
+        body = json.load(e)
     except OSError:
         return None
-req = urllib.request.Request(f"http://127.0.0.1:{port}/admin/restart", method="POST")
-try:
-    urllib.request.urlopen(req, timeout=5).read()
-except OSError:
-    pass
-for _ in range(100):
+    return (body["pid"], body.get("started"))
+before = pid()
+if before is not None:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/admin/restart", method="POST")
+    try:
+        urllib.request.urlopen(req, timeout=5).read()
+    except OSError:
+        pass
+after = None
+for _ in range(100 if before is not None else 0):
     time.sleep(0.1)
-    if pid() is not None:
+    after = pid()
+    if after is not None and after != before:
         break
 os.makedirs("applied", exist_ok=True)
 open(os.path.join("applied", marker), "w").write(action)
 digest = hashlib.sha256(open("service.json", "rb").read()).hexdigest()[:16]
-print(json.dumps({"restarted": True, "config": digest, "action": action}))
+# Only a new process answering is a restart: a service that was not running, or did not
+# come back, is reported as it is (the config was written either way).
+restarted = before is not None and after is not None and after != before
+why = "" if restarted else "not running" if before is None else "did not come back"
+print(json.dumps({"restarted": restarted, "config": digest, "action": action, "why": why}))
 """
 
 
