@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -26,6 +24,7 @@ from ray import serve
 from rich.console import Console
 from rich.progress import Progress
 
+from bench import write_results
 from keel.client import Keel
 from keel.config import KeelConfig, StorageConfig
 from keel.server.runs_api import deploy_runs_api, hash_key
@@ -120,9 +119,7 @@ def main() -> None:
         f"submission p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, "
         f"{result['runs'] / result['submit_s']:.0f} submissions/s"
     )
-    out = Path(__file__).parent / ".out"
-    out.mkdir(exist_ok=True)
-    (out / "api_load.json").write_text(json.dumps(result, indent=2))
+    write_results("api_load", result)
     serve.shutdown()
     ray.shutdown()
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
-from types import TracebackType
 
 _HZ = os.sysconf("SC_CLK_TCK")
 # (what the command line contains, the group), first match wins.
@@ -93,12 +92,7 @@ class CpuSampler:
         while not self._stop.wait(self.interval_s):
             self._last.update(_snapshot())
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *_: object) -> None:
         self._stop.set()
         self._thread.join()
         self._last.update(_snapshot())

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import json
 import operator
 import os
 import sqlite3
@@ -35,6 +34,7 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
+from bench import write_results
 from keel.client import Keel
 from keel.config import KeelConfig, OrchestratorConfig, StorageConfig
 from keel.core.nodes import NodeContext
@@ -345,10 +345,8 @@ def main() -> None:
     console.print(growth)
     console.print(f"LangGraph {version('langgraph')}")
 
-    out = Path(__file__).parent / ".out"
-    out.mkdir(exist_ok=True)
-    (out / "orchestration.json").write_text(json.dumps(results, indent=2))
-    console.print(f"wrote {out / 'orchestration.json'}")
+    written = write_results("orchestration", results)
+    console.print(f"wrote {written}")
 
 
 if __name__ == "__main__":

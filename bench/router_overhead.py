@@ -22,7 +22,6 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -34,6 +33,7 @@ from ray import serve
 from rich.console import Console
 from rich.table import Table
 
+from bench import write_results
 from keel.config import RouterConfig, TierConfig
 from keel.core.calls import ChatMessage, RouteRequest
 from keel.router import rules
@@ -149,9 +149,7 @@ def main() -> None:
         f"throughput through one router replica: {tp['rps']:.0f} requests/s "
         f"({tp['requests']} requests, concurrency {tp['concurrency']})"
     )
-    out = Path(__file__).parent / ".out"
-    out.mkdir(exist_ok=True)
-    (out / "router_overhead.json").write_text(json.dumps(results, indent=2))
+    write_results("router_overhead", results)
 
 
 if __name__ == "__main__":

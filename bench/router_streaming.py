@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -32,6 +31,7 @@ from ray import serve
 from rich.console import Console
 from rich.table import Table
 
+from bench import write_results
 from keel.config import RouterConfig, TierConfig
 from keel.router.service import deploy
 from keel.testing.scripted import launch
@@ -145,9 +145,7 @@ def main() -> None:
         f"TTFT through the router: {results['ttft_ratio']:.2f}x direct; "
         f"overhead per streamed chunk: {per_chunk:.3f} ms"
     )
-    out = Path(__file__).parent / ".out"
-    out.mkdir(exist_ok=True)
-    (out / "router_streaming.json").write_text(json.dumps(results, indent=2))
+    write_results("router_streaming", results)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict, Unpack
 
 import ray
 from pydantic import JsonValue
@@ -73,6 +73,18 @@ OnEvents = Callable[[list[Event], RunState], None]
 
 def _abs(path: str | None) -> str | None:
     return str(Path(path).expanduser().resolve()) if path else None
+
+
+Inputs = Mapping[str, JsonValue] | None
+
+
+class StartOptions(TypedDict, total=False):
+    """How ``Keel.start`` starts a run, beyond what and why: its own id (else a new
+    one), the principal it runs as (``local``), and this run's tighter budgets."""
+
+    run_id: str | None
+    principal: str
+    budgets: Mapping[str, Any] | None
 
 
 class Keel:
@@ -243,41 +255,27 @@ class Keel:
 
     # -- runs -------------------------------------------------------------------------
     def start(
-        self,
-        workflow: str,
-        goal: str = "",
-        inputs: Mapping[str, JsonValue] | None = None,
-        *,
-        run_id: str | None = None,
-        principal: str = "local",
-        budgets: Mapping[str, Any] | None = None,
+        self, workflow: str, goal: str = "", inputs: Inputs = None, **how: Unpack[StartOptions]
     ) -> RunState:
         """Validate everything locally first (nothing is written for bad input), then
         ask the orchestrator to create the run. ``budgets`` (Budgets) tighten the
         deployment's limits for this run only."""
-        msg = self.check_start(
-            workflow, goal, inputs, run_id=run_id, principal=principal, budgets=budgets
-        )
-        return self.submit(msg, chosen_id=run_id is not None)
+        msg = self.check_start(workflow, goal, inputs, **how)
+        return self.submit(msg, chosen_id=how.get("run_id") is not None)
 
     def check_start(
-        self,
-        workflow: str,
-        goal: str = "",
-        inputs: Mapping[str, JsonValue] | None = None,
-        *,
-        run_id: str | None = None,
-        principal: str = "local",
-        budgets: Mapping[str, Any] | None = None,
+        self, workflow: str, goal: str = "", inputs: Inputs = None, **how: Unpack[StartOptions]
     ) -> StartRun:
         """The request ``start`` would send, checked here without Ray or storage: a
         caller that must start something first (an instance to host the run) learns of
         bad input before it does."""
         ref = resolve_ref(workflow, self.config.workflows)
         wf = load_workflow(ref)
+        run_id = how.get("run_id")
         run_id = check_run_id(run_id) if run_id is not None else new_run_id()
-        own = check_budgets(budgets) or None
+        own = check_budgets(how.get("budgets")) or None
         clean = wf.check_inputs(inputs or {}, self.config.tool_roots())
+        principal = how.get("principal", "local")
         return StartRun(
             workflow=ref, goal=goal, inputs=clean, principal=principal, run_id=run_id, budgets=own
         )

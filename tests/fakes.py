@@ -29,6 +29,7 @@ from keel.config import (
     TierConfig,
 )
 from keel.router.service import APP_NAME, deploy
+from keel.server.a2a import deploy_a2a
 from keel.server.runs_api import deploy_runs_api, hash_key
 from keel.testing.scripted import launch
 
@@ -200,20 +201,28 @@ def runs_api(
     name: str,
     workflows: list[str],
     keys: dict[str, str],
+    *,
+    a2a: bool = False,
     **api: Any,
 ) -> Iterator[str]:
-    """The runs API on Serve over ``store``, its orchestrator named ``orch-NAME``; ``keys``
-    maps API keys to principals, ``api`` sets more of ``api`` in keel.yaml. Yields the
-    API's base URL."""
+    """The runs API on Serve over ``store``, its orchestrator named ``orch-NAME``, and with
+    ``a2a`` the A2A facade too; ``keys`` maps API keys to principals, ``api`` sets more of
+    ``api`` in keel.yaml. Yields the API's base URL."""
     config = KeelConfig(
         storage=StorageConfig(url=str(store), fsync=False),
         orchestrator=OrchestratorConfig(name=f"orch-{name}", node_num_cpus=0.25),
         api=APIConfig(workflows=workflows, **api),
+        router=RouterConfig(http_port=serve_port),
     )
-    deploy_runs_api(config.model_dump(mode="json"), {hash_key(k): p for k, p in keys.items()})
+    hashed = {hash_key(k): p for k, p in keys.items()}
+    deploy_runs_api(config.model_dump(mode="json"), hashed)
+    if a2a:
+        deploy_a2a(config.model_dump(mode="json"), hashed)
     try:
         yield f"http://127.0.0.1:{serve_port}/v1/runs"
     finally:
+        if a2a:
+            serve.delete("keel-a2a")
         serve.delete("keel-runs")
         with contextlib.suppress(ValueError):  # never started, or gone already
             ray.kill(ray.get_actor(config.orchestrator.name, namespace="keel"), no_restart=True)

@@ -65,7 +65,7 @@ from keel.core.events import RunStatus
 from keel.core.timeline import describe
 from keel.errors import InputError, KeelError
 from keel.policy.engine import PolicyEngine
-from keel.server.http import problem
+from keel.server.http import problem, run_app
 from keel.server.starting import Starter
 
 APP_NAME = "keel-a2a"
@@ -290,12 +290,7 @@ class A2AFacade:
 
 def deploy_a2a(config: dict[str, Any], keys: dict[str, str]) -> Any:
     """Serve the facade at ``/a2a``; ``keys`` maps sha256(api key) to principal."""
-    return serve.run(
-        A2AFacade.bind(config, keys),  # type: ignore[attr-defined]
-        name=APP_NAME,
-        route_prefix=ROUTE_PREFIX,
-        blocking=False,
-    )
+    return run_app(A2AFacade.bind(config, keys), APP_NAME, ROUTE_PREFIX)  # type: ignore[attr-defined]
 
 
 def build(args: dict[str, Any]) -> Any:

@@ -109,7 +109,7 @@ class ConsoleViews:
         except KeelError:
             return None
 
-    def _page(self, request: Request, name: str, status: int = 200, **context: Any) -> Response:
+    def _page(self, request: Request, name: str, status: int = 200, /, **context: Any) -> Response:
         context.update(request=request, base=base_of(request))
         return templates.TemplateResponse(request, name, context, status_code=status)
 
@@ -162,17 +162,10 @@ class ConsoleViews:
         workflows = sorted({r.workflow for r in rows})
         shown = [r for r in rows if not owner or r.principal == owner]
         waiting = [r for r in shown if r.status == RunStatus.AWAITING_APPROVAL]
-        return self._page(
-            request,
-            "runs.html",
-            principal=principal,
-            runs=shown,
-            waiting=waiting,
-            statuses=STATUSES,
-            owners=owners,
-            workflows=workflows,
-            chosen={"status": status, "workflow": workflow, "owner": owner},
-        )
+        chosen = {"status": status, "workflow": workflow, "owner": owner}
+        page: dict[str, Any] = {"runs": shown, "waiting": waiting, "chosen": chosen}
+        page |= {"statuses": STATUSES, "owners": owners, "workflows": workflows}
+        return self._page(request, "runs.html", principal=principal, **page)
 
     async def _run_context(self, principal: str, run_id: str) -> dict[str, Any]:
         view = await self._view_as(principal, run_id)

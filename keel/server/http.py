@@ -9,11 +9,17 @@ from collections import Counter
 from typing import Any
 
 from fastapi.responses import JSONResponse
+from ray import serve
 
 from keel.errors import ErrorKind, KeelError, http_status
 
 log = logging.getLogger("keel.api")
 MAX_BODY = 1_000_000
+
+
+def run_app(bound: Any, name: str, route_prefix: str) -> Any:
+    """Deploy a bound Serve application without waiting on it to take traffic."""
+    return serve.run(bound, name=name, route_prefix=route_prefix, blocking=False)
 
 
 def problem(status: int, title: str, detail: str, field: str | None = None) -> JSONResponse:

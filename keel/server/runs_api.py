@@ -55,6 +55,7 @@ from keel.server.http import (
     Unauthorized,
     keel_problem,
     problem,
+    run_app,
 )
 from keel.server.starting import Starter
 from keel.storage import open_store
@@ -310,12 +311,7 @@ class RunsAPI(ConsoleViews):
 
 def deploy_runs_api(config: dict[str, Any], keys: dict[str, str]) -> Any:
     """Run the API on Serve; ``keys`` maps sha256(api key) to principal."""
-    return serve.run(
-        RunsAPI.bind(config, keys),  # type: ignore[attr-defined]
-        name=APP_NAME,
-        route_prefix=ROUTE_PREFIX,
-        blocking=False,
-    )
+    return run_app(RunsAPI.bind(config, keys), APP_NAME, ROUTE_PREFIX)  # type: ignore[attr-defined]
 
 
 def build(args: dict[str, Any]) -> Any:

@@ -53,11 +53,5 @@ class Starter:
         self.may(principal, BUILTIN_NAMES.get(workflow, workflow), "start")
         ref = resolve_ref(workflow, self.config.workflows)
         clean = load_workflow(ref).check_inputs(inputs, self.config.tool_roots())
-        return StartRun(
-            workflow=ref,
-            goal=goal,
-            inputs=clean,
-            principal=principal,
-            budgets=budgets,
-            run_id=run_id,
-        )
+        asked = {"goal": goal, "principal": principal, "budgets": budgets, "run_id": run_id}
+        return StartRun.model_validate({"workflow": ref, "inputs": clean, **asked})

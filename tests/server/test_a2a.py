@@ -6,7 +6,6 @@ naming what is wrong. Effects are counted by the tools' own outputs, not the led
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,20 +13,16 @@ from typing import Any
 
 import httpx
 import pytest
-import ray
 from a2a.client import A2ACardResolver, ClientConfig, create_client
 from a2a.helpers import get_message_text, new_data_part, new_text_part
 from a2a.types import GetTaskRequest, Message, Role, SendMessageRequest, TaskState
 from a2a.utils.errors import TaskNotFoundError
 from google.protobuf.json_format import MessageToDict
-from ray import serve
 
-from keel.config import APIConfig, KeelConfig, OrchestratorConfig, RouterConfig, StorageConfig
-from keel.server.a2a import deploy_a2a
-from keel.server.runs_api import deploy_runs_api, hash_key
 from keel.storage import open_store
 from keel.storage.runs import RunStore
 from tests.actors.workflows import counter
+from tests.fakes import runs_api
 
 pytestmark = pytest.mark.ray
 
@@ -38,22 +33,8 @@ WORKFLOWS = ["demo", "tests.actors.workflows:restart"]
 @pytest.fixture(scope="module")
 def served(serve_port: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     store = tmp_path_factory.mktemp("a2a") / "store"
-    config = KeelConfig(
-        storage=StorageConfig(url=str(store), fsync=False),
-        orchestrator=OrchestratorConfig(name="orch-a2a", node_num_cpus=0.25),
-        api=APIConfig(workflows=WORKFLOWS),
-        router=RouterConfig(http_port=serve_port),
-    )
-    keys = {hash_key(k): p for k, p in KEYS.items()}
-    deploy_runs_api(config.model_dump(mode="json"), keys)
-    deploy_a2a(config.model_dump(mode="json"), keys)
-    try:
+    with runs_api(serve_port, store, "a2a", WORKFLOWS, KEYS, a2a=True):
         yield {"base": f"http://127.0.0.1:{serve_port}", "store": store}
-    finally:
-        serve.delete("keel-a2a")
-        serve.delete("keel-runs")
-        with contextlib.suppress(ValueError):
-            ray.kill(ray.get_actor("orch-a2a", namespace="keel"), no_restart=True)
 
 
 def ask(text: str, data: dict[str, Any] | None) -> SendMessageRequest:

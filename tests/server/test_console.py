@@ -115,28 +115,27 @@ def shoot(page: Page, name: str) -> None:
         page.screenshot(path=str(Path(folder) / name), full_page=True)
 
 
+EVIL = {"Origin": "http://evil.test"}
+
+
 @pytest.mark.parametrize(
-    ("method", "path", "data", "headers", "status", "says"),
+    ("asked", "answer"),
     [
-        ("get", "/", None, {}, 303, "/console/login"),
-        ("get", "/runs/x", None, {}, 303, "/console/login"),
-        ("post", "/login", {"key": "wrong"}, {}, 401, "That API key is not valid."),
-        ("post", "/login", {}, {}, 401, "That API key is not valid."),
-        ("post", "/login", {"key": "dave-key"}, {"Origin": "http://evil.test"}, 403, "refused"),
-        ("get", "/static/../runs_api.py", None, {}, 404, ""),
-        ("get", "/static/console.css", None, {}, 200, "font-family"),
+        (("get", "/", None, {}), (303, "/console/login")),
+        (("get", "/runs/x", None, {}), (303, "/console/login")),
+        (("post", "/login", {"key": "wrong"}, {}), (401, "That API key is not valid.")),
+        (("post", "/login", {}, {}), (401, "That API key is not valid.")),
+        (("post", "/login", {"key": "dave-key"}, EVIL), (403, "refused")),
+        (("get", "/static/../runs_api.py", None, {}), (404, "")),
+        (("get", "/static/console.css", None, {}), (200, "font-family")),
     ],
 )
 def test_signing_in_and_what_needs_it(
-    api: str,
-    method: str,
-    path: str,
-    data: dict[str, str] | None,
-    headers: dict[str, str],
-    status: int,
-    says: str,
+    api: str, asked: tuple[str, str, dict[str, str] | None, dict[str, str]], answer: tuple[int, str]
 ) -> None:
+    method, path, data, headers = asked
     resp = httpx.request(method, f"{api}/console{path}", data=data, headers=headers, timeout=30)
+    status, says = answer
     assert resp.status_code == status, resp.text[:500]
     shown = resp.headers.get("location", "") if status == 303 else resp.text
     assert says in shown
@@ -234,12 +233,8 @@ def test_an_operator_approves_in_the_browser_and_watches_a_run_finish(
     page.goto(f"{api}/console/runs/{second}")
     page.evaluate("window.keelMarker = 'same page'")
     rows_before = timeline.locator("tr").count()
-    ok = httpx.post(
-        f"{api}/{second}/approval",
-        json={"approved": True, "reason": "from the API"},
-        headers=as_("dave"),
-        timeout=30,
-    )
+    said = {"approved": True, "reason": "from the API"}
+    ok = httpx.post(f"{api}/{second}/approval", json=said, headers=as_("dave"), timeout=30)
     assert ok.status_code == 200, ok.text
     expect(page.locator("#status")).to_contain_text("succeeded", timeout=60_000)
     expect(timeline).to_contain_text("run succeeded")
