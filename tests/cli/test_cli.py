@@ -13,7 +13,6 @@ import pytest
 import ray
 
 from keel.cli import main
-from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -71,26 +70,6 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(
     assert len(lines) == 1, err
     assert names in lines[0]
     assert not storage.exists(), "bad input must not write anything"
-
-
-@pytest.mark.ray
-def test_incident_demo_end_to_end(tmp_path: Path) -> None:
-
-    config = tmp_path / "keel.yaml"
-    config.write_text(f"router:\n  http_port: {free_port()}\n")
-    storage = tmp_path / "store"
-    demo = keel(
-        "--config", str(config), "demo", "--fault", "corrupt_data", "--auto-approve",
-        storage=storage, timeout=300,
-    )  # fmt: skip
-    # A restart cannot mend corrupt data: approved, applied, not better, rolled back, and
-    # handed to a person; the demo says so and still exits 0 (it showed what it should).
-    # (bad_config, which the restart mends, is the two-process test's, with a person.)
-    assert demo.returncode == 0, demo.stdout + demo.stderr
-    assert "corrupt_data  run" in demo.stdout, demo.stdout
-    assert "needs_human (health 503 -> 503)" in demo.stdout
-    for shown in ("auto-approved", "restart_service", "rollback"):
-        assert shown in demo.stdout
 
 
 def in_process(
@@ -227,3 +206,29 @@ def test_a_missing_attribute_names_it(
     assert main(["--storage", str(tmp_path / "s"), "run", "userflows_attr:wf"]) == 2
     err = capsys.readouterr().err
     assert "has no attribute 'wf'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_incident_demo_end_to_end(
+    local_router: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`keel demo --auto-approve` in-process on the session's Ray and router (the demo as
+    its own process, waiting for a person, is the two-process test's)."""
+    config = tmp_path / "keel.yaml"
+    config.write_text(
+        f"router:\n  http_port: {local_router}\n"
+        f"orchestrator:\n  name: orch-{tmp_path.name}\n  node_num_cpus: 0.25\n"
+    )
+    try:
+        code, out, err = in_process(
+            capsys, config, tmp_path / "store", "demo", "--fault", "corrupt_data", "--auto-approve"
+        )
+    finally:
+        with contextlib.suppress(ValueError):
+            ray.kill(ray.get_actor(f"orch-{tmp_path.name}", namespace="keel"), no_restart=True)
+    # A restart cannot mend corrupt data: approved, applied, not better, rolled back, and
+    # handed to a person; the demo says so and still exits 0 (it showed what it should).
+    assert code == 0, out + err
+    assert "corrupt_data  run" in out, out
+    assert "needs_human (health 503 -> 503)" in out
+    for shown in ("auto-approved", "restart_service", "rollback"):
+        assert shown in out
