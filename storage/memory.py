@@ -8,15 +8,19 @@ its own type, and nothing in ``actors.state`` can refer to it.
 from __future__ import annotations
 
 import json
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from rank_bm25 import BM25Plus
 
 from keel.errors import CorruptObjectError, ObjectNotFoundError
 from keel.storage.base import CheckpointStore
 from keel.storage.envelope import open_sealed, seal
 
 MemoryKind = Literal["document", "episode"]
+SHARED = "shared"
+NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 
 
 class MemoryItem(BaseModel):
@@ -24,8 +28,9 @@ class MemoryItem(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+    id: str = Field(pattern=NAME)
     kind: MemoryKind
+    namespace: str = Field(default=SHARED, pattern=NAME, description="shared, or a tenant's")
     text: str = Field(max_length=1_000_000)
     title: str = ""
     tags: tuple[str, ...] = ()
@@ -33,27 +38,36 @@ class MemoryItem(BaseModel):
 
 
 class MemoryStore:
-    """Memory items on a checkpoint store, under ``memory/<kind>/<id>.json``."""
+    """Memory items on a checkpoint store: the shared namespace under
+    ``memory/<kind>/<id>.json``, a tenant's under ``memory-ns/<namespace>/<kind>/<id>.json``
+    (a prefix of its own, so listing one namespace never reads another's)."""
 
     def __init__(self, store: CheckpointStore) -> None:
         self.store = store
 
     @staticmethod
-    def _key(kind: MemoryKind, item_id: str) -> str:
-        return f"memory/{kind}/{item_id}.json"
+    def _prefix(namespace: str) -> str:
+        return "memory" if namespace == SHARED else f"memory-ns/{namespace}"
+
+    def _key(self, kind: MemoryKind, item_id: str, namespace: str = SHARED) -> str:
+        return f"{self._prefix(namespace)}/{kind}/{item_id}.json"
 
     def put(self, item: MemoryItem) -> None:
         body = item.model_dump_json().encode()
-        self.store.put(self._key(item.kind, item.id), seal(body, "memory"))
+        self.store.put(self._key(item.kind, item.id, item.namespace), seal(body, "memory"))
 
-    def get(self, kind: MemoryKind, item_id: str) -> MemoryItem:
-        key = self._key(kind, item_id)
+    def get(self, kind: MemoryKind, item_id: str, namespace: str = SHARED) -> MemoryItem:
+        key = self._key(kind, item_id, namespace)
         return MemoryItem.model_validate(
             json.loads(open_sealed(self.store.get(key), key=key, kind="memory"))
         )
 
-    def list(self, kind: MemoryKind | None = None) -> list[MemoryItem]:
-        prefix = f"memory/{kind}" if kind else "memory"
+    def delete(self, kind: MemoryKind, item_id: str, namespace: str = SHARED) -> None:
+        self.store.delete(self._key(kind, item_id, namespace))
+
+    def list(self, kind: MemoryKind | None = None, namespace: str = SHARED) -> list[MemoryItem]:
+        base = self._prefix(namespace)
+        prefix = f"{base}/{kind}" if kind else base
         items = []
         for key in self.store.list(prefix):
             try:
@@ -64,4 +78,28 @@ class MemoryStore:
                 )
             except (CorruptObjectError, ObjectNotFoundError):
                 continue
-        return items
+        return [i for i in items if i.namespace == namespace]
+
+
+_TOKEN = re.compile(r"[a-z0-9]+")
+
+
+def tokens(text: str) -> list[str]:
+    return _TOKEN.findall(text.lower())
+
+
+def rank(items: list[MemoryItem], query: str, k: int) -> list[tuple[MemoryItem, float]]:
+    """BM25+ over the items' titles, tags and text, best first; items sharing no term with
+    the query are left out."""
+    if not items:
+        return []
+    corpus = [tokens(f"{m.title} {' '.join(m.tags)} {m.text}") for m in items]
+    query_tokens = tokens(query)
+    # BM25+ keeps idf positive in small corpora (Okapi's is 0 for a term in half the docs).
+    scores = BM25Plus(corpus).get_scores(query_tokens)
+    wanted = set(query_tokens)
+    order = sorted(
+        (i for i in range(len(items)) if wanted & set(corpus[i])),
+        key=lambda i: (-scores[i], items[i].id),
+    )
+    return [(items[i], float(scores[i])) for i in order[:k]]

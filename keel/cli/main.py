@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from rich.markup import escape
 
 from keel.cli.common import _Parser, err
+from keel.cli.memory import add_memory_commands
 from keel.cli.ops import SCENARIOS, cmd_batch, cmd_demo, cmd_down, cmd_eval, cmd_serve, cmd_up
 from keel.cli.runs import (
     cmd_approve,
@@ -139,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("run_id")
     cancel.add_argument("--reason", default="")
     cancel.set_defaults(fn=cmd_cancel)
+
+    add_memory_commands(sub)
     return p
 
 

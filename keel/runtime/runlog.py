@@ -20,7 +20,9 @@ from keel.core.state import RunState, fold
 from keel.core.workflow import Workflow
 from keel.errors import ObjectExistsError, RunNotFoundError, RunOwnedError, StorageError
 from keel.runtime.decisions import load_events, summary
+from keel.runtime.episodes import episode
 from keel.runtime.tracing import RunTracer
+from keel.storage.memory import MemoryStore
 from keel.storage.runs import PENDING, LoadedRun, RunStore
 
 log = logging.getLogger("keel.engine")
@@ -159,8 +161,20 @@ class RunLog:
         run.events.extend(numbered)
         if status_changed or owner_changed:
             await self.io(self.store.write_index, state.run_id, summary(state, owner).model_dump())
+        if status_changed:
+            await self._remember(run)
         async with run.changed:
             run.changed.notify_all()
+
+    async def _remember(self, run: LiveRun) -> None:
+        """The run's episode, once it has ended: memory, so a failure only logs."""
+        item = episode(run.state, run.events)
+        if item is None:
+            return
+        try:
+            await self.io(MemoryStore(self.store.store).put, item)
+        except StorageError as exc:
+            log.warning("run %s: its episode was not written (%s)", run.run_id, exc)
 
     async def create(self, workflow: Workflow, created: RunCreated) -> LiveRun:
         """Write the run's index entry (pending), then its checkpoint 0, then the entry.

@@ -187,6 +187,16 @@ def memory_lives_apart_from_runs(store: CheckpointStore) -> None:
     assert all(k.startswith("memory/") for k in store.list(""))
 
 
+def memory_namespaces_are_apart(store: CheckpointStore) -> None:
+    memory = MemoryStore(store)
+    memory.put(MemoryItem(id="rb-1", kind="document", text="shared runbook"))
+    memory.put(MemoryItem(id="rb-1", kind="document", text="carol's own", namespace="carol"))
+    assert [m.text for m in memory.list("document")] == ["shared runbook"]
+    assert [m.text for m in memory.list("document", "carol")] == ["carol's own"]
+    memory.delete("document", "rb-1", "carol")
+    assert memory.list(namespace="carol") == [] and len(memory.list()) == 1
+
+
 def corrupt_memory_item_not_loaded(store: CheckpointStore) -> None:
     memory = MemoryStore(store)
     memory.put(MemoryItem(id="rb-2", kind="document", text="x"))
@@ -259,6 +269,7 @@ CHECKS = [
     unknown_run_raises,
     index_roundtrip_and_listing,
     memory_lives_apart_from_runs,
+    memory_namespaces_are_apart,
     corrupt_memory_item_not_loaded,
     create_refuses_an_existing_object,
     racing_creates_have_one_winner,
