@@ -30,6 +30,7 @@ from keel.config import (
 )
 from keel.router.service import APP_NAME, deploy
 from keel.server.a2a import deploy_a2a
+from keel.server.memory_api import deploy_memory_api
 from keel.server.runs_api import deploy_runs_api, hash_key
 from keel.testing.scripted import launch
 
@@ -203,11 +204,12 @@ def runs_api(
     keys: dict[str, str],
     *,
     a2a: bool = False,
+    memory: bool = False,
     **api: Any,
 ) -> Iterator[str]:
     """The runs API on Serve over ``store``, its orchestrator named ``orch-NAME``, and with
-    ``a2a`` the A2A facade too; ``keys`` maps API keys to principals, ``api`` sets more of
-    ``api`` in keel.yaml. Yields the API's base URL."""
+    ``a2a`` and ``memory`` the A2A facade and the memory API too; ``keys`` maps API keys
+    to principals, ``api`` sets more of ``api`` in keel.yaml. Yields the API's base URL."""
     config = KeelConfig(
         storage=StorageConfig(url=str(store), fsync=False),
         orchestrator=OrchestratorConfig(name=f"orch-{name}", node_num_cpus=0.25),
@@ -218,9 +220,13 @@ def runs_api(
     deploy_runs_api(config.model_dump(mode="json"), hashed)
     if a2a:
         deploy_a2a(config.model_dump(mode="json"), hashed)
+    if memory:
+        deploy_memory_api(config.model_dump(mode="json"), hashed)
     try:
         yield f"http://127.0.0.1:{serve_port}/v1/runs"
     finally:
+        if memory:
+            serve.delete("keel-memory")
         if a2a:
             serve.delete("keel-a2a")
         serve.delete("keel-runs")

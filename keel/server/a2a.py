@@ -21,7 +21,6 @@ have them).
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 from a2a.auth.user import User
@@ -54,6 +53,7 @@ from a2a.types import (
 )
 from ray import serve
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -65,7 +65,7 @@ from keel.core.events import RunStatus
 from keel.core.timeline import describe
 from keel.errors import InputError, KeelError
 from keel.policy.engine import PolicyEngine
-from keel.server.http import problem, run_app
+from keel.server.http import KeyRing, TooMany, key_of, problem, run_app
 from keel.server.starting import Starter
 
 APP_NAME = "keel-a2a"
@@ -106,21 +106,22 @@ class RequireKey:
     """Every call but the agent card's carries an API key that maps to a principal;
     otherwise 401 as problem+json, before the SDK sees the request."""
 
-    def __init__(self, app: ASGIApp, keys: dict[str, str]) -> None:
-        self.app, self.keys = app, keys
+    def __init__(self, app: ASGIApp, keyring: KeyRing) -> None:
+        self.app, self.keyring = app, keyring
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"].endswith("/.well-known/agent-card.json"):
             await self.app(scope, receive, send)
             return
-        headers = dict(scope.get("headers") or [])
-        auth = headers.get(b"authorization", b"").decode("latin-1")
-        key = auth.removeprefix("Bearer ").strip() if auth.startswith("Bearer ") else ""
-        key = key or headers.get(b"x-api-key", b"").decode("latin-1")
-        principal = self.keys.get(hashlib.sha256(key.encode()).hexdigest()) if key else None
-        if principal is None:
-            response = problem(401, "unauthorized", "a valid API key is required", "authorization")
-            await response(scope, receive, send)
+        try:
+            principal = self.keyring.principal(key_of(Headers(scope=scope)))
+        except KeelError as exc:
+            many = isinstance(exc, TooMany)
+            title = "too many requests" if many else "unauthorized"
+            detail = exc.message if many else "a valid API key is required"
+            await problem(429 if many else 401, title, detail, "authorization")(
+                scope, receive, send
+            )
             return
         scope.setdefault("state", {})["keel_principal"] = principal
         await self.app(scope, receive, send)
@@ -285,7 +286,7 @@ class A2AFacade:
             *create_agent_card_routes(card),
             *create_jsonrpc_routes(handler, rpc_url="/", context_builder=KeyContext()),
         ]
-        return RequireKey(Starlette(routes=routes), self.keys)
+        return RequireKey(Starlette(routes=routes), KeyRing(self.keys, self.config.api.rate_limit))
 
 
 def deploy_a2a(config: dict[str, Any], keys: dict[str, str]) -> Any:

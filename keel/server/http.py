@@ -4,14 +4,19 @@ a body limit counted as bytes arrive, and a bound on open event streams per key.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import Counter
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi.responses import JSONResponse
+from limits import parse
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter
 from ray import serve
 
-from keel.errors import ErrorKind, KeelError, http_status
+from keel.errors import ErrorKind, KeelError, RunNotFoundError, http_status
 
 log = logging.getLogger("keel.api")
 MAX_BODY = 1_000_000
@@ -45,7 +50,7 @@ def keel_problem(exc: KeelError) -> JSONResponse:
     What is not the caller's to fix is described generically: the details, which may name
     storage or internals, stay in the server's log."""
     status = http_status(exc)
-    if exc.kind == ErrorKind.NOT_FOUND:
+    if isinstance(exc, RunNotFoundError):  # never which runs exist, or where
         return problem(status, TITLES[exc.kind], "no such run", "run_id")
     if exc.kind in (ErrorKind.TRANSIENT, ErrorKind.INTERNAL):
         log.error("runs API: %s", exc)
@@ -59,6 +64,37 @@ class Unauthorized(KeelError):
 
 class TooMany(KeelError):
     """Over a rate or a bound: 429 with ``Retry-After``."""
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def key_of(headers: Mapping[str, str]) -> str:
+    """The API key a request carries: ``Authorization: Bearer KEY`` or ``X-API-Key``."""
+    auth = headers.get("authorization", "")
+    key = auth.removeprefix("Bearer ").strip() if auth.startswith("Bearer ") else ""
+    return key or headers.get("x-api-key", "")
+
+
+class KeyRing:
+    """API keys (stored hashed) to principals, each key rate-limited. Per replica, in
+    memory: with N replicas a key gets up to N times the rate."""
+
+    def __init__(self, keys: Mapping[str, str], rate: str) -> None:
+        self.keys = dict(keys)  # sha256(key) -> principal
+        self.limiter = MovingWindowRateLimiter(MemoryStorage())
+        self.per_key = parse(rate)
+
+    def principal(self, key: str) -> str:
+        """Raises Unauthorized for no key or an unknown one, TooMany over the rate."""
+        hashed = hash_key(key) if key else ""
+        principal = self.keys.get(hashed) if key else None
+        if principal is None:
+            raise Unauthorized("a valid API key is required", field="authorization")
+        if not self.limiter.hit(self.per_key, "key", hashed):
+            raise TooMany(f"more than {self.per_key} requests for this key", field="authorization")
+        return principal
 
 
 class BodyLimit:

@@ -16,7 +16,6 @@ as they arrive, whatever ``Content-Length`` claims.
 """
 
 import asyncio
-import hashlib
 import json
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
@@ -51,9 +50,12 @@ from keel.server.http import (
     BodyLimit,
     Followers,
     FollowerSlot,
+    KeyRing,
     TooMany,
     Unauthorized,
+    hash_key,
     keel_problem,
+    key_of,
     problem,
     run_app,
 )
@@ -82,10 +84,6 @@ def last_event_id(request: Request) -> int:
 
 runs_api = FastAPI(title="Keel runs API", version="1")
 runs_api.include_router(console)  # before ``/{run_id}``, which would match ``/console``
-
-
-def hash_key(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
 
 
 class StartBody(BaseModel):
@@ -149,15 +147,14 @@ class RunsAPI(ConsoleViews):
         self.reader = RunReader(
             RunStore(open_store(self.config.storage_url(), dict(storage.options), fsync=False))
         )
-        self.keys = dict(keys)  # sha256(key) -> principal
+        self.keyring = KeyRing(keys, self.config.api.rate_limit)
         self._orch: Any = None
         # One enforcer per replica; it re-reads the files itself when they change.
         self.policy = PolicyEngine(self.config.policy.model, self.config.policy.policy)
         api = self.config.api
         self.starter = Starter(self.config, self.policy)
-        # Per replica, in memory: with N replicas a key gets up to N times the rate.
+        # Per replica, in memory, like the keys' rate.
         self.limiter = MovingWindowRateLimiter(MemoryStorage())
-        self.per_key = parse(api.rate_limit)
         self.per_refusal = parse(api.refused_approval_limit)
         self.followers = Followers(api.max_followers)
 
@@ -168,18 +165,10 @@ class RunsAPI(ConsoleViews):
         return self._orch
 
     def _key(self, request: Request) -> str:
-        auth = request.headers.get("authorization", "")
-        key = auth.removeprefix("Bearer ").strip() if auth.startswith("Bearer ") else ""
-        return key or request.headers.get("x-api-key", "")
+        return key_of(request.headers)
 
     def _principal_of_key(self, key: str) -> str:
-        hashed = hash_key(key) if key else ""
-        principal = self.keys.get(hashed) if key else None
-        if principal is None:
-            raise Unauthorized("a valid API key is required", field="authorization")
-        if not self.limiter.hit(self.per_key, "key", hashed):
-            raise TooMany(f"more than {self.per_key} requests for this key", field="authorization")
-        return principal
+        return self.keyring.principal(key)
 
     def _principal(self, request: Request) -> str:
         return self._principal_of_key(self._key(request))

@@ -87,6 +87,7 @@ def test_kuberay_manifest_validates() -> None:
         "keel-router",
         "keel-runs",
         "keel-a2a",
+        "keel-memory",
     }
     deployments = {d.name: d for a in serve.applications for d in a.deployments}
     assert all(deployments[n].autoscaling_config for n in ("ModelRouter", "RunsAPI"))

@@ -28,6 +28,7 @@ def test_serve_config_validates_and_builds() -> None:
         "keel-router": "/",
         "keel-runs": "/v1/runs",
         "keel-a2a": "/a2a",
+        "keel-memory": "/v1/memory",
     }
     for app in schema.applications:
         module, _, attr = app.import_path.rpartition(":")
