@@ -57,14 +57,16 @@ from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from keel.actors.messages import CancelRun, WatchRun, orchestrator_settings
+from keel.actors.messages import CancelRun, orchestrator_settings
 from keel.actors.orchestrator import get_orchestrator
 from keel.actors.rayerrors import RayTaskError, unwrap
 from keel.config import KeelConfig, load_config
 from keel.core.events import RunStatus
+from keel.core.state import RunState
 from keel.core.timeline import describe
 from keel.errors import InputError, KeelError
 from keel.policy.engine import PolicyEngine
+from keel.server.following import follow
 from keel.server.http import KeyRing, TooMany, key_of, problem, run_app
 from keel.server.starting import Starter
 
@@ -188,13 +190,9 @@ class RunExecutor(AgentExecutor):
         await self._follow(updater, state.run_id)
 
     async def _follow(self, updater: TaskUpdater, run_id: str) -> None:
-        after = 0
-        while True:
-            view = await self._orchestrator().watch.remote(
-                WatchRun(run_id=run_id, after_seq=after, timeout_s=10)
-            )
+        view = None
+        async for view in follow(self._orchestrator(), run_id, 0, _ended):
             for ev in view.events:
-                after = ev.seq
                 node, text = describe(ev)
                 line = f"{node}: {text}" if node else text
                 waits = ev.type == "run_paused" and ev.status == RunStatus.AWAITING_APPROVAL
@@ -204,15 +202,15 @@ class RunExecutor(AgentExecutor):
                     TaskState.TASK_STATE_AUTH_REQUIRED if waits else TaskState.TASK_STATE_WORKING
                 )
                 await updater.update_status(state, self._say(updater, line))
-            status = view.state.status
-            if status in ENDINGS and not view.events:
-                final = view.state.model_dump(mode="json")
-                await updater.add_artifact(
-                    list(new_data_artifact("run", {"run_id": run_id, **final}).parts), name="run"
-                )
-                said = self._say(updater, f"run {status}: {view.state.reason}".rstrip(": "))
-                await updater.update_status(ENDINGS[status], said)
-                return
+        if view is None:
+            return
+        status = view.state.status
+        final = view.state.model_dump(mode="json")
+        await updater.add_artifact(
+            list(new_data_artifact("run", {"run_id": run_id, **final}).parts), name="run"
+        )
+        said = self._say(updater, f"run {status}: {view.state.reason}".rstrip(": "))
+        await updater.update_status(ENDINGS[status], said)
 
     def _say(self, updater: TaskUpdater, text: str) -> Any:
         return new_text_message(text, context_id=updater.context_id, task_id=updater.task_id)
@@ -225,6 +223,10 @@ class RunExecutor(AgentExecutor):
             CancelRun(run_id=RUN_PREFIX + task_id, by=principal, reason="cancelled over A2A")
         )
         await updater.cancel(self._say(updater, "cancelled"))
+
+
+def _ended(state: RunState) -> bool:
+    return state.status in ENDINGS
 
 
 def _cause(raised: KeelError) -> KeelError:

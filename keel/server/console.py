@@ -25,12 +25,14 @@ from fastapi.responses import RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from keel.actors.messages import ApproveRun, WatchRun
+from keel.actors.messages import ApproveRun
 from keel.actors.rayerrors import RayTaskError, unwrap
 from keel.core.events import Event, RunStatus
+from keel.core.state import RunState
 from keel.core.timeline import timeline, timeline_row, trace_tree
 from keel.errors import ErrorKind, InputError, KeelError, http_status
 from keel.runtime.engine import RunView
+from keel.server.following import follow
 from keel.server.http import FollowerSlot
 
 HERE = Path(__file__).resolve().parent
@@ -269,40 +271,35 @@ class ConsoleViews:
         resumed = request.headers.get("last-event-id", "")
         start = int(resumed) if resumed.isdigit() else after
         slot = self._follow_slot(request.cookies.get(COOKIE, ""))
-        stream = self._fragments(request, principal, view, start)
+        stream = self._fragments(request, view, start)
         return EventSourceResponse(_held(slot, stream), ping=15)
 
     async def _fragments(
-        self, request: Request, principal: str, view: RunView, after: int
+        self, request: Request, view: RunView, after: int
     ) -> AsyncIterator[ServerSentEvent]:
         tools = {e.key: e.tool for e in view.events if e.type == "effect_intent"}
         run_id = view.state.run_id
-        while True:
-            view = await self._orchestrator().watch.remote(
-                WatchRun(run_id=run_id, after_seq=after, timeout_s=10)
-            )
-            for ev in view.events:
-                after = ev.seq
+        async for now in follow(self._orchestrator(), run_id, after, _is_terminal):
+            for ev in now.events:
                 if ev.type == "effect_intent":
                     tools[ev.key] = ev.tool
                 row = self._fragment(request, "_row.html", row=timeline_row(ev, tools))
                 yield ServerSentEvent(data=row, event="row", id=str(ev.seq))
-            if view.events and _changes_status(view.events):
-                context = await self._run_context(principal, run_id)
-                yield ServerSentEvent(
-                    data=self._fragment(request, "_status.html", **context), event="status"
-                )
-                yield ServerSentEvent(
-                    data=self._fragment(request, "_approval.html", error="", **context),
-                    event="approval",
-                )
-            if view.state.status.terminal and not view.events:
-                yield ServerSentEvent(data="", event="end")
-                return
+            if _changes_status(now.events):  # the state the watch returned is current
+                state = now.state
+                status = self._fragment(request, "_status.html", state=state)
+                yield ServerSentEvent(data=status, event="status")
+                panel = self._fragment(request, "_approval.html", state=state, error="")
+                yield ServerSentEvent(data=panel, event="approval")
+        yield ServerSentEvent(data="", event="end")
 
     def _fragment(self, request: Request, name: str, **context: Any) -> str:
         context.update(request=request, base=base_of(request))
         return templates.get_template(name).render(context)
+
+
+def _is_terminal(state: RunState) -> bool:
+    return state.status.terminal
 
 
 def _changes_status(events: list[Event]) -> bool:

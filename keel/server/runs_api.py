@@ -34,18 +34,19 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from keel.actors.messages import (
     ApproveRun,
     CancelRun,
-    WatchRun,
     orchestrator_settings,
 )
 from keel.actors.orchestrator import get_orchestrator
 from keel.actors.rayerrors import RayTaskError, unwrap
 from keel.config import Budgets, KeelConfig, load_config
-from keel.core.state import RunSummary
+from keel.core.events import RunStatus
+from keel.core.state import RunState, RunSummary
 from keel.errors import InputError, KeelError, PolicyError, RunNotFoundError
 from keel.policy.engine import PolicyEngine
 from keel.runtime.engine import RunView
 from keel.runtime.reader import RunReader
 from keel.server.console import ConsoleViews, console
+from keel.server.following import follow
 from keel.server.http import (
     BodyLimit,
     Followers,
@@ -136,6 +137,10 @@ async def _too_many(request: Request, exc: TooMany) -> JSONResponse:
     response = problem(429, "too many requests", exc.message, exc.field)
     response.headers["Retry-After"] = "60"
     return response
+
+
+def _not_running(state: RunState) -> bool:
+    return state.status != RunStatus.RUNNING
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=100)
@@ -256,19 +261,14 @@ class RunsAPI(ConsoleViews):
             slot.release()
 
     async def _events_after(self, run_id: str, after: int) -> AsyncIterator[ServerSentEvent]:
-        while True:
-            view = await self._orchestrator().watch.remote(
-                WatchRun(run_id=run_id, after_seq=after, timeout_s=10)
-            )
+        view = None
+        async for view in follow(self._orchestrator(), run_id, after, _not_running):
             for ev in view.events:
-                after = ev.seq
                 data = json.dumps(ev.model_dump(mode="json"))
                 yield ServerSentEvent(data=data, event=ev.type, id=str(ev.seq))
-            if view.state.status != "running" and not view.events:
-                yield ServerSentEvent(
-                    data=json.dumps({"status": str(view.state.status)}), event="end"
-                )
-                return
+        if view is not None:
+            end = json.dumps({"status": str(view.state.status)})
+            yield ServerSentEvent(data=end, event="end")
 
     @runs_api.post("/{run_id}/approval")
     async def approval(self, run_id: str, body: ApprovalBody, request: Request) -> Any:
