@@ -112,6 +112,9 @@ class RunEngine(Ownership, StepLoop):
         self.runs: dict[str, LiveRun] = {}
         self._slots = asyncio.Semaphore(max_concurrent_runs)
         self._settled: set[str] = set()
+        # Runs between their first write and their entry in ``runs``: recovery and readers
+        # must not take them for orphans and start a second driver in this engine.
+        self._creating: set[str] = set()
         self._renewer: asyncio.Task[None] | None = None
         self._live: dict[str, tuple[float, bool]] = {}
 
@@ -138,7 +141,7 @@ class RunEngine(Ownership, StepLoop):
                 field="principal",
             )
         run_id = check_run_id(run_id) if run_id else new_run_id()
-        if run_id in self.runs or await self.log.exists(run_id):
+        if run_id in self.runs or run_id in self._creating:
             raise RunStateError(f"run {run_id} already exists", field="run_id")
         created = RunCreated(
             seq=1,
@@ -153,10 +156,15 @@ class RunEngine(Ownership, StepLoop):
             principal=principal,
             budgets=own,
         )
+        self._creating.add(run_id)
         try:
+            if await self.log.exists(run_id):
+                raise RunStateError(f"run {run_id} already exists", field="run_id")
             run = await self.log.create(wf, created)
         except ObjectExistsError:
             raise RunStateError(f"run {run_id} already exists", field="run_id") from None
+        finally:
+            self._creating.discard(run_id)
         self.runs[run_id] = run
         self._spawn(run)
         return run.state
@@ -170,6 +178,8 @@ class RunEngine(Ownership, StepLoop):
         if run_id in self.runs:
             return self.runs[run_id]
         run = await self.log.load(run_id, self.resolve)
+        if run_id in self._creating or run_id in self.runs:
+            return self.runs.get(run_id, run)  # its creator registers it
         if run.state.status.terminal or await self._owner_live(run.owner):
             return run
         return self.runs.setdefault(run_id, run)
@@ -207,6 +217,8 @@ class RunEngine(Ownership, StepLoop):
         return resumed
 
     async def _recover_one(self, run_id: str) -> bool:
+        if run_id in self._creating:
+            return False  # its creator drives it
         run = self.runs.get(run_id)
         if run is None:
             hint = await self.log.read_index(run_id)

@@ -110,7 +110,8 @@ class RunLog:
         raise AssertionError("unreachable")
 
     async def commit(self, run: LiveRun, events: Sequence[Event]) -> None:
-        """Number, fold (to validate), create the next checkpoint, then publish.
+        """Number, fold (to validate), create the next checkpoint, update the index on a
+        change of status or owner, then publish the new state to waiters.
 
         Shielded and serialised per run: a cancelled driver never leaves a write in flight
         that a later commit could race for the same checkpoint number.
@@ -156,11 +157,17 @@ class RunLog:
             ) from None
         status_changed = state.status != run.state.status
         owner_changed = run.owner != owner
-        run.state, run.prev, run.next_n = state, digest, run.next_n + 1
+        run.prev, run.next_n = digest, run.next_n + 1
         run.owner = owner
         run.events.extend(numbered)
-        if status_changed or owner_changed:
-            await self.io(self.store.write_index, state.run_id, summary(state, owner).model_dump())
+        try:
+            if status_changed or owner_changed:
+                entry = summary(state, owner).model_dump()
+                await self.io(self.store.write_index, state.run_id, entry)
+        finally:
+            # Only now may anyone see the new state: a caller told "succeeded" must find
+            # the index saying so too.
+            run.state = state
         if status_changed:
             await self._remember(run)
         async with run.changed:
@@ -240,9 +247,11 @@ class RunLog:
         return result
 
     async def write_index(self, run: LiveRun) -> None:
-        await self.io(
-            self.store.write_index, run.run_id, summary(run.state, run.owner).model_dump()
-        )
+        """Under the run's lock, so it never lands after (and hides) a newer commit's."""
+        async with run.lock:
+            await self.io(
+                self.store.write_index, run.run_id, summary(run.state, run.owner).model_dump()
+            )
 
     async def run_ids(self) -> list[str]:
         result: list[str] = await self.io(self.store.list_run_ids)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import random
 import threading
 import time
 from pathlib import Path
@@ -302,6 +304,38 @@ async def test_a_run_whose_index_entry_was_left_pending_is_listed_and_driven(
     assert final.status == RunStatus.SUCCEEDED and sends(out) == 1
     assert store.read_index("orphan-1")["status"] == "succeeded"  # type: ignore[index]
     await survivor.close()
+
+
+@pytest.mark.parametrize("seed", range(24))
+async def test_a_run_being_created_is_not_recovered_by_its_own_engine(
+    store: RunStore, tmp_path: Path, seed: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An orchestrator recovers when it starts, while its first run may be being created:
+    the sweep must not take the new run for an orphan and drive it a second time (one of
+    the two drivers would be fenced). And whoever is told the run succeeded finds the
+    index (what ``keel runs`` lists) saying so: the state is published after the index."""
+    rng = random.Random(seed)
+    caplog.set_level(logging.INFO, logger="keel.engine")
+
+    async def jittered(fn: Any, *args: Any) -> Any:
+        await asyncio.sleep(rng.choice((0.0, 0.0, 0.001, 0.005, 0.02)))
+        return await asyncio.to_thread(fn, *args)
+
+    async def recover_later() -> list[str]:
+        await asyncio.sleep(rng.uniform(0.0, 0.05))
+        return await eng.recover()
+
+    out = tmp_path / "sent.json"
+    eng = engine(store, send_flow(SlowSend()), blocking=jittered)
+    await eng.start()
+    _, resumed = await asyncio.gather(
+        eng.create("send", "", {"path": str(out)}, run_id="new-1"), recover_later()
+    )
+    final = await eng.wait("new-1", 30)
+    await eng.close()
+    assert resumed == [] and "stops driving" not in caplog.text
+    assert final.status == RunStatus.SUCCEEDED and sends(out) == 1
+    assert store.read_index("new-1")["status"] == "succeeded"  # type: ignore[index]
 
 
 async def test_an_index_entry_without_checkpoint_0_is_not_a_run(store: RunStore) -> None:
