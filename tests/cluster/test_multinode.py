@@ -1,5 +1,5 @@
 """Keel on a multi-node Ray cluster (head + two worker nodes on this machine), with
-checkpoints on the S3-compatible server: a batch of 40 demo runs, one worker node removed
+checkpoints on the S3-compatible server: a batch of 24 demo runs, one worker node removed
 in the middle. Every run ends once, and no effect happens twice.
 
 The cluster and the `keel batch` driver are their own processes (this test process is on
@@ -58,6 +58,14 @@ def cluster(tmp_path: Path) -> Iterator[Path]:
     log.close()
 
 
+def _why(log: Path, results: Path) -> str:
+    """What a failed batch said, without Ray's state dumps: the tasks that did not succeed,
+    then the batch's own lines."""
+    failed = [x for x in results.read_text().splitlines() if '"succeeded"' not in x]
+    own = [x for x in log.read_text().splitlines() if "[state-dump]" not in x]
+    return "\n".join([*failed[:20], *own[-60:]])
+
+
 def test_batch_survives_losing_a_worker_node(
     cluster: Path, s3_endpoint: str, tmp_path: Path
 ) -> None:
@@ -91,7 +99,10 @@ def test_batch_survives_losing_a_worker_node(
     )
     results = tasks.with_suffix(".results.jsonl")
     cmd = [sys.executable, "-m", "keel.cli", "--config", str(config), "batch", str(tasks)]
-    cmd += ["--concurrency", "40", "--no-progress"]
+    # Eight in flight: a node's timeout counts from its submission, and on a 2-core machine
+    # shared with the rest of the suite, dozens of Ray workers starting at once can take
+    # longer than the demo's 30 s to start a classify task, which is not what this tests.
+    cmd += ["--concurrency", "8", "--no-progress"]
     log = tmp_path / "batch.log"
     with open(log, "w") as out:  # a file, not a pipe: nothing blocks on a full buffer
         batch = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
@@ -112,7 +123,7 @@ def test_batch_survives_losing_a_worker_node(
     except subprocess.TimeoutExpired:
         batch.kill()
         raise
-    assert batch.returncode == 0, log.read_text()[-3000:]
+    assert batch.returncode == 0, _why(log, results)
     assert finished_at_removal < RUNS, "the node went away after the work was done"
 
     # The orchestrator lives on the head: losing a worker node did not restart it.
