@@ -17,56 +17,78 @@ from keel.errors import ErrorCode, NodeError
 from keel.runtime.effects import ToolSite
 from keel.runtime.inline import invoke_node
 
+STARTED = "started"
+
 
 # Plain nodes are free of side effects (those live in effect nodes), so Ray may run one
 # again when its worker or node dies; a node's own exceptions are never retried here (its
-# RetryPolicy decides, and the ledger records each attempt).
-@ray.remote(max_retries=3, retry_exceptions=False)
+# RetryPolicy decides, and the ledger records each attempt). The task first says it has
+# started, so that a node's timeout counts its own running time and not the wait for a
+# worker: on a busy node, timeouts counted from submission force-cancel tasks whose workers
+# were still starting, the next tries start workers again, and time out in turn.
+@ray.remote(max_retries=3, retry_exceptions=False, num_returns="streaming")
 def _node_task(fn: Any, state: BaseModel, ctx: NodeContext) -> Any:
-    return invoke_node(fn, state, ctx)
+    yield STARTED
+    yield invoke_node(fn, state, ctx)
 
 
-async def _await(ref: Any, what: str, timeout_s: float | None, *, abortable: bool = True) -> Any:
-    """Await a task's result; a cancelled caller stops the task unless it is an effect,
-    which is left to finish (its outcome is settled by ``verify`` later)."""
+async def _next(gen: Any) -> Any:
+    return await (await gen.__anext__())
 
-    async def get() -> Any:
-        return await ref
 
+async def _await_node(gen: Any, what: str, timeout_s: float | None, queue_s: float) -> Any:
+    """The node's result: first its start (within ``queue_s``), then its end (within
+    ``timeout_s`` of the start); a cancelled caller stops the task."""
+    waited = f"{what} waited {queue_s}s for a worker to start it"
     try:
-        return await asyncio.wait_for(get(), timeout_s)
+        try:
+            await asyncio.wait_for(_next(gen), queue_s)
+        except TimeoutError:
+            raise _Timeout(waited) from None
+        try:
+            return await asyncio.wait_for(_next(gen), timeout_s)
+        except TimeoutError:
+            raise _Timeout(f"{what} timed out after {timeout_s}s") from None
     except asyncio.CancelledError:
-        if abortable:
-            ray.cancel(ref)
+        ray.cancel(gen)
         raise
-    except TimeoutError:
-        ray.cancel(ref, force=True)
-        raise NodeError(
-            f"{what} timed out after {timeout_s}s", code=ErrorCode.NODE_TIMEOUT, retryable=True
-        ) from None
+    except _Timeout as exc:
+        ray.cancel(gen, force=True)
+        raise NodeError(str(exc), code=ErrorCode.NODE_TIMEOUT, retryable=True) from None
     except RayTaskError as exc:
         raise unwrap(exc) from None
     except TASK_LOST as exc:
         raise task_lost(what, exc) from None
 
 
+class _Timeout(Exception):
+    pass
+
+
 class RayNodeRunner:
     """Plain nodes on Ray tasks (``inline`` ones on the orchestrator's threads); tools on
     the executor pool, the only workers that run tools."""
 
-    def __init__(self, node_num_cpus: float = 1.0, env: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        node_num_cpus: float = 1.0,
+        env: dict[str, Any] | None = None,
+        *,
+        queue_timeout_s: float = 600.0,
+    ) -> None:
         self.node_num_cpus = node_num_cpus
         self.env = env or {}
+        self.queue_timeout_s = queue_timeout_s
 
     async def run_node(self, node: Node, state: BaseModel, ctx: NodeContext) -> Any:
         if node.inline:
             return await asyncio.wait_for(
                 asyncio.to_thread(invoke_node, node.fn, state, ctx), node.timeout_s
             )
-        ref = _node_task.options(num_cpus=self.node_num_cpus, name=f"keel:{node.name}").remote(
+        gen = _node_task.options(num_cpus=self.node_num_cpus, name=f"keel:{node.name}").remote(
             node.fn, state, ctx
         )
-        return await _await(ref, f"node {node.name}", node.timeout_s)
+        return await _await_node(gen, f"node {node.name}", node.timeout_s, self.queue_timeout_s)
 
     async def _execute(self, msg: ExecuteRequest) -> ExecuteResponse:
         # An apply lost in flight may have happened: it is never sent again blindly.
