@@ -63,11 +63,13 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not ray and not slow"
 
 bench: $(STAMP)
-	$(PIP) install -c constraints.txt -e '.[dev,local,charts,bench]' 2>$(VENV)/pip.log || (cat $(VENV)/pip.log; exit 1)
+	$(PIP) install -c constraints.txt -e '.[dev,local,charts,bench,embeddings]' 2>$(VENV)/pip.log || (cat $(VENV)/pip.log; exit 1)
+	$(BIN)/python -m keel.evals.retrieval --out bench/.out
 	$(BIN)/python -m bench.orchestration
 	$(BIN)/python -m bench.router_overhead
 	$(BIN)/python -m bench.router_streaming
 	$(BIN)/python -m bench.batch_throughput
+	$(BIN)/python -m bench.batch_throughput --pin
 	$(BIN)/python -m bench.cost_breakdown
 
 # The engine simulator at length: 100,000 seeded schedules (about 50 minutes on 2 cores).
