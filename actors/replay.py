@@ -2,26 +2,35 @@
 
 Walking the recorded events in order, replay folds state exactly as the orchestrator did
 and checks every decision it can re-make without touching the world: nodes whose model
-calls are recorded are re-run with the planner answering from the recorded responses
-(so an edited response shows up as different state updates), every router is asked again
-for the next node, and every policy decision is re-made against the policy files. The
-first difference is reported; otherwise the run is ``identical``.
+calls or retrievals are recorded are re-run with the planner and the retriever answering
+from the ledger (so an edited response or score shows up as different state updates, and
+a node that now asks memory something else shows up as a different retrieval), every
+router is asked again for the next node, and every policy decision is re-made against the
+policy files. The first difference is reported; otherwise the run is ``identical``.
 """
 
 from __future__ import annotations
 
 import contextvars
 import json
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 from pydantic_core import to_jsonable_python
 
 from keel.actors.planner import _label, label_schema, parse_proposal
-from keel.actors.worker_messages import ActResponse, ClassifyResponse, PlanResponse
+from keel.actors.worker_messages import (
+    ActResponse,
+    ClassifyResponse,
+    PlanResponse,
+    RetrievedItem,
+    RetrieveResponse,
+)
 from keel.core.calls import ModelCall
 from keel.core.events import (
     Event,
+    MemoryRecalled,
     ModelCalled,
     NodeCompleted,
     PolicyDecided,
@@ -33,7 +42,16 @@ from keel.core.state import RunState, fold
 from keel.core.workflow import Workflow
 from keel.policy.engine import PolicyEngine
 
-RECORDED: contextvars.ContextVar[list[ModelCalled] | None] = contextvars.ContextVar(
+
+@dataclass
+class Recording:
+    """What one node's workers answered when it ran: replay answers from these."""
+
+    calls: list[ModelCalled] = field(default_factory=list)
+    recalls: list[MemoryRecalled] = field(default_factory=list)
+
+
+RECORDED: contextvars.ContextVar[Recording | None] = contextvars.ContextVar(
     "keel_replay_calls", default=None
 )
 
@@ -61,7 +79,15 @@ class ReplayReport(BaseModel):
 
 
 class ReplayUnavailable(Exception):
-    """A node asked for something the ledger does not record (a retrieval, say)."""
+    """A node asked for something the ledger does not record."""
+
+
+class RecallDiffers(Exception):
+    """The node asked memory something other than what the ledger recorded."""
+
+    def __init__(self, recorded: dict[str, Any], replayed: dict[str, Any]) -> None:
+        super().__init__("retrieval request")
+        self.recorded, self.replayed = recorded, replayed
 
 
 class ReplayPool:
@@ -72,8 +98,10 @@ class ReplayPool:
         self.role = role
 
     def call_sync(self, method: str, msg: Any) -> Any:
-
-        calls = RECORDED.get() or []
+        recording = RECORDED.get() or Recording()
+        if self.role == "retriever" and method == "retrieve":
+            return self._recall(recording, msg)
+        calls = recording.calls
         if self.role != "planner" or not calls:
             raise ReplayUnavailable(f"{self.role}.{method} is not recorded")
         fields = set(ModelCall.model_fields) - {"content"}
@@ -92,6 +120,19 @@ class ReplayPool:
             return ClassifyResponse(label=label, calls=records, worker=worker)
         raise ReplayUnavailable(f"planner.{method} cannot be replayed")
 
+    @staticmethod
+    def _recall(recording: Recording, msg: Any) -> RetrieveResponse:
+        """The node's next recorded retrieval, if it asks the same thing again."""
+        if not recording.recalls:
+            raise ReplayUnavailable("retriever.retrieve is not recorded")
+        rec = recording.recalls.pop(0)
+        asked = {"query": msg.query, "k": msg.k, "kind": msg.kind}
+        recorded = {"query": rec.query, "k": rec.k, "kind": rec.kind}
+        if asked != recorded:
+            raise RecallDiffers(recorded, asked)
+        items = [RetrievedItem(**i.model_dump()) for i in rec.items]
+        return RetrieveResponse(items=items, method=rec.method, worker=rec.worker)
+
 
 def _same(a: Any, b: Any) -> bool:
     return bool(
@@ -104,6 +145,7 @@ def replay(events: list[Event], wf: Workflow, policy: PolicyEngine | None = None
     """Walk ``events``; return the first divergence from them, or none."""
     state: RunState | None = None
     calls: list[ModelCalled] = []
+    recalls: list[MemoryRecalled] = []
     rejected: set[tuple[str, int]] = set()  # (node, step) whose proposal was turned down
     steps = 0
     first = events[0]
@@ -111,6 +153,8 @@ def replay(events: list[Event], wf: Workflow, policy: PolicyEngine | None = None
     for ev in events:
         if isinstance(ev, ModelCalled):
             calls.append(ev)
+        elif isinstance(ev, MemoryRecalled):
+            recalls.append(ev)
         elif isinstance(ev, ProposalRejected):
             rejected.add((ev.node, ev.step))
         elif isinstance(ev, PolicyDecided) and policy is not None:
@@ -123,9 +167,11 @@ def replay(events: list[Event], wf: Workflow, policy: PolicyEngine | None = None
                 return ReplayReport(run_id=run_id, steps=steps, divergence=d)
         elif isinstance(ev, NodeCompleted) and state is not None:
             steps += 1
-            mine = [c for c in calls if c.node == ev.node]
+            mine = Recording(
+                [c for c in calls if c.node == ev.node], [r for r in recalls if r.node == ev.node]
+            )
             divergence = _check_node(wf, state, ev, mine, (ev.node, ev.step) in rejected)
-            calls = []
+            calls, recalls = [], []
             if divergence is not None:
                 return ReplayReport(run_id=run_id, steps=steps, divergence=divergence)
         state = fold(state, ev, wf.channels)
@@ -133,21 +179,26 @@ def replay(events: list[Event], wf: Workflow, policy: PolicyEngine | None = None
 
 
 def _check_node(
-    wf: Workflow, before: RunState, ev: NodeCompleted, calls: list[ModelCalled], rejected: bool
+    wf: Workflow, before: RunState, ev: NodeCompleted, recorded: Recording, rejected: bool
 ) -> Divergence | None:
     node = wf.nodes.get(ev.node)
     if node is None:
         return Divergence(seq=ev.seq, node=ev.node, what="node", recorded=ev.node, replayed=None)
-    if calls and not node.is_effect:
+    if (recorded.calls or recorded.recalls) and not node.is_effect:
         ctx = NodeContext(
             run_id=before.run_id, workflow=wf.name, node=node.name, step=ev.step,
             attempt=ev.attempt, goal=before.goal, inputs=before.inputs,
         )  # fmt: skip
-        token = RECORDED.set(calls)
+        token = RECORDED.set(recorded)
         try:
             out = node.fn(wf.state_of(before.data), ctx)
         except ReplayUnavailable:
             out = None
+        except RecallDiffers as exc:
+            return Divergence(
+                seq=ev.seq, node=ev.node, what="retrieval request",
+                recorded=exc.recorded, replayed=exc.replayed,
+            )  # fmt: skip
         finally:
             RECORDED.reset(token)
         if out is not None:

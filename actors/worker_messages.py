@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
-from keel.core.calls import TRACEPARENT, ChatMessage, ModelCall
+from keel.core.calls import TRACEPARENT, ChatMessage, ModelCall, Recalled, RecallRecord
 from keel.core.validation import FieldError
 from keel.storage.memory import MemoryKind
 
@@ -124,6 +124,19 @@ class RetrieveResponse(_Msg):
     items: list[RetrievedItem]
     method: Literal["embedding", "bm25"]
     worker: str
+
+    def record(self, req: RetrieveRequest) -> RecallRecord:
+        """The request and this answer, as the ledger keeps them (``NodeOutput.recalls``)."""
+        return RecallRecord(
+            query=req.query,
+            k=req.k,
+            kind=req.kind,
+            method=self.method,
+            items=[
+                Recalled(id=i.id, kind=i.kind, title=i.title, text=i.text[:4000], score=i.score)
+                for i in self.items
+            ],
+        )
 
 
 class ValidateRequest(_Msg):

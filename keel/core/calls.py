@@ -119,3 +119,25 @@ class ModelCall(CallRecord):
     request: dict[str, Any] | None = Field(
         default=None, description="what was asked (RouteRequest), kept for counterfactual replay"
     )
+
+
+class Recalled(BaseModel):
+    """One item a retrieval returned, with its score (its text capped: replay needs what
+    the node read, not the whole document)."""
+
+    id: str
+    kind: str
+    title: str = ""
+    text: str = Field(default="", max_length=4000)
+    score: float
+
+
+class RecallRecord(BaseModel):
+    """A retrieval a node made: what it asked and what came back, in rank order. Shared by
+    the node's output and the ledger event (``MemoryRecalled``) that replay answers from."""
+
+    query: str
+    k: int
+    kind: str | None = None
+    method: str
+    items: list[Recalled] = []

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, TypeAdapter
 
-from keel.core.calls import CallRecord
+from keel.core.calls import CallRecord, RecallRecord
 
 
 class RunStatus(StrEnum):
@@ -132,6 +132,16 @@ class ModelCalled(_Event, CallRecord):
     request: dict[str, JsonValue] | None = None
 
 
+class MemoryRecalled(_Event, RecallRecord):
+    """A retrieval a node made, its items and their scores: memory the run read (never
+    state), kept so replay can answer the node without the memory store."""
+
+    type: Literal["memory_recalled"] = "memory_recalled"
+    node: str
+    step: int
+    worker: str
+
+
 class PolicyDecided(_Event):
     """A policy decision on an action, with the rule that decided and the policy version."""
 
@@ -231,6 +241,7 @@ Event = Annotated[
     | EffectResult
     | EffectReconciled
     | ModelCalled
+    | MemoryRecalled
     | PolicyDecided
     | ProposalRejected
     | ApprovalDecided

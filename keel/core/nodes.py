@@ -11,6 +11,7 @@ from typing import Annotated, Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
+from keel.core.calls import RecallRecord
 from keel.core.tool import Tool
 from keel.errors import InputError
 
@@ -93,13 +94,17 @@ class NodeContext(BaseModel):
 
 
 class NodeOutput(BaseModel):
-    """What a node that used workers returns: state updates, plus the model calls its
-    workers made (recorded in the ledger) and which worker did the work."""
+    """What a node that used workers returns: state updates, plus the model calls and
+    retrievals its workers made (recorded in the ledger, for audit and replay) and which
+    worker did the work."""
 
     model_config = ConfigDict(frozen=True)
 
     updates: dict[str, Any] = Field(default_factory=dict)
     calls: list[Any] = Field(default_factory=list, description="router.messages.ModelCall")
+    recalls: list[RecallRecord] = Field(
+        default_factory=list, description="retrievals the node made (recorded for replay)"
+    )
     worker: str = ""
     handoff: str | None = Field(
         default=None, description="pause the run for a person after this node, saying why"

@@ -21,6 +21,7 @@ from keel.core.events import (
     EffectResult,
     ErrorInfo,
     Event,
+    MemoryRecalled,
     ModelCalled,
     NodeCompleted,
     NodeFailed,
@@ -235,6 +236,12 @@ def _policy_decided(state: RunState, ev: PolicyDecided, _: Channels) -> RunState
     return state
 
 
+def _memory_recalled(state: RunState, ev: MemoryRecalled, _: Channels) -> RunState:
+    """Memory helps a node reason and never changes state by itself: only the node's own
+    updates, committed with it, do."""
+    return state
+
+
 def _proposal_rejected(state: RunState, ev: ProposalRejected, _: Channels) -> RunState:
     return state.model_copy(update={"rejections": state.rejections + 1})
 
@@ -289,6 +296,7 @@ REDUCERS: dict[str, Callable[[Any, Any, Channels], RunState]] = {
     "effect_result": _effect_result,
     "effect_reconciled": _effect_reconciled,
     "model_called": _model_called,
+    "memory_recalled": _memory_recalled,
     "policy_decided": _policy_decided,
     "proposal_rejected": _proposal_rejected,
     "approval_decided": _approval_decided,

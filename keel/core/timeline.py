@@ -61,6 +61,9 @@ def describe(ev: Event) -> tuple[str, str]:
                 f"({ev.worker}): {ev.prompt_tokens}+"
                 f"{ev.completion_tokens} tokens, ${ev.cost:.6f}, {ev.latency_s:.2f}s"
             )
+        case "memory_recalled":
+            found = ", ".join(f"{i.id} {i.score:.2f}" for i in ev.items) or "nothing"
+            return ev.node, f"recalled ({ev.method}, {ev.worker}): {found}"
         case "run_resumed":
             return "", f"resumed by {ev.by} {ev.reason}".rstrip()
         case "owner_changed":

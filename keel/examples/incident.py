@@ -146,9 +146,8 @@ workflow.edge("classify", "recall")
 def recall(state: IncidentState, ctx: NodeContext) -> Any:
 
     query = " ".join([ctx.goal, state.label.replace("_", " "), *_problems(state)])
-    resp = workers(ctx).retriever.retrieve(
-        RetrieveRequest(query=query[:4000], k=3, kind="document")
-    )
+    req = RetrieveRequest(query=query[:4000], k=3, kind="document")
+    resp = workers(ctx).retriever.retrieve(req)
     hints: dict[str, Any] = {}
     for item in resp.items:  # the best-ranked runbook that says how to act
         for line in item.text.splitlines():
@@ -158,7 +157,9 @@ def recall(state: IncidentState, ctx: NodeContext) -> Any:
         if hints:
             break
     return NodeOutput(
-        updates={"runbooks": [i.id for i in resp.items], "hints": hints}, worker=resp.worker
+        updates={"runbooks": [i.id for i in resp.items], "hints": hints},
+        recalls=[resp.record(req)],
+        worker=resp.worker,
     )
 
 

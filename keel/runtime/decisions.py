@@ -19,9 +19,11 @@ from pydantic import BaseModel, JsonValue, ValidationError
 from pydantic_core import to_jsonable_python
 
 from keel.config import Budgets
+from keel.core.calls import RecallRecord
 from keel.core.events import (
     ErrorInfo,
     Event,
+    MemoryRecalled,
     ModelCalled,
     NodeCompleted,
     NodeFailed,
@@ -234,6 +236,11 @@ def model_event(call: Any, node: str, step: int, worker: str) -> ModelCalled:
     data = call.model_dump() if isinstance(call, BaseModel) else dict(call)
     response = str(data.pop("content", ""))[:20_000]
     return ModelCalled(node=node, step=step, worker=worker, response=response, **data)
+
+
+def recall_event(record: RecallRecord, node: str, step: int, worker: str) -> MemoryRecalled:
+    """A node's retrieval as a ledger event."""
+    return MemoryRecalled(node=node, step=step, worker=worker, **record.model_dump())
 
 
 def completion(

@@ -57,6 +57,7 @@ from keel.runtime.decisions import (
     model_event,
     normalise_args,
     policy_event,
+    recall_event,
     rejection,
     resolve_proposal,
 )
@@ -176,6 +177,7 @@ class StepLoop:
         if isinstance(out, NodeOutput):
             worker = out.worker or worker
             before = [model_event(c, step.node.name, step.ctx.step, worker) for c in out.calls]
+            before += [recall_event(r, step.node.name, step.ctx.step, worker) for r in out.recalls]
             handoff = out.handoff
             out = out.updates
         try:
@@ -190,7 +192,7 @@ class StepLoop:
             )
         except Exception:
             if before:
-                await self._commit(run, before)  # the model calls were made: they are facts
+                await self._commit(run, before)  # the calls were made: they are facts
             raise
         await self._commit(run, [*before, *events])
         await self.hooks.at("after_commit", step.node.name)

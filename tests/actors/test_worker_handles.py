@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from keel.actors import workers as workers_module
-from keel.actors.replay import RECORDED, ReplayUnavailable
+from keel.actors.replay import RECORDED, Recording, ReplayUnavailable
 from keel.actors.worker_messages import (
     ClassifyRequest,
     ClassifyResponse,
@@ -33,7 +33,7 @@ def recorded(response: str) -> ModelCalled:
 @pytest.fixture
 def replaying() -> Any:
     def use(*responses: str) -> None:
-        RECORDED.set([recorded(r) for r in responses])
+        RECORDED.set(Recording(calls=[recorded(r) for r in responses]))
 
     token = RECORDED.set(None)
     yield use

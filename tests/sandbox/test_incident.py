@@ -12,7 +12,7 @@ import ray
 
 from keel.client import Keel
 from keel.config import KeelConfig, OrchestratorConfig, RouterConfig, StorageConfig
-from keel.core.events import EffectResult, RunStatus
+from keel.core.events import EffectResult, MemoryRecalled, RunStatus
 from keel.examples import demo_service
 from keel.examples.incident import RUNBOOKS, IncidentState, applied
 from keel.sandbox.bwrap import isolation
@@ -75,6 +75,11 @@ def test_bad_config_is_mitigated(keel: Keel, service: tuple[Path, int]) -> None:
         ("restart_service", "restore_last_good")
     ]
     assert final.data["answer"].startswith("done: ")
+    # What the run recalled, with its scores, is in the ledger (replay answers from it).
+    recalled = [e for e in keel.show(final.run_id).events if isinstance(e, MemoryRecalled)]
+    assert [e.node for e in recalled] == ["recall"]
+    assert recalled[0].items[0].id == "rb-bad-config" and recalled[0].items[0].score > 0
+    assert [i.id for i in recalled[0].items] == final.data["runbooks"]
 
 
 @pytest.mark.parametrize("service", ["corrupt_data"], indirect=True)
