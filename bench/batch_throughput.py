@@ -230,9 +230,26 @@ def path_of_runs(keel: Keel, run_ids: list[str]) -> dict[str, float]:
     return {k: round(statistics.median(v) * 1000, 1) for k, v in parts.items()}
 
 
+def cores_for(nodes: int) -> set[int]:
+    """The first ``nodes`` cores this process may use: one per pinned node."""
+    cores = sorted(os.sched_getaffinity(0))
+    if nodes > len(cores):
+        raise SystemExit(f"--pin needs a core per node: {nodes} nodes, {len(cores)} cores")
+    return set(cores[:nodes])
+
+
 def keel_on_nodes(
-    nodes: int, base: str, runs: int, concurrency: int, *, profile: bool = False
+    nodes: int,
+    base: str,
+    runs: int,
+    concurrency: int,
+    *,
+    profile: bool = False,
+    pin: bool = False,
 ) -> dict[str, Any]:
+    """Keel on a fresh local cluster of ``nodes`` nodes; with ``pin``, node *i* and its
+    processes on core *i* alone, and the driver (``keel batch``) on those cores."""
+    cores = cores_for(nodes) if pin else None
     with tempfile.TemporaryDirectory() as tmp:
         state = Path(tmp) / "cluster"
         cluster = subprocess.Popen(
@@ -248,6 +265,7 @@ def keel_on_nodes(
                 "2",
                 "--state",
                 str(state),
+                *(["--pin"] if pin else []),
             ],
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
@@ -280,6 +298,7 @@ def keel_on_nodes(
                 capture_output=True,
                 text=True,
                 timeout=900,
+                preexec_fn=None if cores is None else lambda: os.sched_setaffinity(0, cores),
             )
             if out.returncode != 0:
                 raise RuntimeError(out.stderr[-3000:])
@@ -301,7 +320,20 @@ class LGState(TypedDict, total=False):
     delivery: dict[str, Any]
 
 
-def langgraph(base: str, runs: int, concurrency: int) -> dict[str, Any]:
+def langgraph(
+    base: str, runs: int, concurrency: int, cores: set[int] | None = None
+) -> dict[str, Any]:
+    """LangGraph in this process; with ``cores``, its threads on those cores only."""
+    everywhere = os.sched_getaffinity(0)
+    if cores is not None:
+        os.sched_setaffinity(0, cores)  # the pool's threads, started below, inherit it
+    try:
+        return _langgraph(base, runs, concurrency)
+    finally:
+        os.sched_setaffinity(0, everywhere)
+
+
+def _langgraph(base: str, runs: int, concurrency: int) -> dict[str, Any]:
     from langgraph.checkpoint.sqlite import SqliteSaver  # noqa: PLC0415
     from langgraph.graph import END as LG_END  # noqa: PLC0415
     from langgraph.graph import StateGraph  # noqa: PLC0415
@@ -372,7 +404,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="batch throughput, Keel on 1-3 nodes vs LangGraph")
     p.add_argument("--runs", type=int, default=150)
     p.add_argument("--concurrency", type=int, default=48)
-    p.add_argument("--nodes", default="1,2,3")
+    p.add_argument("--nodes", help="node counts to measure (default 1,2,3; 1,2 with --pin)")
+    p.add_argument(
+        "--pin",
+        action="store_true",
+        help="each node on a core of its own, LangGraph on as many cores (scale-out)",
+    )
     p.add_argument("--measure", metavar="ADDRESS", help=argparse.SUPPRESS)
     p.add_argument("--base", help=argparse.SUPPRESS)
     p.add_argument("--workdir", help=argparse.SUPPRESS)
@@ -385,52 +422,84 @@ def main(argv: list[str] | None = None) -> int:
         )
         print("RESULT " + json.dumps(result), flush=True)
         return 0
+    counts = [int(x) for x in (args.nodes or ("1,2" if args.pin else "1,2,3")).split(",")]
+    if args.pin:
+        for n in counts:
+            cores_for(n)  # refuse before starting anything
     scripted, base = start_scripted()
     try:
         rows: list[dict[str, Any]] = []
-        for n in [int(x) for x in args.nodes.split(",")]:
+        for n in counts:
+            where = f"{n} core(s), pinned" if args.pin else "unpinned"
             console.print(
-                f"Keel on {n} node(s): {args.runs} runs, {args.concurrency} in flight ..."
+                f"Keel on {n} node(s), {where}: {args.runs} runs, {args.concurrency} in flight ..."
             )
             rows.append(
                 {
                     "system": f"keel, {n} node(s)",
-                    **keel_on_nodes(n, base, args.runs, args.concurrency),
+                    "cores": n if args.pin else len(os.sched_getaffinity(0)),
+                    **keel_on_nodes(n, base, args.runs, args.concurrency, pin=args.pin),
                 }
             )
-        console.print("LangGraph, one process ...")
-        lg = {
-            "system": "langgraph, 1 process",
-            "nodes": 1,
-            **langgraph(base, args.runs, args.concurrency),
-        }
-        rows.append(lg)
+        for n in sorted(set(counts)) if args.pin else [0]:
+            console.print(f"LangGraph, one process{f', {n} core(s)' if n else ''} ...")
+            rows.append(
+                {
+                    "system": "langgraph, 1 process",
+                    "cores": n or len(os.sched_getaffinity(0)),
+                    "nodes": 1,
+                    **langgraph(base, args.runs, args.concurrency, cores_for(n) if n else None),
+                }
+            )
     finally:
         scripted.terminate()
         scripted.wait(timeout=10)
-    table = Table(title=f"batch throughput, model latency {LATENCY_S * 1000:.0f} ms")
-    for col in ("system", "runs", "succeeded", "seconds", "runs/min", "vs LangGraph", "deliveries"):
+    print_rows(rows, pinned=args.pin)
+    OUT.mkdir(parents=True, exist_ok=True)
+    name = "batch_throughput_pinned.json" if args.pin else "batch_throughput.json"
+    (OUT / name).write_text(
+        json.dumps(
+            {
+                "latency_s": LATENCY_S,
+                "concurrency": args.concurrency,
+                "pinned": args.pin,
+                "rows": rows,
+            },
+            indent=2,
+        )
+    )
+    return 0
+
+
+def print_rows(rows: list[dict[str, Any]], *, pinned: bool) -> None:
+    """One table: each row against LangGraph on the same cores, and Keel against itself on
+    its fewest nodes (the scale-out)."""
+    lg = {r["cores"]: r for r in rows if r["system"].startswith("langgraph")}
+    base = next(r for r in rows if r["system"].startswith("keel"))
+    title = f"batch throughput, model latency {LATENCY_S * 1000:.0f} ms"
+    table = Table(title=title + (", each node on its own core" if pinned else ""))
+    cols = ("system", "cores", "runs", "succeeded", "seconds", "runs/min", "vs LangGraph")
+    for col in (*cols, "vs fewest nodes", "deliveries"):
         table.add_column(col, justify="right")
     for r in rows:
-        ratio = r["runs_per_min"] / lg["runs_per_min"] if lg["runs_per_min"] else 0.0
+        peer = lg.get(r["cores"]) or next(iter(lg.values()))
+        ratio = r["runs_per_min"] / peer["runs_per_min"] if peer["runs_per_min"] else 0.0
         r["ratio_vs_langgraph"] = round(ratio, 3)
+        keel = r["system"].startswith("keel")
+        if keel:
+            r["speedup"] = round(r["runs_per_min"] / base["runs_per_min"], 3)
         table.add_row(
             r["system"],
+            str(r["cores"]),
             str(r["runs"]),
             str(r["succeeded"]),
             f"{r['seconds']:.1f}",
             f"{r['runs_per_min']:.0f}",
             f"{ratio:.2f}x",
+            f"{r['speedup']:.2f}x" if keel else "",
             str(r["deliveries"]),
         )
     console.print(table)
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "batch_throughput.json").write_text(
-        json.dumps(
-            {"latency_s": LATENCY_S, "concurrency": args.concurrency, "rows": rows}, indent=2
-        )
-    )
-    return 0
 
 
 if __name__ == "__main__":

@@ -7,6 +7,10 @@ cluster, and so that a node can be removed from outside while they work.
 writes ``DIR/address`` when every node is up. Touch ``DIR/remove`` to remove one worker
 node (``DIR/removed`` then holds its node id); touch ``DIR/stop`` (or send SIGTERM) to shut
 the cluster down. Every node is on 127.0.0.1.
+
+With ``--pin``, node *i* (the head is 0) and every process it starts (raylet, object
+store, workers; the head's GCS too) run on CPU core *i* alone: each node gets a core of its
+own, as separate machines would, which is the only way to see scale-out on one machine.
 """
 
 from __future__ import annotations
@@ -29,13 +33,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--head-cpus", type=float, default=1)
     p.add_argument("--worker-cpus", type=float, default=2)
     p.add_argument("--state", required=True, help="folder for the address and the controls")
+    p.add_argument("--pin", action="store_true", help="each node on a CPU core of its own")
     args = p.parse_args(argv)
+    cores = sorted(os.sched_getaffinity(0))
+    if args.pin and args.workers + 1 > len(cores):
+        p.error(f"--pin needs a core per node: {args.workers + 1} nodes, {len(cores)} cores")
+
+    def on_core(i: int) -> None:
+        """Processes started from here on inherit this affinity (Linux)."""
+        if args.pin:
+            os.sched_setaffinity(0, {cores[i]})
+
     state = Path(args.state)
     state.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     for name, value in RAY_NODE_ENV.items():  # its nodes run as a Keel deployment's do
         os.environ.setdefault(name, value)
 
+    on_core(0)
     cluster = Cluster(
         initialize_head=True,
         head_node_args={
@@ -44,10 +59,11 @@ def main(argv: list[str] | None = None) -> int:
             "node_ip_address": "127.0.0.1",
         },
     )
-    workers = [
-        cluster.add_node(num_cpus=args.worker_cpus, node_ip_address="127.0.0.1")
-        for _ in range(args.workers)
-    ]
+    workers = []
+    for i in range(args.workers):
+        on_core(i + 1)
+        workers.append(cluster.add_node(num_cpus=args.worker_cpus, node_ip_address="127.0.0.1"))
+    os.sched_setaffinity(0, set(cores))
     cluster.wait_for_nodes()
     stopping = False
 
