@@ -157,16 +157,17 @@ class RunLog:
             ) from None
         status_changed = state.status != run.state.status
         owner_changed = run.owner != owner
-        run.prev, run.next_n = digest, run.next_n + 1
-        run.owner = owner
-        run.events.extend(numbered)
         try:
             if status_changed or owner_changed:
                 entry = summary(state, owner).model_dump()
                 await self.io(self.store.write_index, state.run_id, entry)
         finally:
-            # Only now may anyone see the new state: a caller told "succeeded" must find
-            # the index saying so too.
+            # Only now may anyone see the commit, and all of it at once (no await between):
+            # a caller told "succeeded" finds the index saying so too, and a watcher never
+            # sees the new events with the old state.
+            run.prev, run.next_n = digest, run.next_n + 1
+            run.owner = owner
+            run.events.extend(numbered)
             run.state = state
         if status_changed:
             await self._remember(run)

@@ -70,7 +70,9 @@ def test_node_timeout_is_enforced(keel: Keel) -> None:
     assert final.status == RunStatus.FAILED
     assert final.error is not None and final.error.code == "node_timeout"
     failures = [e for e in keel.show(st.run_id).events if isinstance(e, NodeFailed)]
-    assert len(failures) == 2 and all(f.duration_s < 5 for f in failures)
+    # Cut short of the node's 30 s sleep; a duration also counts the wait for a worker to
+    # start the task, which on a busy 2-core machine can be seconds.
+    assert len(failures) == 2 and all(f.duration_s < 25 for f in failures)
 
 
 def test_slow_run_does_not_block_others(keel: Keel, tmp_path: Path) -> None:

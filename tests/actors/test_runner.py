@@ -38,13 +38,27 @@ def _ctx() -> NodeContext:
     )
 
 
+async def _free_cpus() -> float:
+    """The session's free CPUs, once two readings agree (the count lags a task's end)."""
+    last = -1.0
+    for _ in range(50):
+        now = ray.available_resources().get("CPU", 0.0)
+        if now == last:
+            return now
+        last = now
+        await asyncio.sleep(0.3)
+    return last
+
+
 async def _behind_a_task_holding_every_cpu(runner: RayNodeRunner, hold_s: float) -> Any:
-    """Run ``quick`` while another task holds every CPU of the session, so the node waits
-    about ``hold_s`` for a slot before it starts."""
-    held = _hold.options(num_cpus=ray.cluster_resources()["CPU"]).remote(hold_s)
+    """Run ``quick`` while another task holds every free CPU of the session (actors of
+    earlier tests may hold some), so the node waits about ``hold_s`` before it starts."""
+    cpus = await _free_cpus()
+    assert cpus >= 0.25, f"only {cpus} CPUs free in the session"
+    held = _hold.options(num_cpus=cpus).remote(hold_s)
     deadline = time.monotonic() + 30
     while ray.available_resources().get("CPU", 0.0) >= 0.25:  # until the holder runs
-        assert time.monotonic() < deadline, "something else holds the session's CPUs"
+        assert time.monotonic() < deadline, "the holder never started"
         await asyncio.sleep(0.05)
     node = Node(name="quick", fn=quick, timeout_s=2.0)
     try:
