@@ -39,30 +39,21 @@ async def _next(gen: Any) -> Any:
 async def _await_node(gen: Any, what: str, timeout_s: float | None, queue_s: float) -> Any:
     """The node's result: first its start (within ``queue_s``), then its end (within
     ``timeout_s`` of the start); a cancelled caller stops the task."""
-    waited = f"{what} waited {queue_s}s for a worker to start it"
+    late = f"{what} waited {queue_s}s for a worker to start it"
     try:
-        try:
-            await asyncio.wait_for(_next(gen), queue_s)
-        except TimeoutError:
-            raise _Timeout(waited) from None
-        try:
-            return await asyncio.wait_for(_next(gen), timeout_s)
-        except TimeoutError:
-            raise _Timeout(f"{what} timed out after {timeout_s}s") from None
+        await asyncio.wait_for(_next(gen), queue_s)
+        late = f"{what} timed out after {timeout_s}s"
+        return await asyncio.wait_for(_next(gen), timeout_s)
     except asyncio.CancelledError:
         ray.cancel(gen)
         raise
-    except _Timeout as exc:
+    except TimeoutError:
         ray.cancel(gen, force=True)
-        raise NodeError(str(exc), code=ErrorCode.NODE_TIMEOUT, retryable=True) from None
+        raise NodeError(late, code=ErrorCode.NODE_TIMEOUT, retryable=True) from None
     except RayTaskError as exc:
         raise unwrap(exc) from None
     except TASK_LOST as exc:
         raise task_lost(what, exc) from None
-
-
-class _Timeout(Exception):
-    pass
 
 
 class RayNodeRunner:
