@@ -1,7 +1,7 @@
 """Retrievals in the ledger: what a node recalled, with scores, is recorded with the node
 and replay answers the node from it, so an edited item or a node that now asks memory
-something else is found. In-process: the engine on the inline runner, the retriever pool
-replaced by one that ranks a fixed list (no Ray)."""
+something else is found. In-process: the engine on the inline runner, and in place of the
+retriever pool (a Ray actor) the worker's own ranking over three runbooks (no Ray)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from pydantic import BaseModel, JsonValue
 
 from keel.actors import workers as workers_module
 from keel.actors.replay import RECORDED, replay
-from keel.actors.worker_messages import RetrievedItem, RetrieveRequest, RetrieveResponse
+from keel.actors.retriever import rank
+from keel.actors.worker_messages import RetrieveRequest, RetrieveResponse
 from keel.actors.workers import workers
 from keel.core.events import Event, MemoryRecalled, RunStatus
 from keel.core.nodes import NodeContext, NodeOutput
@@ -23,6 +24,7 @@ from keel.policy.engine import PolicyEngine
 from keel.runtime.engine import RunEngine
 from keel.runtime.inline import InlineNodeRunner
 from keel.storage.local import LocalStore
+from keel.storage.memory import MemoryItem
 from keel.storage.runs import RunStore
 from tests.conftest import TEST_POLICY
 
@@ -51,23 +53,26 @@ def _workflow() -> Workflow:
 WF = _workflow()
 
 
-class FixedRetriever:
-    """A retriever pool that ranks the same two runbooks for every query."""
+RUNBOOKS = [
+    MemoryItem(id="rb-disk", kind="document", title="Disk full", text="no space left, rotate logs"),
+    MemoryItem(id="rb-dns", kind="document", title="DNS", text="lookups fail, flush disk cache"),
+    MemoryItem(id="rb-tls", kind="document", title="Expired certificate", text="renew it"),
+]
+
+
+class InProcessRetriever:
+    """The retriever worker's ranking (``keel.actors.retriever.rank``, BM25+) over
+    ``RUNBOOKS``, answered in this process as the pool would."""
 
     def call_sync(self, method: str, msg: Any) -> Any:
         assert method == "retrieve"
-        items = [
-            RetrievedItem(
-                id="rb-disk", kind="document", title="Disk full", text="rotate", score=3.2
-            ),
-            RetrievedItem(id="rb-dns", kind="document", title="DNS", text="flush", score=1.1),
-        ]
+        items = rank(RUNBOOKS, msg.query, msg.k)
         return RetrieveResponse(items=items, method="bm25", worker="retriever-0")
 
 
 @pytest.fixture
 async def events(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[Event]:
-    monkeypatch.setattr(workers_module, "pool", lambda role, env: FixedRetriever())
+    monkeypatch.setattr(workers_module, "pool", lambda role, env: InProcessRetriever())
     store = RunStore(LocalStore(tmp_path / "store", fsync=False))
     eng = RunEngine(
         store, InlineNodeRunner(), lambda _ref: WF, policy=PolicyEngine(None, TEST_POLICY)
@@ -87,8 +92,11 @@ def test_the_retrieval_is_recorded_with_its_scores(events: list[Event]) -> None:
     assert (rec.node, rec.query, rec.k, rec.kind, rec.method, rec.worker) == (
         "look_up", "disk is full", 2, "document", "bm25", "retriever-0",
     )  # fmt: skip
-    assert [(i.id, i.score) for i in rec.items] == [("rb-disk", 3.2), ("rb-dns", 1.1)]
-    assert describe(rec) == ("look_up", "recalled (bm25, retriever-0): rb-disk 3.20, rb-dns 1.10")
+    ranked = rank(RUNBOOKS, "disk is full", 2)
+    assert [i.id for i in ranked] == ["rb-disk", "rb-dns"]  # both name the disk
+    assert [(i.id, i.score) for i in rec.items] == [(i.id, i.score) for i in ranked]
+    described = ", ".join(f"{i.id} {i.score:.2f}" for i in ranked)
+    assert describe(rec) == ("look_up", f"recalled (bm25, retriever-0): {described}")
 
 
 def test_replay_answers_from_the_ledger_and_finds_an_edited_score(
@@ -100,7 +108,8 @@ def test_replay_answers_from_the_ledger_and_finds_an_edited_score(
     edited = [_edit(e, score=9.9) for e in events]
     d = replay(edited, WF).divergence
     assert d is not None and (d.node, d.what) == ("look_up", "state updates")
-    assert d.recorded["found"][0] == ["rb-disk", 3.2] and d.replayed["found"][0] == ["rb-disk", 9.9]
+    assert d.recorded["found"][0][0] == "rb-disk" and d.recorded["found"][0][1] != 9.9
+    assert d.replayed["found"][0] == ["rb-disk", 9.9]
 
 
 def test_replay_finds_a_node_that_asks_memory_something_else(
