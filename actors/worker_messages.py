@@ -6,7 +6,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
-from keel.core.calls import TRACEPARENT, ChatMessage, ModelCall, Recalled, RecallRecord
+from keel.core.calls import (
+    RECALLED_TEXT_MAX,
+    TRACEPARENT,
+    ChatMessage,
+    ModelCall,
+    Recalled,
+    RecallRecord,
+)
 from keel.core.validation import FieldError
 from keel.storage.memory import MemoryKind
 
@@ -133,7 +140,13 @@ class RetrieveResponse(_Msg):
             kind=req.kind,
             method=self.method,
             items=[
-                Recalled(id=i.id, kind=i.kind, title=i.title, text=i.text[:4000], score=i.score)
+                Recalled(
+                    id=i.id,
+                    kind=i.kind,
+                    title=i.title,
+                    text=i.text[:RECALLED_TEXT_MAX],
+                    score=i.score,
+                )
                 for i in self.items
             ],
         )

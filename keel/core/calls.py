@@ -121,6 +121,9 @@ class ModelCall(CallRecord):
     )
 
 
+RECALLED_TEXT_MAX = 4000
+
+
 class Recalled(BaseModel):
     """One item a retrieval returned, with its score (its text capped: replay needs what
     the node read, not the whole document)."""
@@ -128,7 +131,7 @@ class Recalled(BaseModel):
     id: str
     kind: str
     title: str = ""
-    text: str = Field(default="", max_length=4000)
+    text: str = Field(default="", max_length=RECALLED_TEXT_MAX)
     score: float
 
 
