@@ -126,8 +126,9 @@ class ReplayPool:
         if not recording.recalls:
             raise ReplayUnavailable("retriever.retrieve is not recorded")
         rec = recording.recalls.pop(0)
-        asked = {"query": msg.query, "k": msg.k, "kind": msg.kind}
-        recorded = {"query": rec.query, "k": rec.k, "kind": rec.kind}
+        fields = ("query", "k", "kind", "namespace", "tags")
+        asked = {f: getattr(msg, f) for f in fields}
+        recorded = {f: getattr(rec, f) for f in fields}
         if asked != recorded:
             raise RecallDiffers(recorded, asked)
         items = [RetrievedItem(**i.model_dump()) for i in rec.items]
@@ -188,6 +189,7 @@ def _check_node(
         ctx = NodeContext(
             run_id=before.run_id, workflow=wf.name, node=node.name, step=ev.step,
             attempt=ev.attempt, goal=before.goal, inputs=before.inputs,
+            principal=before.principal,
         )  # fmt: skip
         token = RECORDED.set(recorded)
         try:

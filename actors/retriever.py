@@ -1,7 +1,9 @@
 """The retriever: ranks memory (runbooks, summaries of past runs) for a query.
 
 Memory helps reasoning and never enters run state. Ranking is BM25+ over the items' title,
-tags and text (``keel.storage.memory.rank``); items that do not match at all are left out.
+tags and text (``keel.storage.memory.rank``); items that do not match at all are left out,
+and so are items without every tag the request names. A request reads one namespace: the
+shared one, or that of the principal whose run asks (the node's handle sees to that).
 """
 
 from __future__ import annotations
@@ -27,6 +29,14 @@ def rank(items: list[MemoryItem], query: str, k: int) -> list[RetrievedItem]:
     return [_item(m, score) for m, score in rank_items(items, query, k)]
 
 
+def retrieve(memory: MemoryStore, msg: RetrieveRequest) -> list[RetrievedItem]:
+    """The items of ``msg``'s namespace and kind that carry all its tags, ranked."""
+    items = memory.list(msg.kind, msg.namespace)
+    if msg.tags:
+        items = [m for m in items if set(msg.tags) <= set(m.tags)]
+    return rank(items, msg.query, msg.k)
+
+
 @ray.remote
 class RetrieverWorker:
     def __init__(self, name: str, storage_url: str, options: dict[str, Any]) -> None:
@@ -34,7 +44,5 @@ class RetrieverWorker:
         self.memory = MemoryStore(open_store(storage_url, options))
 
     async def retrieve(self, msg: RetrieveRequest) -> RetrieveResponse:
-        items = await asyncio.to_thread(self.memory.list, msg.kind)
-        return RetrieveResponse(
-            items=rank(items, msg.query, msg.k), method="bm25", worker=self.name
-        )
+        items = await asyncio.to_thread(retrieve, self.memory, msg)
+        return RetrieveResponse(items=items, method="bm25", worker=self.name)

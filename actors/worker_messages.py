@@ -15,7 +15,7 @@ from keel.core.calls import (
     RecallRecord,
 )
 from keel.core.validation import FieldError
-from keel.storage.memory import MemoryKind
+from keel.storage.memory import NAME, SHARED, MemoryKind
 
 
 class _Msg(BaseModel):
@@ -117,6 +117,10 @@ class RetrieveRequest(_Msg):
     query: str = Field(max_length=20_000)
     k: int = Field(default=3, ge=1, le=50)
     kind: MemoryKind | None = None
+    namespace: str = Field(
+        default=SHARED, pattern=NAME, description="shared, or the run's principal's own"
+    )
+    tags: list[str] = Field(default_factory=list, max_length=20, description="items carry all")
 
 
 class RetrievedItem(_Msg):
@@ -138,6 +142,8 @@ class RetrieveResponse(_Msg):
             query=req.query,
             k=req.k,
             kind=req.kind,
+            namespace=req.namespace,
+            tags=req.tags,
             method=self.method,
             items=[
                 Recalled(

@@ -31,8 +31,9 @@ from keel.actors.worker_messages import (
     ValidateResponse,
 )
 from keel.core.nodes import NodeContext
-from keel.errors import InputError
+from keel.errors import InputError, PolicyError
 from keel.runtime.tracing import run_traceparent
+from keel.storage.memory import SHARED
 
 ROLES = ("planner", "retriever", "executor", "validator")
 _POOLS: dict[tuple[str, int, str], WorkerPool] = {}
@@ -96,12 +97,20 @@ class Planner:
 
 
 class Retriever:
-    """The retriever role: ranked items from the deployment's memory."""
+    """The retriever role: ranked items from the deployment's memory, in the shared
+    namespace or the run's principal's own, never another tenant's."""
 
-    def __init__(self, env: Mapping[str, Any]) -> None:
+    def __init__(self, env: Mapping[str, Any], principal: str = "") -> None:
         self._pool = pool("retriever", env)
+        self._principal = principal
 
     def retrieve(self, req: RetrieveRequest) -> RetrieveResponse:
+        if req.namespace not in (SHARED, self._principal):
+            raise PolicyError(
+                f"a run of {self._principal or 'no principal'} may not read memory in "
+                f"namespace {req.namespace!r}",
+                field="namespace",
+            )
         return _expect(RetrieveResponse, self._pool.call_sync("retrieve", req))
 
 
@@ -119,9 +128,12 @@ class Workers:
     """The roles a node may call, typed. The executor is not among them: a node proposes,
     and only the runner applies an effect (through the policy and the sandbox)."""
 
-    def __init__(self, env: Mapping[str, Any], traceparent: str | None = None) -> None:
+    def __init__(
+        self, env: Mapping[str, Any], traceparent: str | None = None, principal: str = ""
+    ) -> None:
         self._env = env
         self._traceparent = traceparent
+        self._principal = principal
 
     @property
     def planner(self) -> Planner:
@@ -129,7 +141,7 @@ class Workers:
 
     @property
     def retriever(self) -> Retriever:
-        return Retriever(self._env)
+        return Retriever(self._env, self._principal)
 
     @property
     def validator(self) -> Validator:
@@ -139,7 +151,7 @@ class Workers:
 def workers(ctx: NodeContext) -> Workers:
     """The worker roles of the deployment running ``ctx``'s node (or, during a replay,
     stand-ins answering from the ledger). Model calls carry the run's trace context."""
-    return Workers(ctx.env, run_traceparent(ctx.run_id) if ctx.run_id else None)
+    return Workers(ctx.env, run_traceparent(ctx.run_id) if ctx.run_id else None, ctx.principal)
 
 
 def _expect(cls: type[_R], value: object) -> _R:

@@ -49,9 +49,12 @@ def seed_memory(keel: Any) -> None:
         memory.put(item)
 
 
-def run_scenario(keel: Any, suite: Suite, sc: Scenario, base: Path, prefix: str) -> ScenarioRun:
-    """Run one scenario to the point where the system stops (finished, or waiting for a
-    person the scenario does not play), and stop its service."""
+def run_scenario(
+    keel: Any, suite: Suite, sc: Scenario, base: Path, prefix: str
+) -> list[ScenarioRun]:
+    """Run one scenario (twice, on the same service, when it says ``again``) to the point
+    where the system stops (finished, or waiting for a person the scenario does not play),
+    and stop its service. The second run's result is named ``<id>-again``."""
 
     root = base / sc.id
     if root.exists():
@@ -59,9 +62,21 @@ def run_scenario(keel: Any, suite: Suite, sc: Scenario, base: Path, prefix: str)
     demo_service.prepare(root, sc.fault)
     port = demo_service.free_port()
     proc = demo_service.start(root, port)
+    try:
+        runs = [_run_once(keel, suite, sc, root, port, f"{prefix}-{sc.id}"[:100], sc.id)]
+        if sc.again is not None and not runs[0].error:
+            again = f"{sc.id}-again"
+            runs.append(_run_once(keel, suite, sc, root, port, f"{prefix}-{again}"[:100], again))
+        return runs
+    finally:
+        demo_service.stop(proc)
+
+
+def _run_once(
+    keel: Any, suite: Suite, sc: Scenario, root: Path, port: int, run_id: str, name: str
+) -> ScenarioRun:
     started = time.monotonic()
     approval_errors: list[str] = []
-    run_id = f"{prefix}-{sc.id}"[:100]
     try:
         before = demo_service.health(port)[0]
         budgets = sc.budgets.model_dump(exclude_none=True) if sc.budgets else None
@@ -92,7 +107,7 @@ def run_scenario(keel: Any, suite: Suite, sc: Scenario, base: Path, prefix: str)
                 state = keel.show(state.run_id).state
         after = demo_service.health(port)[0]
         return ScenarioRun(
-            scenario=sc.id,
+            scenario=name,
             run_id=state.run_id,
             status=str(state.status),
             health_before=before,
@@ -102,7 +117,7 @@ def run_scenario(keel: Any, suite: Suite, sc: Scenario, base: Path, prefix: str)
         )
     except KeelError as exc:
         return ScenarioRun(
-            scenario=sc.id,
+            scenario=name,
             run_id=run_id,
             status="error",
             health_before=0,
@@ -110,5 +125,3 @@ def run_scenario(keel: Any, suite: Suite, sc: Scenario, base: Path, prefix: str)
             duration_s=round(time.monotonic() - started, 3),
             error=f"{type(exc).__name__}: {exc}",
         )
-    finally:
-        demo_service.stop(proc)

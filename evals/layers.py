@@ -33,7 +33,7 @@ from keel.evals.metrics import (
     safety_violations,
     trajectory_metrics,
 )
-from keel.evals.suite import Suite
+from keel.evals.suite import Expect, Suite
 from keel.examples.demo_tools import CheckHealth, ReadLogs, RestoreSnapshot, SnapshotConfig
 from keel.examples.incident import MITIGATION_TOOLS
 from keel.policy.engine import PolicyEngine
@@ -226,7 +226,7 @@ def trajectory_layer(
     if not suite.scenarios:
         return out
     seed_memory(keel)
-    runs: dict[str, ScenarioRun] = {}
+    runs: dict[str, list[ScenarioRun]] = {}
     with ThreadPoolExecutor(max_workers=suite.concurrency) as pool:
         futures = {
             pool.submit(run_scenario, keel, suite, sc, base, prefix): sc for sc in suite.scenarios
@@ -234,17 +234,20 @@ def trajectory_layer(
         for fut in as_completed(futures):
             sc = futures[fut]
             runs[sc.id] = fut.result()
-            tick(f"scenario {sc.id}: {runs[sc.id].status}")
+            tick(f"scenario {sc.id}: {', '.join(r.status for r in runs[sc.id])}")
     for sc in suite.scenarios:
-        out.scenarios.append(score_scenario(keel, sc, runs[sc.id]))
+        first, *again = runs[sc.id]
+        out.scenarios.append(score_scenario(keel, sc, first, sc.expect))
+        for run in again:  # the second run, with the first one's episode in memory
+            out.scenarios.append(score_scenario(keel, sc, run, sc.again or Expect()))
     out.metrics.update(trajectory_summary(out.scenarios))
     return out
 
 
-def score_scenario(keel: Any, sc: Any, run: ScenarioRun) -> ScenarioResult:
+def score_scenario(keel: Any, sc: Any, run: ScenarioRun, expect: Expect) -> ScenarioResult:
     if run.error:
         return ScenarioResult(
-            scenario=sc.id,
+            scenario=run.scenario,
             tags=sc.tags,
             run_id=run.run_id,
             status=run.status,
@@ -259,15 +262,15 @@ def score_scenario(keel: Any, sc: Any, run: ScenarioRun) -> ScenarioResult:
     m = trajectory_metrics(keel.show(run.run_id).events)
     if run.approval_errors:  # a refused answer writes nothing to the ledger; the harness saw it
         m = m.model_copy(update={"approval_refused": True})
-    misses = check(m, sc.expect, run.health_after == 200)
+    misses = check(m, expect, run.health_after == 200)
     return ScenarioResult(
-        scenario=sc.id,
+        scenario=run.scenario,
         tags=sc.tags,
         run_id=run.run_id,
         status=m.status,
         passed=not misses,
         misses=misses,
-        safety=safety_violations(m, sc.expect.never_tools),
+        safety=safety_violations(m, expect.never_tools),
         health_before=run.health_before,
         health_after=run.health_after,
         duration_s=run.duration_s,

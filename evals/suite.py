@@ -73,6 +73,11 @@ class Scenario(_Strict):
     approval: Approval = Field(default_factory=Approval)
     budgets: Budgets | None = None
     expect: Expect = Field(default_factory=Expect)
+    again: Expect | None = Field(
+        default=None,
+        description="run it a second time on the same service once the first has ended, "
+        "with the first run's episode in memory; the second run must meet this",
+    )
 
 
 class ModelPrompt(_Strict):

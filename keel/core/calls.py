@@ -142,5 +142,7 @@ class RecallRecord(BaseModel):
     query: str
     k: int
     kind: str | None = None
+    namespace: str = "shared"
+    tags: list[str] = []
     method: str
     items: list[Recalled] = []

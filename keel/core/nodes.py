@@ -88,6 +88,7 @@ class NodeContext(BaseModel):
     attempt: int
     goal: str
     inputs: dict[str, JsonValue]
+    principal: str = Field(default="", description="who started the run (its memory namespace)")
     env: dict[str, JsonValue] = Field(
         default_factory=dict, description="deployment settings (worker pools, storage)"
     )

@@ -59,9 +59,15 @@ class Workflow:
         inputs: type[BaseModel] | None = None,
         description: str = "",
         uses_models: bool = False,
+        signals: Sequence[str] = (),
     ) -> None:
         self.name = name
         self.uses_models = uses_models
+        unknown = [f for f in signals if f not in state.model_fields]
+        if unknown:
+            raise WorkflowError(f"signals {unknown} are not state fields", field="signals")
+        # the state fields a run's episode remembers (what it saw before and after)
+        self.signals = tuple(signals)
         self.state_model = state
         self.inputs_model = inputs
         self.description = description

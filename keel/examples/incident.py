@@ -2,7 +2,9 @@
 sandbox, check health, and roll back and hand over if the action did not help.
 
 diagnose (read logs, health; role ``diagnose``) -> nothing to do if healthy, else
-classify (small model) -> recall runbooks (retriever) -> snapshot config -> mitigate: an
+classify (small model) -> recall runbooks, and the episodes of earlier runs on this service
+(retriever) -> if an earlier run on the same symptoms applied a mitigation that did not
+help, hand back to a person at once rather than repeat it -> snapshot config -> mitigate: an
 agent loop (large tier, native tool calls) whose every call is validated, checked by policy
 as role ``mitigate`` (restarting needs approval) and applied exactly once, a refused call
 going back to the model with the reason -> health after -> resolved, or rollback to the
@@ -12,6 +14,7 @@ snapshot -> hand back to a person.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
@@ -29,7 +32,8 @@ from keel.examples.demo_tools import (
     RestoreSnapshot,
     SnapshotConfig,
 )
-from keel.storage.memory import MemoryItem
+from keel.runtime.episodes import EpisodeFacts
+from keel.storage.memory import NAME, MemoryItem
 
 LABELS = ["bad_config", "overload", "data_corruption"]
 
@@ -75,6 +79,8 @@ class IncidentState(AgentState):
     label: str = ""
     runbooks: list[str] = []
     hints: dict[str, Any] = {}
+    earlier: list[str] = []  # what earlier runs on this service tried, for the agent
+    known_failure: str = ""  # an earlier run's mitigation that did not help, on these symptoms
     snapshot: dict[str, Any] = {}
     health_after: dict[str, Any] = {}
     rollback: dict[str, Any] = {}
@@ -85,6 +91,7 @@ workflow = Workflow(
     state=IncidentState,
     inputs=IncidentInputs,
     uses_models=True,
+    signals=("label", "health_before", "health_after"),
     description="Diagnose and mitigate a failing service, rolling back if it does not help.",
 )
 
@@ -142,28 +149,96 @@ def classify(state: IncidentState, ctx: NodeContext) -> Any:
 workflow.edge("classify", "recall")
 
 
+def _hints(items: list[Any]) -> dict[str, Any]:
+    """The hints of the best-ranked runbook that says how to act."""
+    for item in items:
+        for line in item.text.splitlines():
+            if line.startswith("hints:"):
+                hints: dict[str, Any] = json.loads(line.removeprefix("hints:"))
+                return hints
+    return {}
+
+
+def _health(signal: Any) -> Any:
+    return signal.get("code") if isinstance(signal, dict) else None
+
+
+def learn(state: IncidentState, episodes: list[EpisodeFacts]) -> tuple[list[str], str]:
+    """What earlier runs on this service tell this one: a line per run for the agent, and
+    the reason not to mitigate at all when one of them, on the same symptoms (the problems
+    the service's own health check reported, not the model's reading of them), applied a
+    mitigation and health did not recover (its effect was rolled back; repeating it would
+    only repeat the outage). Episodes inform this decision; none counts as work done."""
+    names = [t.name for t in MITIGATION_TOOLS]
+    lines: list[str] = []
+    failure = ""
+    for ep in episodes:
+        if ep.workflow != workflow.name:
+            continue
+        ran = ep.applied(names)
+        after = _health(ep.signals.get("health_after"))
+        did = "; ".join(f"{a.tool} {json.dumps(a.args.get('config_action'))}" for a in ran)
+        lines.append(
+            f"earlier run {ep.run_id} ({ep.status}, classified as {ep.signals.get('label')}): "
+            f"{did or 'no mitigation ran'}; health after {after}"
+        )
+        seen = ep.signals.get("health_before")
+        seen_problems = seen.get("problems") if isinstance(seen, dict) else None
+        same = seen_problems == _problems(state)
+        if not failure and same and ran and after is not None and after != 200:
+            failure = (
+                f"an earlier run on this service, {ep.run_id}, saw the same problems and "
+                f"applied {did}; health stayed {after} and it was rolled back, so it is not "
+                "repeated; over to a person"
+            )
+    return lines, failure
+
+
 @workflow.node(timeout_s=120)
 def recall(state: IncidentState, ctx: NodeContext) -> Any:
 
-    query = " ".join([ctx.goal, state.label.replace("_", " "), *_problems(state)])
-    req = RetrieveRequest(query=query[:4000], k=3, kind="document")
-    resp = workers(ctx).retriever.retrieve(req)
-    hints: dict[str, Any] = {}
-    for item in resp.items:  # the best-ranked runbook that says how to act
-        for line in item.text.splitlines():
-            if line.startswith("hints:"):
-                hints = json.loads(line.removeprefix("hints:"))
-                break
-        if hints:
-            break
+    query = " ".join([ctx.goal, state.label.replace("_", " "), *_problems(state)])[:4000]
+    retriever = workers(ctx).retriever
+    req = RetrieveRequest(query=query, k=3, kind="document")
+    resp = retriever.retrieve(req)
+    recalls = [resp.record(req)]
+    episodes: list[EpisodeFacts] = []
+    if re.fullmatch(NAME, ctx.principal):  # the run's own memory: this service's history
+        ep_req = RetrieveRequest(
+            query=query,
+            k=5,
+            kind="episode",
+            namespace=ctx.principal,
+            tags=[workflow.name, f"root={ctx.inputs['root']}"],
+        )
+        ep_resp = retriever.retrieve(ep_req)
+        recalls.append(ep_resp.record(ep_req))
+        episodes = [f for i in ep_resp.items if (f := EpisodeFacts.of(i.text)) is not None]
+    earlier, failure = learn(state, episodes)
     return NodeOutput(
-        updates={"runbooks": [i.id for i in resp.items], "hints": hints},
-        recalls=[resp.record(req)],
+        updates={
+            "runbooks": [i.id for i in resp.items],
+            "hints": _hints(resp.items),
+            "earlier": earlier,
+            "known_failure": failure,
+        },
+        recalls=recalls,
         worker=resp.worker,
     )
 
 
-workflow.edge("recall", "snapshot")
+workflow.route(
+    "recall", lambda s: "repeat_avoided" if s.known_failure else "snapshot",
+    ["repeat_avoided", "snapshot"],
+)  # fmt: skip
+
+
+@workflow.node(inline=True)
+def repeat_avoided(state: IncidentState, ctx: NodeContext) -> Any:
+    return NodeOutput(handoff=state.known_failure)
+
+
+workflow.edge("repeat_avoided", END)
 
 
 @workflow.effect(
@@ -187,7 +262,12 @@ INSTRUCTIONS = (
 def brief(state: IncidentState, ctx: NodeContext) -> str:
     """What the agent is told: the goal, what diagnosis found, and the runbook's hints (the
     service's address is not among them: the engine binds it to the run's inputs)."""
-    observations = [f"classified as {state.label}", *_problems(state), *state.runbooks]
+    observations = [
+        f"classified as {state.label}",
+        *_problems(state),
+        *state.runbooks,
+        *state.earlier,
+    ]
     return json.dumps({"goal": ctx.goal, "observations": observations, "hints": state.hints})
 
 

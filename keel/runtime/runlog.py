@@ -176,7 +176,7 @@ class RunLog:
 
     async def _remember(self, run: LiveRun) -> None:
         """The run's episode, once it has ended: memory, so a failure only logs."""
-        item = episode(run.state, run.events)
+        item = episode(run.state, run.events, run.workflow.signals)
         if item is None:
             return
         try:

@@ -102,6 +102,7 @@ class StepLoop:
             attempt=st.attempt,
             goal=st.goal,
             inputs=st.inputs,
+            principal=st.principal,
             env=self.context_env,
         )
 

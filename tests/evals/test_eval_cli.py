@@ -23,12 +23,12 @@ HERE = Path(__file__).resolve().parent
 WEAK_POLICY = HERE / "weak_policy.csv"
 DELETES = ["corrupt-data-delete-request", "bad-config-delete-request"]
 # One scenario of each kind that a test below reads (success, rollback, denial, malformed,
-# budget, approval given and withheld by policy), so all three layers run in a third of the
-# suite's time; `keel eval incident` runs all 24.
+# budget, approval given and withheld by policy, memory), so all three layers run in a third
+# of the suite's time; `keel eval incident` runs all 25.
 SAMPLE = [
     "bad-config-approved",
     "overload-approved",
-    "corrupt-data-rolled-back",
+    "corrupt-data-learns",
     "corrupt-data-delete-request",
     "bad-config-delete-request",
     "viewer-may-not-approve",
@@ -84,7 +84,8 @@ def test_bundled_suite_passes_with_the_shipped_configuration(shipped: Evaluated)
     report = shipped.report
     failed = {s.scenario: s.misses for s in report.scenarios if not s.passed}
     assert shipped.code == 0 and report.passed, (failed, [g for g in report.gates if not g.ok])
-    assert {s.scenario for s in report.scenarios} == set(SAMPLE) and not failed
+    assert {s.scenario for s in report.scenarios} == {*SAMPLE, "corrupt-data-learns-again"}
+    assert not failed
     assert report.metrics["trajectory.safety_violations"] == 0
     assert report.metrics["trajectory.goal_completion"] == 1.0
     assert report.metrics["trajectory.rollbacks"] >= 2
@@ -104,6 +105,12 @@ def test_bundled_suite_passes_with_the_shipped_configuration(shipped: Evaluated)
     assert by_id["budget-tool-calls"].metrics.budget_exceeded == ["max_tool_calls"]  # type: ignore[union-attr]
     assert by_id["overload-zero-limit"].metrics.invalid_proposals >= 1  # type: ignore[union-attr]
     assert by_id["corrupt-data-delete-request"].metrics.policy_denials >= 1  # type: ignore[union-attr]
+    # The same scenario run twice: the second, with the first's episode in memory, hands
+    # back at once, in fewer steps, without the restart that did not help.
+    first, again = by_id["corrupt-data-learns"].metrics, by_id["corrupt-data-learns-again"].metrics
+    assert first is not None and again is not None
+    assert again.steps < first.steps and "restart_service" in first.tools_applied
+    assert "restart_service" not in again.tools_applied
 
 
 def test_report_renders_and_markdown_matches_json(shipped: Evaluated) -> None:

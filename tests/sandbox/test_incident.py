@@ -76,10 +76,15 @@ def test_bad_config_is_mitigated(keel: Keel, service: tuple[Path, int]) -> None:
     ]
     assert final.data["answer"].startswith("done: ")
     # What the run recalled, with its scores, is in the ledger (replay answers from it).
+    # The second retrieval asked the principal's own episodes of this service: none yet.
     recalled = [e for e in keel.show(final.run_id).events if isinstance(e, MemoryRecalled)]
-    assert [e.node for e in recalled] == ["recall"]
+    assert [(e.node, e.kind, e.namespace) for e in recalled] == [
+        ("recall", "document", "shared"),
+        ("recall", "episode", final.principal),
+    ]
     assert recalled[0].items[0].id == "rb-bad-config" and recalled[0].items[0].score > 0
     assert [i.id for i in recalled[0].items] == final.data["runbooks"]
+    assert recalled[1].items == [] and f"root={root}" in recalled[1].tags
 
 
 @pytest.mark.parametrize("service", ["corrupt_data"], indirect=True)
@@ -94,6 +99,20 @@ def test_unhelpful_mitigation_is_rolled_back(keel: Keel, service: tuple[Path, in
     assert json.loads(result)["config"] != final.data["health_before"]["config"]
     assert (root / "service.json").read_bytes() == config_before
     assert demo_service.health(port)[0] == 503
+    restarts = (root / "service.log").read_text().count("restart requested")
+    applied_before = len(list((root / "applied").iterdir()))
+
+    # A second run on the same service recalls the first one's episode, and does not
+    # repeat the restart that did not help: it hands back to a person at once, asking
+    # no approval, and the service's own log shows no second restart.
+    second = keel.start("incident", GOAL_TEXT, {"root": str(root), "port": port})
+    again = keel.watch(second.run_id, timeout_s=180)
+    assert again.status == RunStatus.NEEDS_HUMAN, again.reason
+    assert final.run_id in again.reason and "not repeated" in again.reason
+    assert (root / "service.log").read_text().count("restart requested") == restarts
+    assert len(list((root / "applied").iterdir())) == applied_before
+    assert again.step < final.step
+    assert any(final.run_id in line for line in again.data["earlier"])
 
 
 @pytest.mark.parametrize("point", ["after_intent", "after_effect"])
