@@ -63,6 +63,7 @@ class OrchestratorSettings(_Msg):
     budgets: dict[str, JsonValue] = Field(default_factory=dict, description="Budgets")
     policy_model: str | None = None
     policy_file: str | None = None
+    approve_below_confidence: float | None = None
     workflows: dict[str, str] = Field(default_factory=dict)
     tracing: Literal["none", "console", "memory", "otlp"] = "none"
     otlp_endpoint: str | None = None
@@ -108,6 +109,7 @@ def orchestrator_settings(
         budgets=config.budgets.model_dump(mode="json"),
         policy_model=absolute(config.policy.model),
         policy_file=absolute(config.policy.policy),
+        approve_below_confidence=config.policy.approve_below_confidence,
         tracing=config.telemetry.exporter,
         otlp_endpoint=config.telemetry.otlp_endpoint,
         name=config.orchestrator.name,

@@ -104,6 +104,7 @@ class OrchestratorActor:
             max_concurrent_runs=settings.max_concurrent_runs,
             context_env=env,
             policy=PolicyEngine(settings.policy_model, settings.policy_file),
+            approve_below=settings.approve_below_confidence,
             budgets=Budgets.model_validate(settings.budgets),
             tracer=RunTracer(settings.tracing, settings.otlp_endpoint),
             hooks=hooks,

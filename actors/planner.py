@@ -1,8 +1,10 @@
 """The planner: the only worker that asks models for anything, always through the router.
 
 It proposes actions as typed JSON (a tool name and arguments) and does the small model
-steps (classify, summarise). A ``small`` answer that fails its schema is asked again one
-tier up, and both calls are returned so the ledger shows the escalation.
+steps (classify, summarise). A classification that fails its schema, or whose confidence
+(the model's probability of the label it wrote, from the provider's logprobs) is below
+``router.escalate_below_confidence``, is asked again one tier up; every call is returned
+with its confidence and the threshold, so the ledger and the trace show the escalation.
 """
 
 from __future__ import annotations
@@ -96,23 +98,27 @@ class PlannerWorker:
 
     async def classify(self, msg: ClassifyRequest) -> ClassifyResponse:
         req, schema = classify_request(msg)
-        calls = [await self._complete(req)]
+        floor = (self.router_config or {}).get("escalate_below_confidence")
+        calls = [judged(await self._complete(req), schema, floor)]
         label = _label(calls[-1].content, schema)
-        if label is None:
+        if label is None or _unsure(calls[-1], floor):
             above = await self._handle().next_tier.remote(calls[-1].tier)
             if above is not None:
+                again = req.model_copy(update={"min_tier": above})
                 calls.append(
-                    await self._complete(
-                        req.model_copy(update={"min_tier": above}), escalated_from=calls[-1].tier
+                    judged(
+                        await self._complete(again, escalated_from=calls[-1].tier), schema, floor
                     )
                 )
-                label = _label(calls[-1].content, schema)
+                label = _label(calls[-1].content, schema) or label
         if label is None:
             raise RouterError(
                 f"no tier produced a valid label (last answer {calls[-1].content[:80]!r})",
                 retryable=True,
             )
-        return ClassifyResponse(label=label, calls=calls, worker=self.name)
+        return ClassifyResponse(
+            label=label, confidence=calls[-1].confidence, calls=calls, worker=self.name
+        )
 
 
 def act_request(msg: ActRequest) -> RouteRequest:
@@ -176,9 +182,22 @@ def classify_request(msg: ClassifyRequest) -> tuple[RouteRequest, dict[str, Any]
         },
         max_tokens=48,
         temperature=0.0,
+        logprobs=True,
         traceparent=msg.traceparent,
     )
     return req, schema
+
+
+def judged(call: ModelCall, schema: dict[str, Any], floor: float | None) -> ModelCall:
+    """The call with its confidence (the probability of the label it wrote) and the
+    threshold it was judged against."""
+    label = _label(call.content, schema)
+    confidence = call.probability_of(label, after='"label"') if label is not None else None
+    return call.model_copy(update={"confidence": confidence, "confidence_floor": floor})
+
+
+def _unsure(call: ModelCall, floor: float | None) -> bool:
+    return floor is not None and call.confidence is not None and call.confidence < floor
 
 
 def _label(text: str, schema: dict[str, Any]) -> str | None:

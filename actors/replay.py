@@ -117,7 +117,10 @@ class ReplayPool:
             )
         if method == "classify":
             label = _label(records[-1].content, label_schema(list(msg.labels))) or ""
-            return ClassifyResponse(label=label, calls=records, worker=worker)
+            last = records[-1]
+            return ClassifyResponse(
+                label=label, confidence=last.confidence, calls=records, worker=worker
+            )
         raise ReplayUnavailable(f"planner.{method} cannot be replayed")
 
     @staticmethod

@@ -109,6 +109,9 @@ class ClassifyRequest(_ModelAsk):
 
 class ClassifyResponse(_Msg):
     label: str
+    confidence: float | None = Field(
+        default=None, description="the answering call's probability of its label"
+    )
     calls: list[ModelCall]
     worker: str
 

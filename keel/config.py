@@ -124,6 +124,12 @@ class RouterConfig(_Section):
     allowed_fails: int = Field(default=0, ge=0)
     cooldown_s: float = Field(default=30.0, ge=0.0)
     http_port: int = Field(default=8000, ge=1, le=65535)
+    escalate_below_confidence: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="a classification less sure than this is asked again one tier up",
+    )
     replicas: ReplicaConfig = Field(default_factory=ReplicaConfig)
     keys: dict[str, str] = Field(
         default_factory=dict,
@@ -210,6 +216,12 @@ class PolicyConfig(_Section):
     policy: str | None = Field(
         default_factory=lambda: os.environ.get("KEEL_POLICY") or None,
         description="policy CSV (default: $KEEL_POLICY, else the shipped one)",
+    )
+    approve_below_confidence: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="a write after a model answer less sure than this waits for a person",
     )
 
 

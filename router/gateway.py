@@ -14,7 +14,7 @@ from typing import Any
 from litellm.router import Router
 
 from keel.config import RouterConfig, TierConfig
-from keel.core.calls import ModelCall, RouteDecision, RouteRequest
+from keel.core.calls import ModelCall, RouteDecision, RouteRequest, TokenLogprob
 from keel.errors import RouterError
 from keel.router import rules
 from keel.router.complexity import choose
@@ -99,6 +99,7 @@ class ModelGateway:
             fallbacks=int(headers.get("x-litellm-attempted-fallbacks") or 0),
             escalated_from=escalated_from,
             request=req.model_dump(mode="json", exclude_none=True),
+            logprobs=_logprobs(choice) if req.logprobs else None,
         )
 
     async def stream(
@@ -135,6 +136,23 @@ def tool_call(call: Any) -> dict[str, Any]:
         "type": "function",
         "function": {"name": call.function.name, "arguments": call.function.arguments or "{}"},
     }
+
+
+def _logprobs(choice: Any) -> list[TokenLogprob] | None:
+    """The answer's token log-probabilities from litellm's choice (an object or, from
+    some providers, a dict), or ``None`` when the provider sent none."""
+    lp = getattr(choice, "logprobs", None)
+    content = lp.get("content") if isinstance(lp, dict) else getattr(lp, "content", None)
+    if not content:
+        return None
+
+    def field(t: Any, name: str) -> Any:
+        return t.get(name) if isinstance(t, dict) else getattr(t, name, None)
+
+    return [
+        TokenLogprob(token=str(field(t, "token")), logprob=float(field(t, "logprob")))
+        for t in content
+    ]
 
 
 def _messages(req: RouteRequest) -> list[dict[str, Any]]:

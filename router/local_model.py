@@ -81,8 +81,14 @@ class LocalModel:
         # Ray's other processes share, as many threads as cores cost more CPU for a slower
         # answer (2 cores, one of them busy: 4.0 s with 2 threads, 2.6 s with 1).
         n_threads = n_threads or max(1, (os.cpu_count() or 2) // 2)
+        # logits_all: llama.cpp keeps every position's logits, which is what lets it report
+        # an answer's token log-probabilities (a classification's confidence).
         self.llm: Any = Llama(
-            model_path=str(gguf_path()), n_ctx=n_ctx, n_threads=n_threads, verbose=False
+            model_path=str(gguf_path()),
+            n_ctx=n_ctx,
+            n_threads=n_threads,
+            logits_all=True,
+            verbose=False,
         )
         self.lock = asyncio.Lock()  # one llama.cpp context: one generation at a time
 
@@ -100,6 +106,8 @@ class LocalModel:
         }
         if body.get("response_format"):
             kwargs["response_format"] = _response_format(body["response_format"])
+        if body.get("logprobs"):
+            kwargs.update(logprobs=True, top_logprobs=int(body.get("top_logprobs") or 1))
         generate: Callable[..., Any] = self.llm.create_chat_completion
         tools = body.get("tools") or []
         if tools and body.get("tool_choice") != "none":

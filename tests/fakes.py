@@ -50,6 +50,11 @@ class Scripted:
         data: dict[str, int] = httpx.get(f"{self.base}/_calls").json()
         return data
 
+    def last(self) -> dict[str, dict[str, object]]:
+        """The body of the last request, per model."""
+        data: dict[str, dict[str, object]] = httpx.get(f"{self.base}/_last").json()
+        return data
+
     def headers(self) -> dict[str, dict[str, str | None]]:
         """The Authorization and traceparent headers of the last request, per model."""
         data: dict[str, dict[str, str | None]] = httpx.get(f"{self.base}/_headers").json()

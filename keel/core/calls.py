@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -65,6 +66,9 @@ class RouteRequest(BaseModel):
     traceparent: str | None = Field(
         default=None, pattern=TRACEPARENT, description="W3C trace context sent to the provider"
     )
+    logprobs: bool | None = Field(
+        default=None, description="ask for the answer's token log-probabilities (confidence)"
+    )
 
     def provider_options(self) -> dict[str, Any]:
         """What litellm passes on to the provider, under OpenAI's names."""
@@ -75,6 +79,7 @@ class RouteRequest(BaseModel):
             "tools": self.functions,
             "tool_choice": self.tool_choice,
             "parallel_tool_calls": self.parallel_tool_calls,
+            "logprobs": self.logprobs,
             "extra_headers": {"traceparent": self.traceparent} if self.traceparent else None,
         }
         return {k: v for k, v in options.items() if v is not None}
@@ -108,6 +113,24 @@ class CallRecord(BaseModel):
         default_factory=list, description="the functions the model called, OpenAI's shape"
     )
     finish_reason: str = "stop"
+    confidence: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="the model's probability of its answer, from the provider's logprobs",
+    )
+    confidence_floor: float | None = Field(
+        default=None, description="the threshold in force when the confidence was judged"
+    )
+
+
+class TokenLogprob(BaseModel):
+    """One token of an answer and its log-probability, as the provider reported it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    token: str
+    logprob: float
 
 
 class ModelCall(CallRecord):
@@ -116,6 +139,29 @@ class ModelCall(CallRecord):
     model_config = ConfigDict(frozen=True)
 
     content: str
+    logprobs: list[TokenLogprob] | None = Field(
+        default=None, description="per token, when asked for and the provider returns them"
+    )
+
+    def probability_of(self, value: str, after: str = "") -> float | None:
+        """The model's probability of having written ``value`` where it did (its first
+        occurrence after ``after`` in the answer): the product over the tokens that
+        overlap it. ``None`` without logprobs, or when the tokens do not spell the answer
+        (a provider that reports them for another text)."""
+        if not self.logprobs or not value:
+            return None
+        if "".join(t.token for t in self.logprobs) != self.content:
+            return None
+        start = self.content.find(value, self.content.find(after) + len(after) if after else 0)
+        if start < 0:
+            return None
+        end, pos, total = start + len(value), 0, 0.0
+        for t in self.logprobs:
+            if pos < end and pos + len(t.token) > start:
+                total += t.logprob
+            pos += len(t.token)
+        return min(1.0, math.exp(total))
+
     request: dict[str, Any] | None = Field(
         default=None, description="what was asked (RouteRequest), kept for counterfactual replay"
     )

@@ -175,6 +175,28 @@ def approved_by(state: RunState, step: Step, args: dict[str, Any]) -> str | None
     return None
 
 
+def least_confident(events: Sequence[Event]) -> ModelCalled | None:
+    """The run's model call with the lowest recorded confidence, if any recorded one."""
+    judged = [e for e in events if isinstance(e, ModelCalled) and e.confidence is not None]
+    return min(judged, key=lambda e: e.confidence or 0.0, default=None)
+
+
+def unsure(decision: Decision, events: Sequence[Event], floor: float | None) -> Decision:
+    """Policy's decision on a write, held for a person when the run acts on a model answer
+    less sure than ``floor`` (``policy.approve_below_confidence``). It reads only the
+    ledger, so a replayed or resumed run decides the same."""
+    if floor is None or decision.effect != "allow" or decision.action != "write":
+        return decision
+    call = least_confident(events)
+    if call is None or (call.confidence or 0.0) >= floor:
+        return decision
+    rule = [
+        "approve_below_confidence",
+        f"{call.node} ({call.tier}) answered with confidence {call.confidence:.2f} < {floor:.2f}",
+    ]
+    return decision.model_copy(update={"effect": "approve", "rule": rule})
+
+
 def policy_event(decision: Decision, node: str, step: int) -> PolicyDecided:
     return PolicyDecided(
         node=node,
@@ -235,6 +257,7 @@ def model_event(call: Any, node: str, step: int, worker: str) -> ModelCalled:
     """A worker's ``ModelCall`` as a ledger event (the answer kept for replay, capped)."""
     data = call.model_dump() if isinstance(call, BaseModel) else dict(call)
     response = str(data.pop("content", ""))[:20_000]
+    data.pop("logprobs", None)  # the confidence they gave is recorded, not every token
     return ModelCalled(node=node, step=step, worker=worker, response=response, **data)
 
 

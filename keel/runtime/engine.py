@@ -22,12 +22,7 @@ from keel.config import Budgets, SandboxConfig
 from keel.core.events import ApprovalDecided, Event, RunCreated, RunFinished, RunResumed, RunStatus
 from keel.core.state import RunState
 from keel.core.workflow import Workflow
-from keel.errors import (
-    ObjectExistsError,
-    PolicyError,
-    RunNotFoundError,
-    RunStateError,
-)
+from keel.errors import ObjectExistsError, PolicyError, RunNotFoundError, RunStateError
 from keel.policy.engine import PolicyEngine
 from keel.runtime.decisions import (
     Step,
@@ -74,6 +69,7 @@ class RunEngine(Ownership, StepLoop):
         storage_retries: int = 5,
         context_env: dict[str, Any] | None = None,
         policy: PolicyEngine | None = None,
+        approve_below: float | None = None,
         budgets: Budgets | None = None,
         tracer: RunTracer | None = None,
         hooks: Hooks | None = None,
@@ -87,6 +83,7 @@ class RunEngine(Ownership, StepLoop):
         self.tool_roots = tool_roots if tool_roots is not None else SandboxConfig().roots
         self.context_env = dict(context_env or {})
         self.policy = policy or PolicyEngine()
+        self.approve_below = approve_below  # a write after a less sure answer waits for a person
         self.budgets = budgets or Budgets()
         self.store = store
         self.runner = runner

@@ -60,6 +60,7 @@ from keel.runtime.decisions import (
     recall_event,
     rejection,
     resolve_proposal,
+    unsure,
 )
 from keel.runtime.effects import EffectProtocol, Hooks, NodeRunner
 from keel.runtime.runlog import LiveRun, RunLog
@@ -79,6 +80,7 @@ class StepLoop:
     lease: Lease
     log: RunLog
     policy: PolicyEngine
+    approve_below: float | None
     runner: NodeRunner
     sleep: Callable[[float], Any]
     tool_roots: list[str]
@@ -234,6 +236,7 @@ class StepLoop:
         checks: list[Event] = []
         if not errors:
             decision = self.policy.decide(node.role, tool_object(tool, args), tool_action(tool))
+            decision = unsure(decision, run.events, self.approve_below)
             checks.append(policy_event(decision, node.name, step.ctx.step))
             if decision.effect == "deny":
                 rule = ", ".join(decision.rule)

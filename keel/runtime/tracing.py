@@ -184,9 +184,19 @@ def describe(
             return f"invoke_agent {ev.node}", {**named, **attrs}, ev.duration_s
         return f"node {ev.node}", attrs, ev.duration_s
     if isinstance(ev, ModelCalled):
+        judged = {
+            name: value
+            for name, value in (
+                ("keel.confidence", ev.confidence),
+                ("keel.confidence_floor", ev.confidence_floor),
+                ("keel.escalated_from", ev.escalated_from),
+            )
+            if value is not None
+        }
         return (
             f"chat {ev.model}",
             {
+                **judged,
                 "gen_ai.operation.name": "chat",
                 "gen_ai.provider.name": provider_of(ev.model),
                 "gen_ai.request.model": ev.model,

@@ -11,7 +11,9 @@ Run it as a process: ``python -m keel.testing.scripted --port 8999``. Control en
   "usage": [prompt_tokens, completion_tokens], "tool_calls": [{"name": "f", "arguments":
   {...}}]}``: ``fail`` entries are used up one per request, in order; with ``tool_calls``
   the answer calls those functions (``finish_reason: "tool_calls"``); ``turns`` (a list of
-  such answers) are given one per request, in order, for a conversation.
+  such answers) are given one per request, in order, for a conversation; ``logprobs``
+  (``{"token": logprob}``) answers a request that asks for log-probabilities with the
+  reply split into word and punctuation tokens, each at its scripted value (else 0.0).
 - ``GET /_calls``: ``{"m": 3, ...}``; ``GET /_last``: the last request body per model;
   ``GET /_headers``: its Authorization and traceparent headers; ``POST /_reset``: forget
   scripts, counts and requests.
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -57,6 +60,7 @@ async def script(body: dict[str, Any]) -> dict[str, Any]:
         "delay_s": float(body.get("delay_s", 0.0)),
         "tool_calls": list(body.get("tool_calls") or []),
         "turns": list(body.get("turns") or []),
+        "logprobs": dict(body.get("logprobs") or {}),
     }
     return {"ok": True}
 
@@ -134,14 +138,21 @@ async def chat(request: Request) -> JSONResponse:
     message: dict[str, Any] = {"role": "assistant", "content": text}
     if calls:
         message["tool_calls"] = calls
-    return JSONResponse(
-        {
-            **head,
-            "object": "chat.completion",
-            "choices": [{"index": 0, "message": message, "finish_reason": finish}],
-            "usage": usage,
+    choice: dict[str, Any] = {"index": 0, "message": message, "finish_reason": finish}
+    if body.get("logprobs") and text:
+        values = plan.get("logprobs") or {}
+        choice["logprobs"] = {
+            "content": [
+                {
+                    "token": t,
+                    "logprob": float(values.get(t, 0.0)),
+                    "bytes": None,
+                    "top_logprobs": [],
+                }
+                for t in re.findall(r"\w+|\W", text)
+            ]
         }
-    )
+    return JSONResponse({**head, "object": "chat.completion", "choices": [choice], "usage": usage})
 
 
 def _text(content: Any) -> str:

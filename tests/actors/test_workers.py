@@ -32,11 +32,14 @@ def events_of(keel: Keel, run_id: str) -> list[object]:
 
 @pytest.fixture
 def scripted_keel(
-    serve_port: int, scripted_router: Scripted, tmp_path: Path
+    serve_port: int, scripted_router: Scripted, tmp_path: Path, request: pytest.FixtureRequest
 ) -> Iterator[tuple[Keel, Scripted]]:
-    """A client whose router tiers both live on the scripted provider."""
+    """A client whose router tiers both live on the scripted provider (with the router
+    settings a test passes as its indirect parameter)."""
     scripted = scripted_router
-    router = two_tier_config(scripted.base).model_copy(update={"http_port": serve_port})
+    router = two_tier_config(scripted.base).model_copy(
+        update={"http_port": serve_port, **getattr(request, "param", {})}
+    )
     keel = Keel(
         KeelConfig(
             storage=StorageConfig(url=str(tmp_path / "store"), fsync=False),
@@ -103,6 +106,26 @@ def test_invalid_small_answer_escalates_and_ledger_says_so(
     calls = [e for e in keel.show(st.run_id).events if isinstance(e, ModelCalled)]
     classify = [c for c in calls if c.node == "classify"]
     assert [(c.tier, c.escalated_from) for c in classify] == [("small", None), ("large", "small")]
+    assert final.data["label"] == "bad_config"
+
+
+@pytest.mark.parametrize("scripted_keel", [{"escalate_below_confidence": 0.6}], indirect=True)
+def test_unsure_small_answer_escalates_with_its_confidence_in_the_ledger(
+    scripted_keel: tuple[Keel, Scripted],
+) -> None:
+    keel, scripted = scripted_keel
+    # A valid label the small model is unsure of: p(overload) = e^-1.6 = 0.20 < 0.6.
+    scripted.script("small-model", reply='{"label": "overload"}', logprobs={"overload": -1.6})
+    scripted.script("large-model", reply='{"label": "bad_config"}')
+    st = keel.start(TRIAGE, "checkout broke after a bad config change")
+    final = keel.watch(st.run_id, timeout_s=120)
+    assert final.status == RunStatus.SUCCEEDED, final.error
+    assert scripted.last()["small-model"]["logprobs"] is True  # asked of the provider
+    calls = [e for e in keel.show(st.run_id).events if isinstance(e, ModelCalled)]
+    small, large = [c for c in calls if c.node == "classify"]
+    assert (small.tier, small.escalated_from, small.confidence_floor) == ("small", None, 0.6)
+    assert small.confidence == pytest.approx(0.2019, abs=1e-3)
+    assert (large.tier, large.escalated_from, large.confidence) == ("large", "small", None)
     assert final.data["label"] == "bad_config"
 
 
