@@ -29,6 +29,7 @@ from keel.core.calls import RouteRequest
 from keel.core.events import Event, ModelCalled, PolicyDecided
 from keel.errors import InputError
 from keel.policy.engine import PolicyEngine
+from keel.router.classifier import for_config
 from keel.router.complexity import choose
 
 SwapKind = Literal["tier", "threshold", "policy"]
@@ -242,7 +243,8 @@ def _model_changes(
                 for t in tiers_cfg
             ]
             req = RouteRequest.model_validate({**ev.request, "min_tier": None})
-            new_tier = choose(req, tiers, keel.config.router.weights).tier
+            router = keel.config.router
+            new_tier = choose(req, tiers, router.weights, for_config(router)).tier
             if new_tier != ev.routed_tier:
                 todo.append((run_id, ev, new_tier))
     answers = _reask(keel, todo)

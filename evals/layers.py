@@ -37,6 +37,7 @@ from keel.evals.suite import Expect, Suite
 from keel.examples.demo_tools import CheckHealth, ReadLogs, RestoreSnapshot, SnapshotConfig
 from keel.examples.incident import MITIGATION_TOOLS
 from keel.policy.engine import PolicyEngine
+from keel.router.classifier import for_config
 from keel.router.complexity import choose
 
 Tick = Callable[[str], None]
@@ -162,7 +163,7 @@ def component_layer(keel: Any, suite: Suite, tick: Tick) -> LayerOutput:
             tools=case.tools,
             failures=case.failures,
         )
-        tier = choose(req, tiers, router.weights).tier
+        tier = choose(req, tiers, router.weights, for_config(router)).tier
         out.cases.append(_case("routing", case.id, case.expected, tier))
         tick(f"routing {case.id}")
     specs = tool_specs()

@@ -120,6 +120,11 @@ class RouterConfig(_Section):
         default_factory=dict, description="one-line overrides: tier name -> litellm model"
     )
     weights: ComplexityWeights = Field(default_factory=ComplexityWeights)
+    route_by: Literal["content", "heuristic"] = Field(
+        default="content",
+        description="content: the shipped classifier reads each request (the heuristic "
+        "decides when it cannot); heuristic: kind, length, tools and failures only",
+    )
     num_retries: int = Field(default=1, ge=0, le=10)
     allowed_fails: int = Field(default=0, ge=0)
     cooldown_s: float = Field(default=30.0, ge=0.0)

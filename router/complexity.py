@@ -1,8 +1,12 @@
 """Scoring a request's complexity before any reasoning, and picking the cheapest tier.
 
-The score adds up what the request says about itself: what kind of step it is, how long
-its prompt is, how many tools it offers and how often the run has failed so far. Weights
-and thresholds are configuration (``router.weights``, ``router.tiers[].max_score``).
+By default the score is the content classifier's (``keel.router.classifier``): the
+probability, from the request's words, kind, length, tools and the run's failures, that it
+needs more than the cheapest tier. When it cannot read a request (no word it learned), or
+``router.route_by`` is ``heuristic``, the score adds up what the request says about itself:
+what kind of step it is, how long its prompt is, how many tools it offers and how often the
+run has failed so far. Weights and thresholds are configuration (``router.weights``,
+``router.tiers[].max_score``).
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 from keel.config import ComplexityWeights, TierConfig
 from keel.core.calls import RouteDecision, RouteRequest
 from keel.errors import InputError
+from keel.router.classifier import RouteClassifier
 
 
 def prompt_tokens(req: RouteRequest) -> int:
@@ -31,9 +36,15 @@ def score(req: RouteRequest, w: ComplexityWeights) -> tuple[float, str]:
     return total, why
 
 
-def choose(req: RouteRequest, tiers: list[TierConfig], w: ComplexityWeights) -> RouteDecision:
+def choose(
+    req: RouteRequest,
+    tiers: list[TierConfig],
+    w: ComplexityWeights,
+    classifier: RouteClassifier | None = None,
+) -> RouteDecision:
     """The cheapest tier whose ``max_score`` covers the score, not below ``min_tier``."""
-    value, why = score(req, w)
+    read = classifier.probability(req) if classifier is not None else None
+    value, why = read or score(req, w)
     names = [t.name for t in tiers]
     if req.tier is not None:
         if req.tier not in names:

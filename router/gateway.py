@@ -17,6 +17,7 @@ from keel.config import RouterConfig, TierConfig
 from keel.core.calls import ModelCall, RouteDecision, RouteRequest, TokenLogprob
 from keel.errors import RouterError
 from keel.router import rules
+from keel.router.classifier import for_config
 from keel.router.complexity import choose
 
 
@@ -45,6 +46,7 @@ class ModelGateway:
         self.config = config
         self.tiers = config.resolved_tiers()
         self.by_name = {t.name: t for t in self.tiers}
+        self.classifier = for_config(config)
         self.router = Router(
             model_list=model_list(config, self.tiers),
             fallbacks=[
@@ -63,7 +65,7 @@ class ModelGateway:
         return names[i + 1] if i + 1 < len(names) else None
 
     def route(self, req: RouteRequest) -> RouteDecision:
-        return choose(req, self.tiers, self.config.weights)
+        return choose(req, self.tiers, self.config.weights, self.classifier)
 
     async def complete(self, req: RouteRequest, *, escalated_from: str | None = None) -> ModelCall:
         decision = self.route(req)
