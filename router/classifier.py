@@ -27,66 +27,13 @@ SHIPPED = Path(__file__).with_name("route_classifier.json")
 _WORD = re.compile(r"[a-z][a-z_]{2,}")
 # Words that say nothing about how hard a request is, left out so the weights cannot learn
 # the phrasing of a labelled set instead of what it asks.
-STOP = frozenset(
-    [
-        "the",
-        "and",
-        "for",
-        "that",
-        "this",
-        "with",
-        "from",
-        "are",
-        "was",
-        "were",
-        "has",
-        "have",
-        "had",
-        "its",
-        "into",
-        "what",
-        "which",
-        "who",
-        "not",
-        "but",
-        "all",
-        "any",
-        "can",
-        "our",
-        "your",
-        "you",
-        "them",
-        "they",
-        "their",
-        "there",
-        "then",
-        "than",
-        "these",
-        "those",
-        "been",
-        "will",
-        "would",
-        "should",
-        "could",
-        "may",
-        "might",
-        "must",
-        "does",
-        "did",
-        "doing",
-        "about",
-        "after",
-        "before",
-        "over",
-        "under",
-        "out",
-        "off",
-        "per",
-        "via",
-        "one",
-        "two",
-    ]
+_STOP_WORDS = (
+    "the and for that this with from are was were has have had its into what which who not "
+    "but all any can our your you them they their there then than these those been will "
+    "would should could may might must does did doing about after before over under out off "
+    "per via one two"
 )
+STOP = frozenset(_STOP_WORDS.split())
 
 
 def request_text(req: RouteRequest) -> str:
