@@ -75,7 +75,7 @@ class RouteClassifier(BaseModel):
         p = 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, z))))
         top = sorted(parts, key=lambda f: -abs(parts[f]))[:3]
         why = ", ".join(f"{f.removeprefix('w:')} {parts[f]:+.2f}" for f in top)
-        return round(p, 4), f"content classifier p={p:.2f} ({why})"
+        return p, f"content classifier p={p:.3f} ({why})"
 
 
 def for_config(config: RouterConfig) -> RouteClassifier | None:

@@ -168,8 +168,9 @@ def test_counterfactual_threshold_swap_reasks_the_calls_that_move(
 ) -> None:
     prefix = shipped.report.scenarios[0].run_id.rsplit("-bad-config-approved", 1)[0]
     args = ["--config", str(shipped.config), "eval", "--from-runs", f"prefix={prefix}"]
-    # With small's ceiling at 0.05 every classify call (score about 0.1) goes to large.
-    code = main([*args, "--swap", "threshold=small:0.05", "--out", str(tmp_path)])
+    # With small's ceiling at 0 every classify call (the classifier's probability that it
+    # needs more than small: small, never 0) goes to large.
+    code = main([*args, "--swap", "threshold=small:0", "--out", str(tmp_path)])
     assert code == 0
     cf = json.loads((tmp_path / "counterfactual.json").read_text())
     assert len(cf["runs"]) == len(shipped.report.scenarios)
