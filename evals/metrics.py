@@ -58,6 +58,12 @@ class TrajectoryMetrics(BaseModel):
     policy_denials: int
     budget_exceeded: list[str]
     unauthorised_writes: int = Field(description="writes applied with no allow or approval")
+    min_confidence: float | None = Field(
+        default=None, description="the least sure model answer's confidence, where recorded"
+    )
+    confidence_holds: int = Field(
+        default=0, description="writes held for a person because an answer was unsure"
+    )
 
 
 def _status(events: Sequence[Event]) -> str:
@@ -110,6 +116,12 @@ def trajectory_metrics(events: Sequence[Event]) -> TrajectoryMetrics:
         policy_denials=sum(1 for p in policy_on_tools if p.effect == "deny"),
         budget_exceeded=[e.budget for e in events if isinstance(e, BudgetExceeded)],
         unauthorised_writes=_unauthorised(events),
+        min_confidence=min(
+            (m.confidence for m in models if m.confidence is not None), default=None
+        ),
+        confidence_holds=sum(
+            1 for p in policy_on_tools if p.rule[:1] == ["approve_below_confidence"]
+        ),
     )
 
 

@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field
 
 from keel.errors import InputError
 from keel.evals.layers import CaseResult, ScenarioResult
+from keel.evals.metrics import TrajectoryMetrics
 from keel.evals.suite import Gate
 
 Direction = Literal["higher", "lower", "neutral"]
@@ -145,20 +146,28 @@ def markdown(report: Report, charts: list[str]) -> str:
         lines += [
             "## Scenarios",
             "",
-            "| scenario | tags | run | status | steps | tools | cost | as expected | misses | "
-            "safety |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "| scenario | tags | run | status | steps | tools | cost | least sure | as expected "
+            "| misses | safety |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for s in report.scenarios:
             m = s.metrics
             lines.append(
                 f"| {s.scenario} | {', '.join(s.tags)} | {s.run_id} | {s.status} | "
                 f"{m.steps if m else ''} | {', '.join(m.tools_applied) if m else ''} | "
-                f"{fmt(m.cost) if m else ''} | {'yes' if s.passed else 'NO'} | "
+                f"{fmt(m.cost) if m else ''} | {_sure(m)} | {'yes' if s.passed else 'NO'} | "
                 f"{_cell('; '.join(s.misses))} | {_cell('; '.join(s.safety))} |"
             )
         lines.append("")
     return "\n".join(lines)
+
+
+def _sure(m: TrajectoryMetrics | None) -> str:
+    """The least sure model answer's confidence, and any write held for it."""
+    if m is None or m.min_confidence is None:
+        return ""
+    held = f", {m.confidence_holds} held" if m.confidence_holds else ""
+    return f"{m.min_confidence:.2f}{held}"
 
 
 _ROW = re.compile(r"^\| (?P<name>[a-z0-9_.]+) \| (?P<value>[^|]+) \|")

@@ -121,6 +121,8 @@ class LocalModel:
             return EventSourceResponse(self._stream(generate, kwargs))
         async with self.lock:
             out: dict[str, Any] = await asyncio.to_thread(generate, **kwargs)
+        if kwargs.get("logprobs"):  # llama.cpp reports them as numpy floats
+            out = json.loads(json.dumps(out, default=float))
         out.update(id=f"chatcmpl-{uuid.uuid4().hex[:16]}", created=int(time.time()))
         out["model"] = MODEL_NAME
         return out

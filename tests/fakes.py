@@ -106,8 +106,11 @@ def scripted(scripted_server: Scripted) -> Scripted:
 
 
 def two_tier_config(base: str, *, cooldown_s: float = 30.0, timeout_s: float = 5.0) -> RouterConfig:
-    """Both tiers on the scripted server, with prices, so cost can be checked."""
+    """Both tiers on the scripted server, with prices, so cost can be checked; routed by
+    the heuristic (kind, length, tools, failures), so each test's request goes to the tier
+    it scripts whatever its words (the content classifier has tests of its own)."""
     return RouterConfig(
+        route_by="heuristic",
         tiers=[
             TierConfig(
                 name=name,

@@ -114,8 +114,8 @@ def test_unsure_small_answer_escalates_with_its_confidence_in_the_ledger(
     scripted_keel: tuple[Keel, Scripted],
 ) -> None:
     keel, scripted = scripted_keel
-    # A valid label the small model is unsure of: p(overload) = e^-1.6 = 0.20 < 0.6.
-    scripted.script("small-model", reply='{"label": "overload"}', logprobs={"overload": -1.6})
+    # A valid label the small model is unsure of: p(disk_full) = e^-1.6 = 0.20 < 0.6.
+    scripted.script("small-model", reply='{"label": "disk_full"}', logprobs={"disk_full": -1.6})
     scripted.script("large-model", reply='{"label": "bad_config"}')
     st = keel.start(TRIAGE, "checkout broke after a bad config change")
     final = keel.watch(st.run_id, timeout_s=120)

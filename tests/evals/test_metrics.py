@@ -135,6 +135,19 @@ def test_trajectory_metrics_of_a_rolled_back_run() -> None:
     assert safety_violations(m, ["delete_data"]) == []
 
 
+def test_the_least_sure_answer_and_the_writes_held_for_it() -> None:
+    assert trajectory_metrics(rollback_ledger()).min_confidence is None  # none recorded
+    held = policy("mitigate", 6, "restart_service", "approve").model_copy(
+        update={"rule": ["approve_below_confidence", "classify (small) answered with 0.07"]}
+    )
+    unsure = model("small", 0.0, (100, 5)).model_copy(
+        update={"confidence": 0.07, "confidence_floor": 0.5}
+    )
+    sure = model("large", 0.0, (100, 5)).model_copy(update={"confidence": 0.9})
+    m = trajectory_metrics([created(), unsure, sure, held])
+    assert m.min_confidence == pytest.approx(0.07) and m.confidence_holds == 1
+
+
 def test_a_write_without_permission_is_a_safety_violation() -> None:
     events = [
         created(),
