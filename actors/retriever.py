@@ -15,7 +15,7 @@ import ray
 
 from keel.actors.worker_messages import RetrievedItem, RetrieveRequest, RetrieveResponse
 from keel.storage import open_store
-from keel.storage.memory import MemoryItem, MemoryStore
+from keel.storage.memory import MemoryIndex, MemoryItem, MemoryStore
 from keel.storage.memory import rank as rank_items
 
 ROLE = "retriever"
@@ -29,9 +29,9 @@ def rank(items: list[MemoryItem], query: str, k: int) -> list[RetrievedItem]:
     return [_item(m, score) for m, score in rank_items(items, query, k)]
 
 
-def retrieve(memory: MemoryStore, msg: RetrieveRequest) -> list[RetrievedItem]:
+def retrieve(memory: MemoryIndex, msg: RetrieveRequest) -> list[RetrievedItem]:
     """The items of ``msg``'s namespace and kind that carry all its tags, ranked."""
-    items = memory.list(msg.kind, msg.namespace)
+    items = memory.items(msg.kind, msg.namespace)
     if msg.tags:
         items = [m for m in items if set(msg.tags) <= set(m.tags)]
     return rank(items, msg.query, msg.k)
@@ -41,7 +41,7 @@ def retrieve(memory: MemoryStore, msg: RetrieveRequest) -> list[RetrievedItem]:
 class RetrieverWorker:
     def __init__(self, name: str, storage_url: str, options: dict[str, Any]) -> None:
         self.name = name
-        self.memory = MemoryStore(open_store(storage_url, options))
+        self.memory = MemoryIndex(MemoryStore(open_store(storage_url, options)))
 
     async def retrieve(self, msg: RetrieveRequest) -> RetrieveResponse:
         items = await asyncio.to_thread(retrieve, self.memory, msg)

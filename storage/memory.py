@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -40,10 +41,28 @@ class MemoryItem(BaseModel):
 class MemoryStore:
     """Memory items on a checkpoint store: the shared namespace under
     ``memory/<kind>/<id>.json``, a tenant's under ``memory-ns/<namespace>/<kind>/<id>.json``
-    (a prefix of its own, so listing one namespace never reads another's)."""
+    (a prefix of its own, so listing one namespace never reads another's).
+
+    Every write and delete then replaces the namespace's revision marker
+    (``memory-rev/<namespace>``) with a fresh token, so a reader that keeps an index
+    (``MemoryIndex``) learns that anything changed from one small read, not a listing."""
 
     def __init__(self, store: CheckpointStore) -> None:
         self.store = store
+
+    @staticmethod
+    def _rev_key(namespace: str) -> str:
+        return f"memory-rev/{namespace}"
+
+    def _bump(self, namespace: str) -> None:
+        self.store.put(self._rev_key(namespace), secrets.token_hex(8).encode())
+
+    def revision(self, namespace: str = SHARED) -> str:
+        """The namespace's current revision token ("" before its first write)."""
+        try:
+            return self.store.get(self._rev_key(namespace)).decode()
+        except ObjectNotFoundError:
+            return ""
 
     @staticmethod
     def _prefix(namespace: str) -> str:
@@ -55,6 +74,7 @@ class MemoryStore:
     def put(self, item: MemoryItem) -> None:
         body = item.model_dump_json().encode()
         self.store.put(self._key(item.kind, item.id, item.namespace), seal(body, "memory"))
+        self._bump(item.namespace)
 
     def get(self, kind: MemoryKind, item_id: str, namespace: str = SHARED) -> MemoryItem:
         key = self._key(kind, item_id, namespace)
@@ -64,6 +84,7 @@ class MemoryStore:
 
     def delete(self, kind: MemoryKind, item_id: str, namespace: str = SHARED) -> None:
         self.store.delete(self._key(kind, item_id, namespace))
+        self._bump(namespace)
 
     def list(self, kind: MemoryKind | None = None, namespace: str = SHARED) -> list[MemoryItem]:
         base = self._prefix(namespace)
@@ -79,6 +100,30 @@ class MemoryStore:
             except (CorruptObjectError, ObjectNotFoundError):
                 continue
         return [i for i in items if i.namespace == namespace]
+
+
+class MemoryIndex:
+    """A reader's index of memory: each namespace's items, read once and read again only
+    when its revision marker has changed, so an unchanged namespace costs one small read
+    per query instead of a listing and a read of every item.
+
+    The marker is read before the listing: a writer replaces it after its item is
+    written, so an index built from a listing taken after reading a marker holds every
+    item written before that marker, and any later write changes the marker again."""
+
+    def __init__(self, memory: MemoryStore) -> None:
+        self.memory = memory
+        self._cached: dict[str, tuple[str, list[MemoryItem]]] = {}
+        self.loads = 0  # how many times a namespace was listed and read (for tests, metrics)
+
+    def items(self, kind: MemoryKind | None = None, namespace: str = SHARED) -> list[MemoryItem]:
+        rev = self.memory.revision(namespace)
+        cached = self._cached.get(namespace)
+        if cached is None or cached[0] != rev or not rev:
+            self.loads += 1
+            cached = (rev, self.memory.list(None, namespace))
+            self._cached[namespace] = cached
+        return [m for m in cached[1] if kind is None or m.kind == kind]
 
 
 _TOKEN = re.compile(r"[a-z0-9]+")

@@ -28,7 +28,7 @@ from keel.errors import (
 )
 from keel.storage.base import CheckpointStore
 from keel.storage.envelope import digest, open_sealed, seal
-from keel.storage.memory import MemoryItem, MemoryStore
+from keel.storage.memory import MemoryIndex, MemoryItem, MemoryStore
 from keel.storage.runs import RunStore
 
 
@@ -184,7 +184,7 @@ def memory_lives_apart_from_runs(store: CheckpointStore) -> None:
     assert [m.id for m in memory.list("document")] == ["rb-1"]
     assert memory.get("episode", "ep-1").source_run == "x"
     assert RunStore(store).list_run_ids() == []
-    assert all(k.startswith("memory/") for k in store.list(""))
+    assert all(k.startswith(("memory/", "memory-rev/")) for k in store.list(""))
 
 
 def memory_namespaces_are_apart(store: CheckpointStore) -> None:
@@ -195,6 +195,22 @@ def memory_namespaces_are_apart(store: CheckpointStore) -> None:
     assert [m.text for m in memory.list("document", "carol")] == ["carol's own"]
     memory.delete("document", "rb-1", "carol")
     assert memory.list(namespace="carol") == [] and len(memory.list()) == 1
+
+
+def memory_index_rereads_only_after_a_change(store: CheckpointStore) -> None:
+    """A reader's index reads a namespace again only once a writer (here another
+    ``MemoryStore`` on the same store, as another process would be) has changed it."""
+    index = MemoryIndex(MemoryStore(store))
+    writer = MemoryStore(store)
+    writer.put(MemoryItem(id="rb-1", kind="document", text="first"))
+    assert [m.text for m in index.items("document")] == ["first"]
+    assert [m.text for m in index.items("document")] == ["first"] and index.loads == 1
+    writer.put(MemoryItem(id="rb-1", kind="document", text="second"))  # same key, new text
+    assert [m.text for m in index.items("document")] == ["second"] and index.loads == 2
+    writer.put(MemoryItem(id="ep-1", kind="episode", text="x", namespace="carol"))
+    assert index.items("document") and index.loads == 2  # another namespace changed
+    writer.delete("document", "rb-1")
+    assert index.items("document") == [] and index.loads == 3
 
 
 def corrupt_memory_item_not_loaded(store: CheckpointStore) -> None:
@@ -270,6 +286,7 @@ CHECKS = [
     index_roundtrip_and_listing,
     memory_lives_apart_from_runs,
     memory_namespaces_are_apart,
+    memory_index_rereads_only_after_a_change,
     corrupt_memory_item_not_loaded,
     create_refuses_an_existing_object,
     racing_creates_have_one_winner,

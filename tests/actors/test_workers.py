@@ -125,7 +125,8 @@ def test_unsure_small_answer_escalates_with_its_confidence_in_the_ledger(
     small, large = [c for c in calls if c.node == "classify"]
     assert (small.tier, small.escalated_from, small.confidence_floor) == ("small", None, 0.6)
     assert small.confidence == pytest.approx(0.2019, abs=1e-3)
-    assert (large.tier, large.escalated_from, large.confidence) == ("large", "small", None)
+    # the scripted large tier reports every token certain
+    assert (large.tier, large.escalated_from, large.confidence) == ("large", "small", 1.0)
     assert final.data["label"] == "bad_config"
 
 

@@ -27,7 +27,7 @@ from keel.runtime.engine import RunEngine
 from keel.runtime.episodes import FACTS, EpisodeFacts, episode
 from keel.runtime.inline import InlineNodeRunner
 from keel.storage.local import LocalStore
-from keel.storage.memory import MemoryItem, MemoryStore
+from keel.storage.memory import MemoryIndex, MemoryItem, MemoryStore
 from keel.storage.runs import RunStore
 from tests.actors.workflows import CounterTool, counter
 from tests.conftest import TEST_POLICY
@@ -93,7 +93,7 @@ REAL_POOL = workers_module.pool
 class InProcessRetriever:
     """The retriever worker's selection and ranking, answered in this process."""
 
-    def __init__(self, memory: MemoryStore) -> None:
+    def __init__(self, memory: MemoryIndex) -> None:
         self.memory = memory
 
     def call_sync(self, method: str, msg: Any) -> Any:
@@ -105,7 +105,8 @@ class InProcessRetriever:
 def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> RunStore:
     runs = RunStore(LocalStore(tmp_path / "store", fsync=False))
     memory = MemoryStore(runs.store)
-    monkeypatch.setattr(workers_module, "pool", lambda role, env: InProcessRetriever(memory))
+    index = MemoryIndex(memory)
+    monkeypatch.setattr(workers_module, "pool", lambda role, env: InProcessRetriever(index))
     return runs
 
 
