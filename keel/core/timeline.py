@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from pydantic import BaseModel, Field
 
-from keel.core.events import Event
+from keel.core.events import Event, ModelCalled
 
 
 def _describe_effect(ev: Event) -> tuple[str, str]:
@@ -23,6 +23,14 @@ def _describe_effect(ev: Event) -> tuple[str, str]:
         case "effect_reconciled":
             return "", f"verify: effect {ev.key} {'applied' if ev.applied else 'not applied'}"
     return "", ev.type
+
+
+def _sure(ev: ModelCalled) -> str:
+    """How sure the answer was, and the floor it was judged against, where recorded."""
+    if ev.confidence is None:
+        return ""
+    floor = "" if ev.confidence_floor is None else f" (floor {ev.confidence_floor:.2f})"
+    return f", confidence {ev.confidence:.2f}{floor}"
 
 
 def describe(ev: Event) -> tuple[str, str]:
@@ -59,7 +67,7 @@ def describe(ev: Event) -> tuple[str, str]:
             return ev.node, (
                 f"model {ev.model} via {ev.tier}{f' calls {calls}' if calls else ''} "
                 f"({ev.worker}): {ev.prompt_tokens}+"
-                f"{ev.completion_tokens} tokens, ${ev.cost:.6f}, {ev.latency_s:.2f}s"
+                f"{ev.completion_tokens} tokens, ${ev.cost:.6f}, {ev.latency_s:.2f}s{_sure(ev)}"
             )
         case "memory_recalled":
             found = ", ".join(f"{i.id} {i.score:.2f}" for i in ev.items) or "nothing"

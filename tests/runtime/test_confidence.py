@@ -14,6 +14,7 @@ from pydantic import BaseModel, JsonValue
 from keel.core.calls import ModelCall, TokenLogprob
 from keel.core.events import ModelCalled, PolicyDecided, RunStatus
 from keel.core.nodes import NodeContext, NodeOutput
+from keel.core.timeline import describe as timeline_line
 from keel.core.workflow import END, Workflow
 from keel.policy.engine import PolicyEngine
 from keel.runtime.engine import RunEngine
@@ -123,9 +124,11 @@ async def test_a_write_after_an_unsure_answer_waits_for_a_person(
         await engine.close()
 
 
-def test_the_trace_shows_the_confidence_and_the_threshold() -> None:
+def test_the_trace_and_the_timeline_show_the_confidence_and_the_threshold() -> None:
     ev = model_called(confidence=0.2, confidence_floor=0.6, escalated_from=None)
     _name, attrs, _duration = describe(ev)
     assert attrs["keel.confidence"] == 0.2 and attrs["keel.confidence_floor"] == 0.6
     assert "keel.escalated_from" not in attrs
     assert isinstance(ev, ModelCalled)
+    assert timeline_line(ev)[1].endswith(", confidence 0.20 (floor 0.60)")
+    assert "confidence" not in timeline_line(model_called())[1]
