@@ -1,10 +1,12 @@
 """The planner: the only worker that asks models for anything, always through the router.
 
 It proposes actions as typed JSON (a tool name and arguments) and does the small model
-steps (classify, summarise). A classification that fails its schema, or whose confidence
-(the model's probability of the label it wrote, from the provider's logprobs) is below
+steps (classify, summarise). A classification and a plan each come with a confidence: the
+model's probability of the label, or the tool, it wrote, from the provider's logprobs. A
+classification that fails its schema, or whose confidence is below
 ``router.escalate_below_confidence``, is asked again one tier up; every call is returned
-with its confidence and the threshold, so the ledger and the trace show the escalation.
+with its confidence and the threshold, so the ledger and the trace show the escalation (a
+plan's confidence is judged by policy: ``policy.approve_below_confidence``).
 """
 
 from __future__ import annotations
@@ -88,6 +90,9 @@ class PlannerWorker:
     async def plan(self, msg: PlanRequest) -> PlanResponse:
         call = await self._complete(plan_request(msg))
         proposal, errors = parse_proposal(call.content)
+        if proposal is not None:  # how sure the model was of the tool it chose
+            sure = call.probability_of(proposal.tool, after='"tool"')
+            call = call.model_copy(update={"confidence": sure})
         return PlanResponse(proposal=proposal, errors=errors, calls=[call], worker=self.name)
 
     async def act(self, msg: ActRequest) -> ActResponse:
@@ -154,6 +159,7 @@ def plan_request(msg: PlanRequest) -> RouteRequest:
         failures=msg.failures,
         response_format={"type": "json_object"},
         max_tokens=msg.max_tokens,
+        logprobs=True,
         traceparent=msg.traceparent,
     )
 

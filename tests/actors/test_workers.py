@@ -3,6 +3,7 @@ router on Serve (real HTTP on 127.0.0.1) and real litellm."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -68,6 +69,7 @@ def test_run_records_worker_and_tier_of_every_call(scripted_keel: tuple[Keel, Sc
         "large-model",
         reply='{"tool": "restore_config", "args": {"service": "checkout"}}',
         usage=[200, 20],
+        logprobs={"restore_config": -0.5},
     )
     st = keel.start(TRIAGE, "checkout broke after a bad config change")
     final = keel.watch(st.run_id, timeout_s=120)
@@ -83,6 +85,8 @@ def test_run_records_worker_and_tier_of_every_call(scripted_keel: tuple[Keel, Sc
     events = keel.show(st.run_id).events
     calls = [e for e in events if isinstance(e, ModelCalled)]
     assert [(c.node, c.tier) for c in calls] == [("classify", "small"), ("plan", "large")]
+    # How sure each answer was: of its label, of the tool it chose (the tokens that spell it).
+    assert [c.confidence for c in calls] == [1.0, pytest.approx(math.exp(-0.5))]
     assert all(c.worker.startswith("keel-planner-") for c in calls)
     workers = {e.node: e.worker for e in events if isinstance(e, NodeCompleted)}
     assert workers["recall"].startswith("keel-retriever-")
