@@ -65,6 +65,7 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(PIP) install -c constraints.txt -e '.[dev,local,charts,bench,embeddings]' 2>$(VENV)/pip.log || (cat $(VENV)/pip.log; exit 1)
 	$(BIN)/python -m keel.evals.retrieval --out bench/.out
+	$(BIN)/python -m keel.evals.routing --out bench/.out
 	$(BIN)/python -m bench.orchestration
 	$(BIN)/python -m bench.router_overhead
 	$(BIN)/python -m bench.router_streaming
