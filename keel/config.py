@@ -226,7 +226,8 @@ class PolicyConfig(_Section):
         default=None,
         ge=0.0,
         le=1.0,
-        description="a write after a model answer less sure than this waits for a person",
+        description="below it, a write policy exempts from approval waits for a person after "
+        "all, and one held anyway tells the person how unsure the model was",
     )
 
 

@@ -142,6 +142,9 @@ class ModelCall(CallRecord):
     logprobs: list[TokenLogprob] | None = Field(
         default=None, description="per token, when asked for and the provider returns them"
     )
+    request: dict[str, Any] | None = Field(
+        default=None, description="what was asked (RouteRequest), kept for counterfactual replay"
+    )
 
     def probability_of(self, value: str, after: str = "") -> float | None:
         """The model's probability of having written ``value`` where it did (its first
@@ -152,7 +155,8 @@ class ModelCall(CallRecord):
             return None
         if "".join(t.token for t in self.logprobs) != self.content:
             return None
-        start = self.content.find(value, self.content.find(after) + len(after) if after else 0)
+        at = self.content.find(after) if after else 0
+        start = self.content.find(value, at + len(after)) if at >= 0 else -1
         if start < 0:
             return None
         end, pos, total = start + len(value), 0, 0.0
@@ -161,10 +165,6 @@ class ModelCall(CallRecord):
                 total += t.logprob
             pos += len(t.token)
         return min(1.0, math.exp(total))
-
-    request: dict[str, Any] | None = Field(
-        default=None, description="what was asked (RouteRequest), kept for counterfactual replay"
-    )
 
 
 RECALLED_TEXT_MAX = 4000

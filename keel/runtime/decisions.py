@@ -182,19 +182,22 @@ def least_confident(events: Sequence[Event]) -> ModelCalled | None:
 
 
 def unsure(decision: Decision, events: Sequence[Event], floor: float | None) -> Decision:
-    """Policy's decision on a write, held for a person when the run acts on a model answer
-    less sure than ``floor`` (``policy.approve_below_confidence``). It reads only the
-    ledger, so a replayed or resumed run decides the same."""
-    if floor is None or decision.effect != "allow" or decision.action != "write":
+    """Policy's decision on a write, given how sure the run's model answers were
+    (``policy.approve_below_confidence``). Below ``floor``, a write policy lets through
+    without a person (one of its exemptions) is held for one; a write held anyway keeps
+    its rule and gains the confidence, so the person asked is told the model was unsure.
+    It reads only the ledger, so a replayed or resumed run decides the same."""
+    if floor is None or decision.effect == "deny" or decision.action != "write":
         return decision
     call = least_confident(events)
-    if call is None or (call.confidence or 0.0) >= floor:
+    if call is None or call.confidence is None or call.confidence >= floor:
         return decision
-    rule = [
-        "approve_below_confidence",
-        f"{call.node} ({call.tier}) answered with confidence {call.confidence:.2f} < {floor:.2f}",
-    ]
-    return decision.model_copy(update={"effect": "approve", "rule": rule})
+    why = f"{call.node} ({call.tier}) answered with confidence {call.confidence:.2f} < {floor:.2f}"
+    if decision.effect == "approve":
+        return decision.model_copy(update={"rule": [*decision.rule, why]})
+    return decision.model_copy(
+        update={"effect": "approve", "rule": ["approve_below_confidence", why]}
+    )
 
 
 def policy_event(decision: Decision, node: str, step: int) -> PolicyDecided:

@@ -53,6 +53,9 @@ def test_the_probability_of_an_answers_value(
 ) -> None:
     got = call('{"label": "overload"}', tokens).probability_of(value, after='"label"')
     assert got == (None if expected is None else pytest.approx(expected))
+    # An answer without the key it is read after says nothing about the value.
+    keyless = '{"tool": "overload"}'
+    assert call(keyless, [(keyless, -0.1)]).probability_of(value, after='"label"') is None
 
 
 class GuessState(BaseModel):
@@ -65,7 +68,7 @@ class GuessInputs(BaseModel):
     confidence: float
 
 
-def _workflow() -> Workflow:
+def _workflow(tool: str) -> Workflow:
     wf = Workflow("guess", state=GuessState, inputs=GuessInputs)
 
     @wf.node(inline=True)
@@ -78,7 +81,7 @@ def _workflow() -> Workflow:
 
     wf.edge("classify", "act")
 
-    @wf.effect(CounterTool("charge"), role="mitigate", result_field="charged")
+    @wf.effect(CounterTool(tool), role="mitigate", result_field="charged")
     def act(state: GuessState, ctx: NodeContext) -> dict[str, Any]:
         return {"path": str(Path(str(ctx.inputs["dir"])) / "charge.json")}
 
@@ -86,20 +89,27 @@ def _workflow() -> Workflow:
     return wf.validate()
 
 
-WF = _workflow()
+# "charge" is a write the test policy exempts from approval (p3); "bump" is one it holds.
+WORKFLOWS = {tool: _workflow(tool) for tool in ("charge", "bump")}
 
 
 @pytest.mark.parametrize(
-    ("floor", "confidence", "held"),
-    [(0.6, 0.3, True), (0.6, 0.9, False), (None, 0.3, False)],
+    ("tool", "floor", "confidence", "held"),
+    [
+        ("charge", 0.6, 0.3, "approve_below_confidence"),  # the exemption is withdrawn
+        ("charge", 0.6, 0.9, None),
+        ("charge", None, 0.3, None),
+        ("bump", 0.6, 0.3, "default"),  # held anyway: the person is told it was unsure
+        ("bump", None, 0.3, "default"),
+    ],
 )
 async def test_a_write_after_an_unsure_answer_waits_for_a_person(
-    tmp_path: Path, floor: float | None, confidence: float, held: bool
+    tmp_path: Path, tool: str, floor: float | None, confidence: float, held: str | None
 ) -> None:
     engine = RunEngine(
         RunStore(LocalStore(tmp_path / "store", fsync=False)),
         InlineNodeRunner(),
-        lambda _ref: WF,
+        lambda _ref: WORKFLOWS[tool],
         policy=PolicyEngine(None, TEST_POLICY),
         approve_below=floor,
     )
@@ -110,12 +120,12 @@ async def test_a_write_after_an_unsure_answer_waits_for_a_person(
         st = await engine.wait(made.run_id, 30)
         if held:
             assert st.status == RunStatus.AWAITING_APPROVAL
-            assert "confidence 0.30 < 0.60" in st.reason and "classify (small)" in st.reason
+            told = "classify (small) answered with confidence 0.30 < 0.60"
+            assert (told in st.reason) is (floor is not None)
             assert counter(tmp_path / "charge.json") == 0  # nothing ran before a person said
             events = (await engine.view(made.run_id)).events
             decided = [e for e in events if isinstance(e, PolicyDecided)]
-            assert decided[-1].effect == "approve"
-            assert decided[-1].rule[0] == "approve_below_confidence"
+            assert decided[-1].effect == "approve" and decided[-1].rule[0] == held
             await engine.decide_approval(made.run_id, "dave", True, "looked at it")
             st = await engine.wait(made.run_id, 30)
         assert st.status == RunStatus.SUCCEEDED, st.reason
