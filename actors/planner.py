@@ -28,6 +28,7 @@ from keel.actors.worker_messages import (
     PlanResponse,
     Proposal,
 )
+from keel.config import ROUTER_APP
 from keel.core.calls import ChatMessage, ModelCall, RouteRequest
 from keel.core.validation import FieldError
 from keel.errors import RouterError
@@ -59,9 +60,18 @@ def parse_proposal(text: str) -> tuple[Proposal | None, list[FieldError]]:
 
 
 def ensure_router(router_config: dict[str, Any] | None) -> Any:
-    """Deploy the model router on Serve unless it runs, and return its handle. The router
-    sits in a layer above the workers (and pulls in litellm, slow to import), so it is
-    found through its entry point, and loaded only by what calls a model."""
+    """The model router's Serve handle, deploying the router if it does not run. Finding a
+    running one needs only its name: the router's own package sits in a layer above the
+    workers and imports litellm (seconds of CPU in every worker process that loads it), so
+    it is loaded, through its entry point, only to deploy."""
+    # Serve costs a second of CPU to import: only a process that calls a model pays it.
+    from ray import serve  # noqa: PLC0415
+    from ray.serve.exceptions import RayServeException  # noqa: PLC0415
+
+    try:
+        return serve.get_app_handle(ROUTER_APP)
+    except RayServeException:
+        pass
     (ensure,) = entry_points(group="keel.router", name="ensure")
     return ensure.load()(router_config)
 

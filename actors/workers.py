@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from keel.actors.executor import ExecutorWorker
 from keel.actors.planner import PlannerWorker
-from keel.actors.pool import WorkerPool
+from keel.actors.pool import WorkerPool, worker_name
 from keel.actors.replay import RECORDED, ReplayPool
 from keel.actors.retriever import RetrieverWorker
 from keel.actors.validator import ValidatorWorker
@@ -52,11 +52,28 @@ def pool(role: str, env: Mapping[str, Any]) -> Any:
     # Replicas are built with their settings (the retriever's storage, the executor's
     # policy, the planner's router): deployments that differ get pools of their own.
     cls, args = _spec(role, env)
-    scope = hashlib.sha256(json.dumps(args, sort_keys=True, default=str).encode()).hexdigest()[:8]
-    key = (role, size, scope)
+    key = (role, size, _scope(args))
     if key not in _POOLS:
-        _POOLS[key] = WorkerPool(role, cls, args, size=size, scope=scope)
+        _POOLS[key] = WorkerPool(role, cls, args, size=size, scope=key[2])
     return _POOLS[key]
+
+
+def _scope(args: tuple[Any, ...]) -> str:
+    return hashlib.sha256(json.dumps(args, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def worker_names(env: Mapping[str, Any], roles: tuple[str, ...] = ROLES) -> list[str]:
+    """The named actors that serve a deployment's ``roles``, for whoever stops a
+    deployment on a shared cluster: they are detached, so they outlive its orchestrator.
+    A pool is named by what its replicas are built with, so deployments that share a
+    router share planners (and all share validators): stop those roles only when none
+    is left."""
+    names = []
+    for role in roles:
+        size = int((env.get("workers") or {}).get(role, 1))
+        scope = _scope(_spec(role, env)[1])
+        names += [worker_name(role, i, scope) for i in range(size)]
+    return names
 
 
 def _spec(role: str, env: Mapping[str, Any]) -> tuple[Any, tuple[Any, ...]]:

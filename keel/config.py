@@ -114,6 +114,11 @@ def _default_tiers() -> list[TierConfig]:
     ]
 
 
+# The Serve application the model router runs as: workers look it up by this name, so they
+# never import the router (and litellm) merely to find one that is running.
+ROUTER_APP = "keel-router"
+
+
 class RouterConfig(_Section):
     tiers: list[TierConfig] = Field(default_factory=_default_tiers, min_length=1)
     models: dict[str, str] = Field(

@@ -25,13 +25,13 @@ from ray.exceptions import ActorAlreadyExistsError
 from ray.serve.exceptions import RayServeException
 from sse_starlette import EventSourceResponse
 
-from keel.config import RouterConfig, load_config
+from keel.config import ROUTER_APP, RouterConfig, load_config
 from keel.core.calls import ChatMessage, ModelCall, RouteDecision, RouteRequest, StepKind
 from keel.errors import KeelError
 from keel.router.gateway import ModelGateway
 from keel.router.local_model import deploy_local_model
 
-APP_NAME = "keel-router"
+APP_NAME = ROUTER_APP
 api = FastAPI(title="Keel model router", version="1")
 
 

@@ -20,6 +20,8 @@ import ray
 from ray import serve
 from ray.serve.exceptions import RayServeException
 
+from keel.actors.messages import orchestrator_settings
+from keel.actors.workers import worker_names
 from keel.config import (
     APIConfig,
     KeelConfig,
@@ -238,5 +240,19 @@ def runs_api(
         if a2a:
             serve.delete("keel-a2a")
         serve.delete("keel-runs")
+        stop_deployment(config)
+
+
+# Workers built with a deployment's own store (the others serve a router, or nothing in
+# particular, and are shared by every deployment in the session).
+STORE_ROLES = ("retriever", "executor")
+
+
+def stop_deployment(config: KeelConfig) -> None:
+    """Stop a test's deployment: its orchestrator and the workers that hold its store.
+    They are detached, so otherwise they would idle on the session's Ray until it ends,
+    each costing a little CPU that every later test pays."""
+    env = orchestrator_settings(config).node_env()
+    for name in [config.orchestrator.name, *worker_names(env, STORE_ROLES)]:
         with contextlib.suppress(ValueError):  # never started, or gone already
-            ray.kill(ray.get_actor(config.orchestrator.name, namespace="keel"), no_restart=True)
+            ray.kill(ray.get_actor(name, namespace="keel"), no_restart=True)

@@ -5,12 +5,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import ray
 
 from keel.client import Keel
 from keel.config import KeelConfig, OrchestratorConfig, PolicyConfig, StorageConfig
 from keel.testing.chaos import ChaosOrchestrator
 from tests.conftest import TEST_POLICY, Backend
+from tests.fakes import stop_deployment
 
 
 def make_keel(backend: Backend) -> Keel:
@@ -28,12 +28,7 @@ def make_keel(backend: Backend) -> Keel:
 
 
 def stop_orchestrator(keel: Keel) -> None:
-
-    try:
-        handle = ray.get_actor(keel.config.orchestrator.name, namespace="keel")
-    except ValueError:
-        return
-    ray.kill(handle, no_restart=True)
+    stop_deployment(keel.config)
 
 
 @pytest.fixture

@@ -11,10 +11,12 @@ from pathlib import Path
 import pytest
 import ray
 
+from keel.actors.messages import orchestrator_settings
 from keel.actors.pool import WorkerPool
 from keel.actors.retriever import rank
 from keel.actors.validator import ValidatorWorker, check
 from keel.actors.worker_messages import ToolSpec, ValidateRequest
+from keel.actors.workers import worker_names
 from keel.client import Keel
 from keel.config import KeelConfig, OrchestratorConfig, StorageConfig
 from keel.core.events import ModelCalled, NodeCompleted, RunStatus
@@ -89,8 +91,11 @@ def test_run_records_worker_and_tier_of_every_call(scripted_keel: tuple[Keel, Sc
     assert [c.confidence for c in calls] == [1.0, pytest.approx(math.exp(-0.5))]
     assert all(c.worker.startswith("keel-planner-") for c in calls)
     workers = {e.node: e.worker for e in events if isinstance(e, NodeCompleted)}
-    assert workers["recall"].startswith("keel-retriever-")
-    assert workers["check"].startswith("keel-validator-")
+    # The deployment can name its own workers (to stop them with it).
+    env = orchestrator_settings(keel.config).node_env()
+    assert workers["recall"] in worker_names(env, ("retriever",))
+    assert workers["check"] in worker_names(env, ("validator",))
+    assert {c.worker for c in calls} <= set(worker_names(env, ("planner",)))
     # Tokens and cost per call add up to the run's totals.
     assert final.usage.model_calls == 2
     assert final.usage.prompt_tokens == 230 and final.usage.completion_tokens == 26
