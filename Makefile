@@ -8,6 +8,10 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 # advertise AMX/AVX-512 features that then fault at run time.
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
+# Python's bytecode cache on, whatever the shell says (some images set this to turn it off):
+# the suite starts hundreds of Python processes (Ray workers, the CLI, servers), and without
+# the cache each one compiles Keel, and pytest rewrites its plugins, from source again.
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: demo test test-fast lint bench soak setup system-packages browser apt-package clean
 
@@ -51,12 +55,13 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-# Two tiers: the fast one (the engine's semantics in-process, no Ray) fails fast; then Ray,
+# Two tiers: the fast one (the engine's semantics in-process, no Ray) fails fast, beside
+# lint (each is one process: on 2 cores they overlap without slowing each other); then Ray,
 # clusters, S3 and the long runs, on two xdist workers (each with a Ray of its own: much of
 # a Ray test is waiting on process starts, so two overlap well even on 2 cores). pytest
 # exits 5 when it selects nothing, and make fails on it.
-test: $(STAMP) browser lint
-	$(BIN)/python -m pytest -m "not ray and not slow"
+test: $(STAMP) browser
+	@$(MAKE) --no-print-directory -j2 --output-sync=target lint test-fast
 	$(BIN)/python -m pytest -m "ray or slow" -n 2 --no-loadscope-reorder
 
 test-fast: $(STAMP)
