@@ -57,9 +57,9 @@ lint: $(STAMP)
 
 # Two tiers: the fast one (the engine's semantics in-process, no Ray) fails fast, beside
 # lint (each is one process: on 2 cores they overlap without slowing each other); then Ray,
-# clusters, S3 and the long runs, on two xdist workers (each with a Ray of its own: much of
-# a Ray test is waiting on process starts, so two overlap well even on 2 cores). pytest
-# exits 5 when it selects nothing, and make fails on it.
+# clusters, S3 and the long runs, on two xdist workers, each with a Ray of its own (one
+# worker leaves a core idle while its test waits on a process start; two keep both busy).
+# pytest exits 5 when it selects nothing, and make fails on it.
 test: $(STAMP) browser
 	@$(MAKE) --no-print-directory -j2 --output-sync=target lint test-fast
 	$(BIN)/python -m pytest -m "ray or slow" -n 2 --no-loadscope-reorder
