@@ -62,7 +62,7 @@ def _scope(args: tuple[Any, ...]) -> str:
     return hashlib.sha256(json.dumps(args, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
-def worker_names(env: Mapping[str, Any], roles: tuple[str, ...] = ROLES) -> list[str]:
+def worker_names(env: Mapping[str, Any], roles: tuple[str, ...]) -> list[str]:
     """The named actors that serve a deployment's ``roles``, for whoever stops a
     deployment on a shared cluster: they are detached, so they outlive its orchestrator.
     A pool is named by what its replicas are built with, so deployments that share a
