@@ -244,9 +244,11 @@ def _default_roots() -> list[str]:
 class SandboxConfig(_Section):
     """Where tools may act. Every run input declared ``ConfinedPath`` (the incident
     workflow's service directory, the demo's outbox) must lie under one of ``roots``; a
-    sandboxed tool sees that one directory and nothing else of the host. Empty: beside a
-    local store, ``<store>-demo`` and ``<store>/outbox``. ``KEEL_TOOL_ROOTS`` (paths joined
-    by ``:``) sets them from the environment."""
+    sandboxed tool sees that one directory and nothing else of the host. Empty: the folders
+    ``keel demo`` and ``keel eval`` prepare their services in (``<store>-demo`` and
+    ``<store>-evals`` beside a local store, else ``.keel-demo`` and ``.keel-evals`` in the
+    working directory), and ``<store>/outbox``. ``KEEL_TOOL_ROOTS`` (paths joined by ``:``)
+    sets them from the environment."""
 
     roots: list[str] = Field(default_factory=_default_roots)
 
@@ -315,9 +317,19 @@ class KeelConfig(_Section):
         """The directories tools may act on, absolute."""
         roots = list(self.sandbox.roots)
         url = self.storage_url()
-        if not roots and "://" not in url:
-            roots = [f"{url}-demo", f"{url}/outbox"]
+        if not roots:
+            roots = [str(self.workdir("demo")), str(self.workdir("evals"))]
+            if "://" not in url:
+                roots.append(f"{url}/outbox")
         return [str(Path(r).expanduser().resolve()) for r in roots]
+
+    def workdir(self, purpose: Literal["demo", "evals"]) -> Path:
+        """Where ``keel demo`` and ``keel eval`` prepare the services they break: beside a
+        local store (so that each store has its own), else in the working directory."""
+        url = self.storage_url()
+        if "://" in url:
+            return Path(f".keel-{purpose}").resolve()
+        return Path(f"{url}-{purpose}")
 
     def storage_url(self) -> str:
         """The storage URL with a local path made absolute (actors run elsewhere)."""

@@ -74,22 +74,29 @@ def _tool_choice(choice: Any, tools: list[dict[str, Any]]) -> Any:
 @serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=8)
 @serve.ingress(local_api)
 class LocalModel:
-    def __init__(self, n_ctx: int = 2048, n_threads: int | None = None) -> None:
-        from llama_cpp import Llama  # noqa: PLC0415
+    def __init__(
+        self, n_ctx: int = 2048, n_threads: int | None = None, prompt_cache_mb: int = 512
+    ) -> None:
+        from llama_cpp.llama_cache import LlamaRAMCache  # noqa: PLC0415  # the local extra
+
+        from keel.router.llama_logprobs import LogprobLlama  # noqa: PLC0415  # the local extra
 
         # Half the cores: llama.cpp's threads spin at every barrier, so on a machine that
         # Ray's other processes share, as many threads as cores cost more CPU for a slower
         # answer (2 cores, one of them busy: 4.0 s with 2 threads, 2.6 s with 1).
         n_threads = n_threads or max(1, (os.cpu_count() or 2) // 2)
-        # logits_all: llama.cpp keeps every position's logits, which is what lets it report
-        # an answer's token log-probabilities (a classification's confidence).
-        self.llm: Any = Llama(
+        self.llm: Any = LogprobLlama(
             model_path=str(gguf_path()),
             n_ctx=n_ctx,
             n_threads=n_threads,
-            logits_all=True,
             verbose=False,
         )
+        # Reading a prompt is most of an answer's cost (about 100 tokens a second on one
+        # core here), and prompts share long beginnings: a workflow's system prompt and
+        # tool schemas, a run's conversation so far. The cache keeps the state after each
+        # answer (about 12 kB a token) and starts the next prompt from the longest match.
+        if prompt_cache_mb > 0:
+            self.llm.set_cache(LlamaRAMCache(capacity_bytes=prompt_cache_mb << 20))
         self.lock = asyncio.Lock()  # one llama.cpp context: one generation at a time
 
     @local_api.get("/v1/models")
@@ -106,10 +113,12 @@ class LocalModel:
         }
         if body.get("response_format"):
             kwargs["response_format"] = _response_format(body["response_format"])
-        if body.get("logprobs"):
-            kwargs.update(logprobs=True, top_logprobs=int(body.get("top_logprobs") or 1))
+        top = int(body.get("top_logprobs") or 1) if body.get("logprobs") else None
         generate: Callable[..., Any] = self.llm.create_chat_completion
         tools = body.get("tools") or []
+        if top is not None and (body.get("stream") or tools):
+            kwargs.update(logprobs=True, top_logprobs=top)  # llama-cpp-python's own, slower
+            top = None
         if tools and body.get("tool_choice") != "none":
             from llama_cpp import llama_chat_format  # noqa: PLC0415  # with the model
 
@@ -120,11 +129,21 @@ class LocalModel:
         if body.get("stream"):
             return EventSourceResponse(self._stream(generate, kwargs))
         async with self.lock:
-            out: dict[str, Any] = await asyncio.to_thread(generate, **kwargs)
-        if kwargs.get("logprobs"):  # llama.cpp reports them as numpy floats
+            out: dict[str, Any] = await asyncio.to_thread(self._answer, generate, kwargs, top)
+        if kwargs.get("logprobs") or top is not None:  # llama.cpp's are numpy floats
             out = json.loads(json.dumps(out, default=float))
         out.update(id=f"chatcmpl-{uuid.uuid4().hex[:16]}", created=int(time.time()))
         out["model"] = MODEL_NAME
+        return out
+
+    def _answer(
+        self, generate: Callable[..., Any], kwargs: dict[str, Any], top: int | None
+    ) -> dict[str, Any]:
+        """One answer, with its log-probabilities read from the logits when ``top`` says
+        how many alternatives each token lists."""
+        out: dict[str, Any] = generate(**kwargs)
+        if top is not None:
+            out["choices"][0]["logprobs"] = self.llm.chat_logprobs(out["usage"], top)
         return out
 
     async def _stream(

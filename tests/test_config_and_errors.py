@@ -23,6 +23,26 @@ def test_defaults_are_the_embedded_stack(tmp_path: Path) -> None:
     assert cfg.storage_url() == str(Path("./.keel").resolve())
 
 
+@pytest.mark.parametrize("url", ["store", "s3://bucket/prefix"])
+def test_demo_and_eval_work_where_tools_may_act_by_default(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no roots configured, the folders `keel demo` and `keel eval` prepare their
+    services in are ones tools may act on: a fresh folder's `keel eval` runs."""
+    monkeypatch.delenv("KEEL_TOOL_ROOTS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(env={"KEEL_STORAGE": url})
+    assert cfg.sandbox.roots == []
+    roots = [Path(r) for r in cfg.tool_roots()]
+    for purpose in ("demo", "evals"):
+        service = cfg.workdir(purpose) / "scenario"
+        assert service.is_absolute()
+        assert any(service.is_relative_to(r) for r in roots), (purpose, roots)
+    local = "://" not in url
+    assert (Path(cfg.storage_url()) / "outbox" in roots) == local
+    assert all(r.is_relative_to(tmp_path) for r in roots)  # nothing else of the host
+
+
 def test_file_then_environment(tmp_path: Path) -> None:
     file = tmp_path / "keel.yaml"
     file.write_text(

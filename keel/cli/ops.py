@@ -80,7 +80,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     keel = Keel(load_config(args.config))
     _apply_storage(keel, args)
     url = keel.config.storage_url()
-    base = Path(".keel-demo").resolve() if "://" in url else Path(f"{url}-demo")
+    base = keel.config.workdir("demo")
     memory = MemoryStore(keel.store.store)
     for item in RUNBOOKS:
         memory.put(item)
@@ -199,9 +199,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         result = evaluate(
             keel,
             suite,
-            workdir=Path(f"{keel.config.storage_url()}-evals")
-            if "://" not in keel.config.storage_url()
-            else Path(".keel-evals"),
+            workdir=keel.config.workdir("evals"),
             layers=layers,
             show_progress=not args.no_progress,
         )

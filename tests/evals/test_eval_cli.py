@@ -74,7 +74,9 @@ def shipped(local_router: int, tmp_path_factory: pytest.TempPathFactory) -> Iter
     args = ["--config", str(config), "eval", "incident", "--out", str(out), "--no-progress"]
     for sc in SAMPLE:
         args += ["--only", sc]
-    code = main(args)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("KEEL_TOOL_ROOTS", raising=False)  # where tools may act by default
+        code = main(args)
     report = Report.model_validate_json((out / "report.json").read_text())
     yield Evaluated(config, out, code, report)
     _stop("shipped")

@@ -19,12 +19,12 @@ from keel.router.local_model import _loosened, _response_format, gguf_path
 
 llama_cpp = pytest.importorskip("llama_cpp")
 
+from keel.router.llama_logprobs import LogprobLlama  # noqa: E402  # with llama_cpp only
+
 
 @pytest.fixture(scope="module")
-def llm() -> Iterator[Any]:
-    yield llama_cpp.Llama(
-        model_path=str(gguf_path()), n_ctx=2048, n_threads=1, logits_all=True, verbose=False
-    )
+def llm() -> Iterator[LogprobLlama]:
+    yield LogprobLlama(model_path=str(gguf_path()), n_ctx=2048, n_threads=1, verbose=False)
 
 
 def test_the_incident_tools_get_a_call_from_the_small_model(llm: Any) -> None:
@@ -53,14 +53,13 @@ def test_a_classification_comes_with_the_probability_of_its_label(llm: Any) -> N
         ClassifyRequest(text="data/orders.db checksum mismatch: data corrupt", labels=LABELS)
     )
     assert req.logprobs is True
-    out = llm.create_chat_completion(
+    out: Any = llm.create_chat_completion(
         messages=[m.model_dump(exclude_none=True) for m in req.messages],
         response_format=_response_format(req.response_format or {}),
         max_tokens=req.max_tokens,
         temperature=0.0,
-        logprobs=True,
-        top_logprobs=1,
     )
+    out["choices"][0]["logprobs"] = llm.chat_logprobs(out["usage"], 1)
     choice = out["choices"][0]
     tokens = [
         TokenLogprob(token=t["token"], logprob=t["logprob"]) for t in choice["logprobs"]["content"]
@@ -89,3 +88,79 @@ def test_only_keywords_are_dropped_never_fields() -> None:
         "properties": {"pattern": {"type": "string"}, "format": {"type": "string"}},
         "required": ["pattern"],
     }
+
+
+def _classify() -> dict[str, Any]:
+    req, _ = classify_request(
+        ClassifyRequest(text="checkout errors after a config push", labels=LABELS)
+    )
+    return {
+        "messages": [m.model_dump(exclude_none=True) for m in req.messages],
+        "response_format": _response_format(req.response_format or {}),
+        "max_tokens": req.max_tokens,
+    }
+
+
+def _free_text() -> dict[str, Any]:
+    return {
+        "messages": [{"role": "user", "content": "Name three colours, with a word on each."}],
+        "max_tokens": 20,  # stops on the limit: the last token was never fed back
+    }
+
+
+@pytest.fixture(scope="module")
+def reference() -> Iterator[Any]:
+    """llama-cpp-python computing log-probabilities its own way."""
+    yield llama_cpp.Llama(
+        model_path=str(gguf_path()), n_ctx=2048, n_threads=1, logits_all=True, verbose=False
+    )
+
+
+@pytest.mark.parametrize("top", [1, 3])
+@pytest.mark.parametrize("request_of", [_classify, _free_text])
+def test_logprobs_from_the_sampled_rows_are_llama_cpps_own(
+    llm: LogprobLlama, reference: Any, request_of: Any, top: int
+) -> None:
+    """Read from the logits each token was sampled from, they are the values
+    llama-cpp-python computes over its whole buffer: same tokens, same alternatives in the
+    same order, the same log-probabilities (to float32's last bits: it evaluates the
+    prompt's rows in one batch)."""
+    llm.reset()  # both read the whole prompt, in one batch
+    reference.reset()
+    kwargs = {**request_of(), "temperature": 0.0}
+    theirs: Any = reference.create_chat_completion(**kwargs, logprobs=True, top_logprobs=top)
+    ours: Any = llm.create_chat_completion(**kwargs)
+    assert ours["choices"][0]["message"] == theirs["choices"][0]["message"]
+    got = llm.chat_logprobs(ours["usage"], top)["content"]
+    expected = theirs["choices"][0]["logprobs"]["content"]
+    assert len(got) == ours["usage"]["completion_tokens"] > 1
+    assert [t["token"] for t in got] == [t["token"] for t in expected]
+    assert "".join(t["token"] for t in got) == ours["choices"][0]["message"]["content"]
+    for mine, want in zip(got, expected, strict=True):
+        assert float(mine["logprob"]) == pytest.approx(float(want["logprob"]), abs=1e-4)
+        assert [a["token"] for a in mine["top_logprobs"]] == [
+            a["token"] for a in want["top_logprobs"]
+        ]
+        for a, b in zip(mine["top_logprobs"], want["top_logprobs"], strict=True):
+            assert float(a["logprob"]) == pytest.approx(float(b["logprob"]), abs=1e-4)
+
+
+def test_a_prompt_that_begins_like_an_earlier_one_is_read_from_where_they_part(
+    llm: LogprobLlama,
+) -> None:
+    """The prompt cache the deployment sets: a second prompt with the same beginning, asked
+    after another prompt, starts from the cached state and gives the same answer."""
+    llm.set_cache(llama_cpp.LlamaRAMCache(capacity_bytes=64 << 20))
+    try:
+        long = {"role": "system", "content": "Tools: " + " ".join(f"t{i}(x)" for i in range(80))}
+        ask = [long, {"role": "user", "content": "Which tool first?"}]
+        first: Any = llm.create_chat_completion(messages=ask, max_tokens=6, temperature=0.0)
+        llm.create_chat_completion(**_free_text(), temperature=0.0)  # another prompt between
+        states = len(llm.cache.cache_state)  # type: ignore[union-attr]
+        again: Any = llm.create_chat_completion(messages=ask, max_tokens=6, temperature=0.0)
+        assert states == 2
+        assert again["choices"][0]["message"] == first["choices"][0]["message"]
+        # Restored from the cache: only the prompt's last token was read again.
+        assert llm.n_tokens - first["usage"]["prompt_tokens"] <= 6
+    finally:
+        llm.set_cache(None)
