@@ -47,6 +47,7 @@ def sent(log: Path) -> list[str]:
 class Inputs(BaseModel):
     log: str
     think_s: float = 0.0
+    hold: str = Field(default="", description="a file the run waits for (two minutes at most)")
 
 
 class State(BaseModel):
@@ -59,6 +60,9 @@ flow = Workflow("sendflow", state=State, inputs=Inputs)
 @flow.node(inline=True)
 def think(state: State, ctx: NodeContext) -> dict[str, Any]:
     time.sleep(float(ctx.inputs.get("think_s") or 0.0))  # type: ignore[arg-type]
+    hold, deadline = str(ctx.inputs.get("hold") or ""), time.monotonic() + 120
+    while hold and not Path(hold).exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
     return {}
 
 

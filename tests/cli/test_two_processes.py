@@ -23,9 +23,11 @@ from tests.conftest import free_port, new_bucket, s3_options
 pytestmark = pytest.mark.ray  # it starts Ray in processes of its own
 
 ROOT = Path(__file__).resolve().parents[2]
-# The embedded case repeats the reported session (a batch of 110, a run from a second
-# terminal); on S3 every step is a round trip to the moto server, so its batch is shorter.
-RUNS = {"embedded": 110, "two-rays-on-s3": 50}
+# The second terminal's run comes after 15 sends, while two of the batch's runs wait for a
+# gate the test opens only once that run is done: the batch is still under way whatever
+# the machine's speed. On S3 every step is a round trip to the moto server.
+RUNS = {"embedded": 30, "two-rays-on-s3": 24}
+HELD = (15, 16)  # fewer than the orchestrator's threads: the others go on meanwhile
 
 
 def keel_cli(*args: str, env: dict[str, str], **kw: object) -> subprocess.Popen[str]:
@@ -53,14 +55,14 @@ def base_env(storage: str, options: dict[str, object] | None = None) -> dict[str
     return env
 
 
-def write_tasks(tmp_path: Path, log: Path, count: int) -> Path:
+def write_tasks(tmp_path: Path, log: Path, count: int, gate: Path) -> Path:
     lines = [
         json.dumps(
             {
                 "id": f"t{i}",
                 "workflow": "tests.cli.sendflow:flow",
                 "goal": f"message {i}",
-                "inputs": {"log": str(log), "think_s": 0.3},
+                "inputs": {"log": str(log), "think_s": 0.3, "hold": str(gate) if i in HELD else ""},
             }
         )
         for i in range(count)
@@ -82,8 +84,8 @@ def test_a_second_process_mid_batch_never_sends_twice(
         endpoint = request.getfixturevalue("s3_endpoint")
         storage, options = f"s3://{new_bucket(endpoint)}/keel", s3_options(endpoint)
     env = base_env(storage, options)
-    runs_in_batch = RUNS[where]
-    tasks = write_tasks(tmp_path, log, runs_in_batch)
+    runs_in_batch, gate = RUNS[where], tmp_path / "gate"
+    tasks = write_tasks(tmp_path, log, runs_in_batch, gate)
     results = tmp_path / "results.jsonl"
     batch = keel_cli(
         "batch",
@@ -95,26 +97,30 @@ def test_a_second_process_mid_batch_never_sends_twice(
         "--no-progress",
         env=env,
     )
-    deadline = time.monotonic() + 240
-    while len(sent(log)) < 15:  # well into the batch
-        assert batch.poll() is None, batch.communicate()[0][-3000:]
-        assert time.monotonic() < deadline, "the batch made no progress"
-        time.sleep(0.2)
-    second_env = dict(env)
-    if where != "embedded":
-        second_env["KEEL_RAY_ADDRESS"] = "local"  # a Ray instance of its own, same bucket
-    second = keel_cli(
-        "run",
-        "tests.cli.sendflow:flow",
-        "--goal",
-        "from the second terminal",
-        "--input",
-        f"log={log}",
-        "--run-id",
-        "second-1",
-        env=second_env,
-    )
-    code2, out2 = finish(second)
+    try:
+        deadline = time.monotonic() + 240
+        while len(sent(log)) < 15:  # well into the batch
+            assert batch.poll() is None, batch.communicate()[0][-3000:]
+            assert time.monotonic() < deadline, "the batch made no progress"
+            time.sleep(0.2)
+        second_env = dict(env)
+        if where != "embedded":
+            second_env["KEEL_RAY_ADDRESS"] = "local"  # a Ray instance of its own, same bucket
+        second = keel_cli(
+            "run",
+            "tests.cli.sendflow:flow",
+            "--goal",
+            "from the second terminal",
+            "--input",
+            f"log={log}",
+            "--run-id",
+            "second-1",
+            env=second_env,
+        )
+        code2, out2 = finish(second)
+        assert batch.poll() is None, "the batch ended before the second run did"
+    finally:
+        gate.touch()
     code1, out1 = finish(batch)
     assert code2 == 0, out2[-3000:]
     assert code1 == 0, out1[-3000:]
