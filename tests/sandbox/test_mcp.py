@@ -49,13 +49,22 @@ def mcp_server() -> Iterator[str]:
     proc.wait(timeout=10)
 
 
-@pytest.fixture
-def keel(ray_session: None, tmp_path: Path, mcp_server: str) -> Iterator[Keel]:
-    for marker in MARKERS.glob("*"):
-        marker.unlink()
-    client = make_keel(Backend("local", str(tmp_path / "store")))
+@pytest.fixture(scope="module")
+def deployment(
+    ray_session: None, tmp_path_factory: pytest.TempPathFactory, mcp_server: str
+) -> Iterator[Keel]:
+    """One deployment for the module; each test's run is its own."""
+    client = make_keel(Backend("local", str(tmp_path_factory.mktemp("mcp") / "store")))
     yield client
     stop_orchestrator(client)
+
+
+@pytest.fixture
+def keel(deployment: Keel) -> Keel:
+    """The module's deployment, with the MCP server's record of calls emptied."""
+    for marker in MARKERS.glob("*"):
+        marker.unlink()
+    return deployment
 
 
 def test_server_tools_appear_in_the_registry(mcp_server: str) -> None:

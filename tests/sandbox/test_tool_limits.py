@@ -17,9 +17,11 @@ from tests.conftest import Backend
 pytestmark = pytest.mark.skipif(not isolation()[0], reason=isolation()[1])
 
 
-@pytest.fixture
-def keel(ray_session: None, tmp_path: Path) -> Iterator[Keel]:
-    client = make_keel(Backend("local", str(tmp_path / "store")))
+@pytest.fixture(scope="module")
+def keel(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Keel]:
+    """One deployment for the module: each test's run is its own, and what stops it is the
+    tool's doing, not the deployment's."""
+    client = make_keel(Backend("local", str(tmp_path_factory.mktemp("limits") / "store")))
     yield client
     stop_orchestrator(client)
 
@@ -33,9 +35,7 @@ def keel(ray_session: None, tmp_path: Path) -> Iterator[Keel]:
         ("slow", "killed=timeout"),
     ],
 )
-def test_misbehaving_tool_is_stopped_and_recorded(
-    keel: Keel, tmp_path: Path, what: str, why: str
-) -> None:
+def test_misbehaving_tool_is_stopped_and_recorded(keel: Keel, what: str, why: str) -> None:
     target = Path("/etc/keel-limits-test")  # outside the scratch: read-only in the sandbox
     with socket.socket() as srv:
         srv.bind(("127.0.0.1", 0))
