@@ -74,6 +74,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.orchestration
 	$(BIN)/python -m bench.router_overhead
 	$(BIN)/python -m bench.router_streaming
+	$(BIN)/python -m bench.local_model
 	$(BIN)/python -m bench.batch_throughput
 	$(BIN)/python -m bench.batch_throughput --pin
 	$(BIN)/python -m bench.cost_breakdown
