@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -31,10 +30,12 @@ def stop_orchestrator(keel: Keel) -> None:
     stop_deployment(keel.config)
 
 
-@pytest.fixture
-def keel(ray_session: None, tmp_path: Path) -> Iterator[Keel]:
-    """A client with its own orchestrator actor over the test's own local storage (S3 is
-    covered where a test asks for ``s3_backend``, and in-process in the fast tier)."""
-    client = make_keel(Backend("local", str(tmp_path / "store")))
+@pytest.fixture(scope="module")
+def keel(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Keel]:
+    """A client with an orchestrator actor of its own over local storage, one per test
+    module (S3 is covered where a test asks for ``s3_backend``, and in-process in the fast
+    tier). Each test's runs are its own; one that crashes the orchestrator leaves the next
+    test a restarted one, as Ray would leave it to any later run."""
+    client = make_keel(Backend("local", str(tmp_path_factory.mktemp("actors") / "store")))
     yield client
     stop_orchestrator(client)

@@ -44,9 +44,10 @@ def make(tmp_path: Path, **budgets: Any) -> Keel:
     )
 
 
-@pytest.fixture
-def keel(ray_session: None, tmp_path: Path) -> Iterator[Keel]:
-    client = make(tmp_path, max_rejections=2)
+@pytest.fixture(scope="module")
+def keel(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Keel]:
+    """One deployment for the module's runs (each test's are its own)."""
+    client = make(tmp_path_factory.mktemp("enforcement"), max_rejections=2)
     yield client
     stop_orchestrator(client)
 
