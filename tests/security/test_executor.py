@@ -15,14 +15,18 @@ from keel.errors import InputError, PolicyError
 from tests.actors.conftest import make_keel
 from tests.actors.workflows import counter
 from tests.conftest import Backend
+from tests.fakes import stop_deployment
 
 RESTART = "tests.actors.workflows:restart"
 
 
-@pytest.fixture
-def executor(ray_session: None, tmp_path: Path):  # type: ignore[no-untyped-def]
-    keel = make_keel(Backend("local", str(tmp_path / "store")))
-    return pool("executor", keel.settings().node_env())
+@pytest.fixture(scope="module")
+def executor(ray_session: None, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """The executor of one deployment, asked directly (no orchestrator in between); stopped
+    with the module, like any deployment's."""
+    keel = make_keel(Backend("local", str(tmp_path_factory.mktemp("executor") / "store")))
+    yield pool("executor", keel.settings().node_env())
+    stop_deployment(keel.config)
 
 
 async def test_a_write_needing_approval_is_refused_without_one_in_the_ledger(
