@@ -33,24 +33,33 @@ def events_of(keel: Keel, run_id: str) -> list[object]:
     return list(keel.show(run_id).events)
 
 
-@pytest.fixture
-def scripted_keel(
-    serve_port: int, scripted_router: Scripted, tmp_path: Path, request: pytest.FixtureRequest
-) -> Iterator[tuple[Keel, Scripted]]:
-    """A client whose router tiers both live on the scripted provider (with the router
-    settings a test passes as its indirect parameter)."""
-    scripted = scripted_router
-    router = two_tier_config(scripted.base).model_copy(
-        update={"http_port": serve_port, **getattr(request, "param", {})}
+@pytest.fixture(scope="module")
+def router_settings(request: pytest.FixtureRequest) -> dict[str, object]:
+    """Router settings a test passes as its indirect parameter (none by default)."""
+    return dict(getattr(request, "param", {}))
+
+
+@pytest.fixture(scope="module")
+def deployment(
+    serve_port: int,
+    scripted_server: Scripted,
+    router_settings: dict[str, object],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Keel]:
+    """One deployment per module and router settings, its router tiers both on the scripted
+    provider; each test's runs are its own."""
+    router = two_tier_config(scripted_server.base).model_copy(
+        update={"http_port": serve_port, **router_settings}
     )
+    store = tmp_path_factory.mktemp("workers") / "store"
     keel = Keel(
         KeelConfig(
-            storage=StorageConfig(url=str(tmp_path / "store"), fsync=False),
-            orchestrator=OrchestratorConfig(name=f"orch-{tmp_path.name}", node_num_cpus=0.25),
+            storage=StorageConfig(url=str(store), fsync=False),
+            orchestrator=OrchestratorConfig(name=f"orch-{store.parent.name}", node_num_cpus=0.25),
             router=router,
         )
     )
-    memory = MemoryStore(Backend("local", str(tmp_path / "store")).open())
+    memory = MemoryStore(Backend("local", str(store)).open())
     memory.put(
         MemoryItem(
             id="rb-config",
@@ -60,8 +69,14 @@ def scripted_keel(
         )
     )
     memory.put(MemoryItem(id="rb-disk", kind="document", title="Disk full", text="Free space."))
-    yield keel, scripted
+    yield keel
     stop_orchestrator(keel)
+
+
+@pytest.fixture
+def scripted_keel(deployment: Keel, scripted_router: Scripted) -> tuple[Keel, Scripted]:
+    """The module's deployment, and the scripted provider reset for this test."""
+    return deployment, scripted_router
 
 
 def test_run_records_worker_and_tier_of_every_call(scripted_keel: tuple[Keel, Scripted]) -> None:
@@ -118,7 +133,7 @@ def test_invalid_small_answer_escalates_and_ledger_says_so(
     assert final.data["label"] == "bad_config"
 
 
-@pytest.mark.parametrize("scripted_keel", [{"escalate_below_confidence": 0.6}], indirect=True)
+@pytest.mark.parametrize("router_settings", [{"escalate_below_confidence": 0.6}], indirect=True)
 def test_unsure_small_answer_escalates_with_its_confidence_in_the_ledger(
     scripted_keel: tuple[Keel, Scripted],
 ) -> None:
