@@ -25,12 +25,15 @@ pytestmark = pytest.mark.skipif(not isolation()[0], reason=isolation()[1])
 GOAL_TEXT = "The checkout service is failing its health checks. Diagnose it and mitigate."
 
 
-@pytest.fixture
-def keel(local_router: int, tmp_path: Path) -> Iterator[Keel]:
+@pytest.fixture(scope="module")
+def keel(local_router: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Keel]:
+    """One deployment for the module. Each test's service is its own, and so are the
+    episodes its runs recall (they are of that service)."""
+    store = tmp_path_factory.mktemp("incident") / "store"
     client = Keel(
         KeelConfig(
-            storage=StorageConfig(url=str(tmp_path / "store"), fsync=False),
-            orchestrator=OrchestratorConfig(name=f"orch-{tmp_path.name}", node_num_cpus=0.25),
+            storage=StorageConfig(url=str(store), fsync=False),
+            orchestrator=OrchestratorConfig(name=f"orch-{store.parent.name}", node_num_cpus=0.25),
             router=RouterConfig(http_port=local_router),
         ),
         orchestrator_class=ChaosOrchestrator,
