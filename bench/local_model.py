@@ -75,7 +75,7 @@ def timed(llm: Any, reqs: list[dict[str, Any]], theirs: bool) -> tuple[float, in
             out = llm.create_chat_completion(**req, logprobs=True, top_logprobs=1)
         else:
             out = llm.create_chat_completion(**req)
-            out["choices"][0]["logprobs"] = llm.chat_logprobs(out["usage"], 1)
+            out["choices"][0]["logprobs"] = llm.chat_logprobs(1, out["usage"]["completion_tokens"])
         json.dumps(out["choices"][0]["logprobs"], default=float)  # what the replica sends
         tokens += out["usage"]["completion_tokens"]
     return time.process_time() - started, tokens

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Generator, Sequence
 from typing import Any
 
+import llama_cpp
 import numpy as np
 from llama_cpp import Llama
 
@@ -46,18 +47,32 @@ class LogprobLlama(Llama):
         self.rows.append(row.copy())
         return int(super().sample(*args, **kwargs))
 
-    def chat_logprobs(self, usage: dict[str, int], top: int) -> dict[str, Any]:
-        """The last answer's log-probabilities in the chat completion's form, as
-        llama-cpp-python reports them (an alternative list holding the ``top`` most likely
-        tokens, then the chosen one if it is not among them)."""
-        tokens = self.sampled[: usage["completion_tokens"]]
-        if not tokens:
-            return {"content": [], "refusal": None}
-        rows = Llama.logits_to_logprobs(np.stack(self.rows[: len(tokens)]))
+    def answered(self) -> int:
+        """How many of the tokens sampled so far are the answer's (an end-of-generation
+        token, always the last, is not)."""
+        done = len(self.sampled)
+        if done and llama_cpp.llama_vocab_is_eog(self._model.vocab, self.sampled[-1]):
+            done -= 1
+        return done
+
+    def chat_logprobs(self, top: int, count: int | None = None) -> dict[str, Any]:
+        """The last answer's log-probabilities (its first ``count`` tokens, by default
+        all of them) in the chat completion's form."""
+        stop = self.answered() if count is None else count
+        return {"content": self.entries(0, stop, top), "refusal": None}
+
+    def entries(self, start: int, stop: int, top: int) -> list[dict[str, Any]]:
+        """The chat form's entries for the answer's tokens ``start:stop``, as
+        llama-cpp-python writes them: each with an alternative list of the ``top`` most
+        likely tokens, then the chosen one if it is not among them."""
+        stop = min(stop, len(self.sampled), len(self.rows))
+        if stop <= start:
+            return []
+        rows = Llama.logits_to_logprobs(np.stack(self.rows[start:stop]))
         top = max(0, top)
         content = []
-        for idx, (token, row) in enumerate(zip(tokens, rows, strict=True)):
-            before = tokens[:idx]
+        for idx, row in enumerate(rows, start=start):
+            token, before = self.sampled[idx], self.sampled[:idx]
             text = self._text([token], before)
             part = (
                 np.argpartition(-row, top - 1)[:top]
@@ -77,7 +92,7 @@ class LogprobLlama(Llama):
                     ],
                 }
             )
-        return {"content": content, "refusal": None}
+        return content
 
     def _text(self, tokens: list[int], before: list[int]) -> str:
         return bytes(self.detokenize(tokens, prev_tokens=before)).decode("utf-8", errors="ignore")

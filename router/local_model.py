@@ -116,9 +116,6 @@ class LocalModel:
         top = int(body.get("top_logprobs") or 1) if body.get("logprobs") else None
         generate: Callable[..., Any] = self.llm.create_chat_completion
         tools = body.get("tools") or []
-        if top is not None and (body.get("stream") or tools):
-            kwargs.update(logprobs=True, top_logprobs=top)  # llama-cpp-python's own, slower
-            top = None
         if tools and body.get("tool_choice") != "none":
             from llama_cpp import llama_chat_format  # noqa: PLC0415  # with the model
 
@@ -127,10 +124,10 @@ class LocalModel:
             kwargs.update(llama=self.llm, tools=_loosened(tools), tool_choice=choice)
             generate = handler
         if body.get("stream"):
-            return EventSourceResponse(self._stream(generate, kwargs))
+            return EventSourceResponse(self._stream(generate, kwargs, top))
         async with self.lock:
             out: dict[str, Any] = await asyncio.to_thread(self._answer, generate, kwargs, top)
-        if kwargs.get("logprobs") or top is not None:  # llama.cpp's are numpy floats
+        if top is not None:  # the log-probabilities are numpy floats
             out = json.loads(json.dumps(out, default=float))
         out.update(id=f"chatcmpl-{uuid.uuid4().hex[:16]}", created=int(time.time()))
         out["model"] = MODEL_NAME
@@ -140,23 +137,37 @@ class LocalModel:
         self, generate: Callable[..., Any], kwargs: dict[str, Any], top: int | None
     ) -> dict[str, Any]:
         """One answer, with its log-probabilities read from the logits when ``top`` says
-        how many alternatives each token lists."""
+        how many alternatives each token lists: those of its text (an answer that is a
+        tool call has none, as OpenAI reports it)."""
         out: dict[str, Any] = generate(**kwargs)
         if top is not None:
-            out["choices"][0]["logprobs"] = self.llm.chat_logprobs(out["usage"], top)
+            choice = out["choices"][0]
+            if choice["message"].get("tool_calls"):
+                choice["logprobs"] = None  # a tool call has none, as OpenAI reports it
+            elif "llama" in kwargs:  # the tools handler's answer: its last completion
+                choice["logprobs"] = self.llm.chat_logprobs(top)
+            else:
+                choice["logprobs"] = self.llm.chat_logprobs(top, out["usage"]["completion_tokens"])
         return out
 
     async def _stream(
-        self, generate: Callable[..., Any], kwargs: dict[str, Any]
+        self, generate: Callable[..., Any], kwargs: dict[str, Any], top: int | None
     ) -> AsyncIterator[dict[str, str]]:
         """llama.cpp's chunks as they come (it generates in a thread; they cross over a
-        queue), as server-sent events."""
+        queue), as server-sent events; with ``top``, each chunk carries the log-probabilities
+        of the tokens sampled since the one before."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
 
         def produce() -> None:
+            told = 0
             try:
                 for chunk in generate(stream=True, **kwargs):
+                    if top is not None and chunk.get("choices"):
+                        done = self.llm.answered()
+                        content = self.llm.entries(told, done, top)
+                        chunk["choices"][0]["logprobs"] = {"content": content, "refusal": None}
+                        told = done
                     loop.call_soon_threadsafe(queue.put_nowait, chunk)
             finally:
                 loop.call_soon_threadsafe(queue.put_nowait, None)
@@ -165,7 +176,7 @@ class LocalModel:
             worker = asyncio.create_task(asyncio.to_thread(produce))
             while (chunk := await queue.get()) is not None:
                 chunk["model"] = MODEL_NAME
-                yield {"data": json.dumps(chunk)}
+                yield {"data": json.dumps(chunk, default=float)}
             await worker
         yield {"data": "[DONE]"}
 

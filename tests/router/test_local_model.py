@@ -3,6 +3,7 @@ tools' schemas, loosened; and a classification's token log-probabilities, its co
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -15,7 +16,7 @@ from keel.actors.worker_messages import ClassifyRequest
 from keel.core.calls import ModelCall, TokenLogprob
 from keel.core.tool import tool_schema
 from keel.examples.incident import LABELS, MITIGATION_TOOLS
-from keel.router.local_model import _loosened, _response_format, gguf_path
+from keel.router.local_model import LocalModel, _loosened, _response_format, gguf_path
 
 llama_cpp = pytest.importorskip("llama_cpp")
 
@@ -59,7 +60,7 @@ def test_a_classification_comes_with_the_probability_of_its_label(llm: Any) -> N
         max_tokens=req.max_tokens,
         temperature=0.0,
     )
-    out["choices"][0]["logprobs"] = llm.chat_logprobs(out["usage"], 1)
+    out["choices"][0]["logprobs"] = llm.chat_logprobs(1, out["usage"]["completion_tokens"])
     choice = out["choices"][0]
     tokens = [
         TokenLogprob(token=t["token"], logprob=t["logprob"]) for t in choice["logprobs"]["content"]
@@ -134,7 +135,7 @@ def test_logprobs_from_the_sampled_rows_are_llama_cpps_own(
     theirs: Any = reference.create_chat_completion(**kwargs, logprobs=True, top_logprobs=top)
     ours: Any = llm.create_chat_completion(**kwargs)
     assert ours["choices"][0]["message"] == theirs["choices"][0]["message"]
-    got = llm.chat_logprobs(ours["usage"], top)["content"]
+    got = llm.chat_logprobs(top, ours["usage"]["completion_tokens"])["content"]
     expected = theirs["choices"][0]["logprobs"]["content"]
     assert len(got) == ours["usage"]["completion_tokens"] > 1
     assert [t["token"] for t in got] == [t["token"] for t in expected]
@@ -167,3 +168,50 @@ def test_a_prompt_that_begins_like_an_earlier_one_is_read_from_where_they_part(
         assert llm.n_tokens - first["usage"]["prompt_tokens"] <= 6
     finally:
         llm.set_cache(None)
+
+
+@pytest.fixture(scope="module")
+def replica() -> Any:
+    """The deployment's class itself, outside Serve: what a replica runs (Serve's ingress
+    makes its constructor a coroutine)."""
+    cls = LocalModel.func_or_class  # type: ignore[attr-defined]
+    made = cls.__new__(cls)
+    asyncio.run(cls.__init__(made, prompt_cache_mb=0))
+    return made
+
+
+async def test_a_stream_carries_each_tokens_log_probability(replica: Any) -> None:
+    """Streamed, each chunk says the log-probabilities of the tokens it brings: together
+    they spell the answer."""
+    kwargs = {**_free_text(), "temperature": 0.0}
+    chunks = [
+        json.loads(event["data"])
+        async for event in replica._stream(replica.llm.create_chat_completion, kwargs, 2)
+        if event["data"] != "[DONE]"
+    ]
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    tokens = [t for c in chunks if c["choices"] for t in c["choices"][0]["logprobs"]["content"]]
+    assert text and "".join(t["token"] for t in tokens) == text
+    assert all(t["logprob"] <= 0 and 1 <= len(t["top_logprobs"]) <= 3 for t in tokens)
+
+
+def test_a_tool_call_asked_with_log_probabilities_has_none(replica: Any) -> None:
+    """As OpenAI answers: logprobs asked of a turn that calls a tool come back empty, not
+    as an error."""
+    tools = [
+        {"type": "function", "function": {"name": t.name, "parameters": tool_schema(t)}}
+        for t in MITIGATION_TOOLS
+    ]
+    handler = llama_cpp.llama_chat_format.get_chat_completion_handler("chatml-function-calling")
+    kwargs = {
+        "messages": [{"role": "user", "content": "Delete the corrupt data file orders.db."}],
+        "max_tokens": 96,
+        "temperature": 0.0,
+        "llama": replica.llm,
+        "tools": _loosened(tools),
+        "tool_choice": "auto",
+    }
+    out = replica._answer(handler, kwargs, 1)
+    message = out["choices"][0]["message"]
+    assert message.get("tool_calls")
+    assert out["choices"][0]["logprobs"] is None
