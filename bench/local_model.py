@@ -96,6 +96,8 @@ def main() -> None:
     ours.reset()
     ours.set_cache(LlamaRAMCache(capacity_bytes=512 << 20))
     cached_s, _ = timed(ours, reqs, theirs=False)
+    states = list(ours.cache.cache_state.values()) if ours.cache is not None else []
+    held_mb = sum(st.llama_state_size + st.scores.nbytes for st in states) / 2**20
 
     rows = [
         ("llama-cpp-python's logprobs (logits_all)", theirs_s, tokens),
@@ -110,10 +112,13 @@ def main() -> None:
             name, f"{cpu:.2f}", f"{cpu / len(reqs):.3f}", str(made), f"{theirs_s / cpu:.2f}x"
         )
     console.print(table)
+    console.print(f"prompt cache: {len(states)} saved states holding {held_mb:.0f} MB")
     write_results(
         "local_model",
         {
             "requests": len(reqs),
+            "cache_states": len(states),
+            "cache_held_mb": round(held_mb, 1),
             "rows": [{"path": n, "cpu_s": round(c, 3), "tokens": t} for n, c, t in rows],
         },
     )

@@ -28,7 +28,13 @@ class LogprobLlama(Llama):
     cache hundreds of megabytes) nor llama-cpp-python's per-token sort."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, logits_all=False, **kwargs)
+        # Without logits_all, llama-cpp-python never writes its logits buffer (n_batch rows
+        # of the vocabulary, 100 MB here), yet every prompt state it saves for the cache
+        # copies the rows up to the prompt's length, and every load scans them: about 100 MB
+        # a saved answer, held by the cache beyond the capacity it counts. One row is all
+        # that its readers (a stopping criterion's last row) can ask for.
+        self.scores = np.zeros((1, self.n_vocab()), dtype=np.single)
         self.sampled: list[int] = []
         self.rows: list[np.ndarray[Any, Any]] = []
 

@@ -166,6 +166,10 @@ def test_a_prompt_that_begins_like_an_earlier_one_is_read_from_where_they_part(
         assert again["choices"][0]["message"] == first["choices"][0]["message"]
         # Restored from the cache: only the prompt's last token was read again.
         assert llm.n_tokens - first["usage"]["prompt_tokens"] <= 6
+        # What a saved state holds is what the cache counts: the model's state, not a copy
+        # of a logits buffer nothing wrote (one row of the vocabulary at most).
+        for state in llm.cache.cache_state.values():  # type: ignore[union-attr]
+            assert state.scores.nbytes <= 4 * llm.n_vocab() < state.llama_state_size
     finally:
         llm.set_cache(None)
 
