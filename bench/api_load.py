@@ -105,10 +105,10 @@ def main() -> None:
     pending = set(result["ids"])
     with console.status("waiting for every accepted run to finish"):
         while pending and time.monotonic() < deadline:
-            statuses = {r["run_id"]: r["status"] for r in keel.runs()}
+            statuses = {r.run_id: r.status for r in keel.runs()}
             pending = {i for i in pending if statuses.get(i) in (None, "running")}
             time.sleep(1)
-    done = {r["run_id"]: r["status"] for r in keel.runs()}
+    done = {r.run_id: r.status for r in keel.runs()}
     result["terminal"] = sum(1 for i in result["ids"] if done.get(i) not in (None, "running"))
     result["succeeded"] = sum(1 for i in result["ids"] if done.get(i) == "succeeded")
     result["lost"] = len(result["ids"]) - result["terminal"]

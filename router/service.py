@@ -14,7 +14,7 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from fastapi import FastAPI, Header, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -28,8 +28,10 @@ from sse_starlette import EventSourceResponse
 from keel.config import ROUTER_APP, RouterConfig, load_config
 from keel.core.calls import ChatMessage, ModelCall, RouteDecision, RouteRequest, StepKind
 from keel.errors import KeelError
-from keel.router.gateway import ModelGateway
 from keel.router.local_model import deploy_local_model
+
+if TYPE_CHECKING:
+    from keel.router.gateway import ModelGateway
 
 APP_NAME = ROUTER_APP
 api = FastAPI(title="Keel model router", version="1")
@@ -175,9 +177,17 @@ def _authorised(keys: dict[str, str], authorization: str | None) -> None:
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=64)
 @serve.ingress(api)
 class ModelRouter:
-    """One router replica: a ``ModelGateway`` behind HTTP and a Serve handle."""
+    """One router replica: a ``ModelGateway`` behind HTTP and a Serve handle.
+
+    Only the replica loads the gateway: it imports litellm, about 4 s of CPU, which a
+    process that merely deploys the router (``keel run``, a test) would otherwise pay too.
+    """
+
+    gateway: "ModelGateway"
 
     def __init__(self, config: dict[str, Any]) -> None:
+        from keel.router.gateway import ModelGateway  # noqa: PLC0415  # litellm: replica only
+
         router = RouterConfig.model_validate(config)
         self.gateway = ModelGateway(router)
         self.keys = dict(router.keys)
