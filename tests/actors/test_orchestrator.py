@@ -38,6 +38,34 @@ def test_five_node_run_completes_with_one_effect_each(
     assert keel.show(st.run_id).state == final
 
 
+def test_following_a_run_only_to_its_end_asks_the_orchestrator_once(
+    keel: Keel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``keel batch``, evals and the MCP gateway follow runs without reading their events:
+    that is one long call for the whole run, not one per commit (each of which made the
+    orchestrator copy the run's state while it drove it); with ``on_events``, every event
+    still arrives."""
+    asked: list[str] = []
+    call = keel._call
+
+    def counted(method: str, *args: object, **kwargs: float) -> object:
+        asked.append(method)
+        return call(method, *args, **kwargs)
+
+    monkeypatch.setattr(keel, "_call", counted)
+    quiet, shown = tmp_path / "quiet", tmp_path / "shown"
+    quiet.mkdir(), shown.mkdir()
+    st = keel.start(FIVE, "ship it", {"dir": str(quiet)})
+    assert keel.watch(st.run_id, timeout_s=60).status == RunStatus.SUCCEEDED
+    assert asked == ["start_run", "wait"]
+
+    seen: list[int] = []
+    st = keel.start(FIVE, "ship it", {"dir": str(shown)})
+    final = keel.watch(st.run_id, lambda evs, _st: seen.extend(e.seq for e in evs), timeout_s=60)
+    assert final.status == RunStatus.SUCCEEDED
+    assert seen == list(range(seen[0], final.last_seq + 1))
+
+
 @pytest.mark.parametrize(("point", "node"), FAULTS, ids=[f"{p}-{n}" for p, n in FAULTS])
 def test_orchestrator_crash_never_repeats_an_effect(
     keel: Keel, tmp_path: Path, point: str, node: str
