@@ -2,8 +2,10 @@
 
 ``python -m bench.api_load --runs 2000 --concurrency 32``. Starts a local Ray instance,
 the runs API on Serve (127.0.0.1), submits the bundled ``demo`` workflow (local effects,
-no model), then waits until every accepted run id is terminal. Reports errors, lost runs
-and submission latency p50/p99, and writes ``bench/.out/api_load.json``.
+no model), then waits until every accepted run id is terminal. Reports errors, lost runs,
+submission latency p50/p99, and the CPU each process spent per submission while they were
+made (the runs already accepted execute on the same cores meanwhile), and writes
+``bench/.out/api_load.json``.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ import ray
 from ray import serve
 from rich.console import Console
 from rich.progress import Progress
+from rich.table import Table
 
 from bench import write_results
+from bench.cpu_profile import CpuSampler
 from keel.client import Keel
 from keel.config import KeelConfig, StorageConfig
 from keel.server.runs_api import deploy_runs_api, hash_key
@@ -98,7 +102,14 @@ def main() -> None:
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     deploy_runs_api(config.model_dump(mode="json"), {hash_key("bench-key"): "alice"})
     # Under the store: where the default tool roots let a tool write.
-    result = asyncio.run(load(args.runs, args.concurrency, port, f"{tmp}/store/outbox"))
+    outbox = f"{tmp}/store/outbox"
+    asyncio.run(load(min(40, args.runs), 8, port, outbox))  # warm: replicas, workers, imports
+    with CpuSampler() as cpu:
+        result = asyncio.run(load(args.runs, args.concurrency, port, outbox))
+    result["cpu_ms_per_submission"] = {
+        group.replace("driver (keel batch)", "load client (this process)"): 1000 * s / args.runs
+        for group, s in cpu.by_group.items()
+    }
 
     keel = Keel(config)
     deadline = time.monotonic() + 900
@@ -119,6 +130,14 @@ def main() -> None:
         f"submission p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, "
         f"{result['runs'] / result['submit_s']:.0f} submissions/s"
     )
+    table = Table(title="CPU per submission, by process (ms)")
+    table.add_column("process")
+    table.add_column("CPU ms", justify="right")
+    for group, ms in result["cpu_ms_per_submission"].items():
+        table.add_row(group, f"{ms:.1f}")
+    total = sum(result["cpu_ms_per_submission"].values())
+    table.add_row("all processes", f"{total:.1f}")
+    console.print(table)
     write_results("api_load", result)
     serve.shutdown()
     ray.shutdown()
