@@ -66,7 +66,25 @@ def start_background(keel: Keel, cli_args: Sequence[str], timeout_s: float = 180
         if proc.poll() is not None:
             break
         time.sleep(0.5)
-    raise KeelError(f"the background instance did not start; see {log}", retryable=True)
+    how = (
+        f"exited with {proc.returncode}"
+        if proc.poll() is not None
+        else f"was not live within {timeout_s:g}s"
+    )
+    raise KeelError(
+        f"the background instance did not start ({how}); see {log}, which ends:\n" + _tail(log),
+        retryable=True,
+    )
+
+
+def _tail(log: Path, lines: int = 12) -> str:
+    """The end of the instance's log, so whoever reads the error sees why at once (a
+    test's or a script's folder, and the log in it, may be gone by the time anyone looks)."""
+    try:
+        text = log.read_text(errors="replace")
+    except OSError as exc:
+        return f"(unreadable: {exc.strerror})"
+    return "\n".join(text.splitlines()[-lines:])
 
 
 def serve_forever(keel: Keel, ready: Callable[[OwnerRecord | None], None]) -> None:

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 import keel
-from keel.config import load_config
+from keel.client import Keel
+from keel.config import KeelConfig, StorageConfig, load_config
 from keel.errors import (
     ConfigError,
     CorruptObjectError,
@@ -15,6 +16,7 @@ from keel.errors import (
     KeelError,
     StorageError,
 )
+from keel.instance import start_background
 
 
 def test_defaults_are_the_embedded_stack(tmp_path: Path) -> None:
@@ -107,3 +109,17 @@ def test_public_api_is_pinned() -> None:
     }  # fmt: skip
     for name in keel.__all__:
         assert getattr(keel, name) is not None
+
+
+def test_a_background_instance_that_fails_to_start_says_why(tmp_path: Path) -> None:
+    """``keel up --detach`` (and ``keel run --detach``) start a process whose output goes to
+    a log; when it dies, the error carries the log's last lines and its exit status, not
+    only the log's path (a script's or a test's folder may be gone by the time anyone
+    looks)."""
+    client = Keel(KeelConfig(storage=StorageConfig(url=str(tmp_path / "store"))))
+    missing = tmp_path / "missing.yaml"
+    with pytest.raises(KeelError) as caught:
+        start_background(client, ["--config", str(missing)], timeout_s=60)
+    message = str(caught.value)
+    assert "exited with 2" in message
+    assert f"cannot read {missing}" in message
