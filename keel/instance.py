@@ -77,11 +77,16 @@ def start_background(keel: Keel, cli_args: Sequence[str], timeout_s: float = 180
     )
 
 
+TAIL_BYTES = 16_384
+
+
 def _tail(log: Path, lines: int = 12) -> str:
     """The end of the instance's log, so whoever reads the error sees why at once (a
     test's or a script's folder, and the log in it, may be gone by the time anyone looks)."""
     try:
-        text = log.read_text(errors="replace")
+        with open(log, "rb") as fh:  # the log is appended to by every start: read its end
+            fh.seek(max(0, fh.seek(0, os.SEEK_END) - TAIL_BYTES))
+            text = fh.read().decode(errors="replace")
     except OSError as exc:
         return f"(unreadable: {exc.strerror})"
     return "\n".join(text.splitlines()[-lines:])
