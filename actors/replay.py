@@ -11,8 +11,11 @@ policy files. The first difference is reported; otherwise the run is ``identical
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
+import inspect
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,6 +100,9 @@ class ReplayPool:
     def __init__(self, role: str) -> None:
         self.role = role
 
+    async def call(self, method: str, msg: Any) -> Any:
+        return self.call_sync(method, msg)
+
     def call_sync(self, method: str, msg: Any) -> Any:
         recording = RECORDED.get() or Recording()
         if self.role == "retriever" and method == "retrieve":
@@ -136,6 +142,20 @@ class ReplayPool:
             raise RecallDiffers(recorded, asked)
         items = [RetrievedItem(**i.model_dump()) for i in rec.items]
         return RetrieveResponse(items=items, method=rec.method, worker=rec.worker)
+
+
+def _settled(out: Any) -> Any:
+    """An ``async def`` node's result, awaited on a loop of its own (on a thread of its own
+    when this thread already runs one), with the recording it answers from."""
+    if not inspect.isawaitable(out):
+        return out
+    ctx = contextvars.copy_context()
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(ctx.run, asyncio.run, _awaited(out)).result()
+
+
+async def _awaited(out: Any) -> Any:
+    return await out
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -196,7 +216,7 @@ def _check_node(
         )  # fmt: skip
         token = RECORDED.set(recorded)
         try:
-            out = node.fn(wf.state_of(before.data), ctx)
+            out = _settled(node.fn(wf.state_of(before.data), ctx))
         except ReplayUnavailable:
             out = None
         except RecallDiffers as exc:

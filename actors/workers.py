@@ -1,5 +1,7 @@
 """Where a node finds its workers: one pool per role, sized by configuration, and typed
-handles on them (``workers(ctx).planner.plan(PlanRequest(...)) -> PlanResponse``).
+handles on them (``workers(ctx).planner.plan(PlanRequest(...)) -> PlanResponse``; an
+``async def`` node awaits the same calls, ``aplan``, ``aclassify``, ..., on the
+orchestrator's event loop).
 
 The sizes and the storage the retriever reads travel in ``NodeContext.env``, so a node
 running as a Ray task anywhere in the cluster reaches the same named replicas.
@@ -104,13 +106,25 @@ class Planner:
         req = req.model_copy(update=self._trace)
         return _expect(PlanResponse, self._pool.call_sync("plan", req))
 
+    async def aplan(self, req: PlanRequest) -> PlanResponse:
+        req = req.model_copy(update=self._trace)
+        return _expect(PlanResponse, await self._pool.call("plan", req))
+
     def classify(self, req: ClassifyRequest) -> ClassifyResponse:
         req = req.model_copy(update=self._trace)
         return _expect(ClassifyResponse, self._pool.call_sync("classify", req))
 
+    async def aclassify(self, req: ClassifyRequest) -> ClassifyResponse:
+        req = req.model_copy(update=self._trace)
+        return _expect(ClassifyResponse, await self._pool.call("classify", req))
+
     def act(self, req: ActRequest) -> ActResponse:
         req = req.model_copy(update=self._trace)
         return _expect(ActResponse, self._pool.call_sync("act", req))
+
+    async def aact(self, req: ActRequest) -> ActResponse:
+        req = req.model_copy(update=self._trace)
+        return _expect(ActResponse, await self._pool.call("act", req))
 
 
 class Retriever:
@@ -122,13 +136,20 @@ class Retriever:
         self._principal = principal
 
     def retrieve(self, req: RetrieveRequest) -> RetrieveResponse:
+        self._check(req)
+        return _expect(RetrieveResponse, self._pool.call_sync("retrieve", req))
+
+    async def aretrieve(self, req: RetrieveRequest) -> RetrieveResponse:
+        self._check(req)
+        return _expect(RetrieveResponse, await self._pool.call("retrieve", req))
+
+    def _check(self, req: RetrieveRequest) -> None:
         if req.namespace not in (SHARED, self._principal):
             raise PolicyError(
                 f"a run of {self._principal or 'no principal'} may not read memory in "
                 f"namespace {req.namespace!r}",
                 field="namespace",
             )
-        return _expect(RetrieveResponse, self._pool.call_sync("retrieve", req))
 
 
 class Validator:
@@ -139,6 +160,9 @@ class Validator:
 
     def validate(self, req: ValidateRequest) -> ValidateResponse:
         return _expect(ValidateResponse, self._pool.call_sync("validate", req))
+
+    async def avalidate(self, req: ValidateRequest) -> ValidateResponse:
+        return _expect(ValidateResponse, await self._pool.call("validate", req))
 
 
 class Workers:

@@ -4,6 +4,7 @@ path (``ConfinedPath``)."""
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -138,6 +139,12 @@ class Node:
     def is_effect(self) -> bool:
         return self.tool is not None or self.tools is not None
 
+    @property
+    def is_async(self) -> bool:
+        """An ``async def`` node runs on the orchestrator's event loop: it only awaits
+        (workers, I/O), so it needs neither a Ray task nor a thread."""
+        return inspect.iscoroutinefunction(self.fn)
+
     def tool_named(self, name: str) -> Tool | None:
         if self.tool is not None:
             return self.tool if self.tool.name == name else None
@@ -154,7 +161,9 @@ class Node:
 
     @property
     def kind(self) -> str:
-        return "effect" if self.is_effect else "inline" if self.inline else "task"
+        if self.is_effect:
+            return "effect"
+        return "async" if self.is_async else "inline" if self.inline else "task"
 
 
 @dataclass(frozen=True)

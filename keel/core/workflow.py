@@ -101,8 +101,12 @@ class Workflow:
         timeout_s: float | None = None,
         inline: bool = False,
     ) -> Callable[[NodeFn], NodeFn]:
-        """Declare a plain node. ``inline`` runs it in the orchestrator's thread pool
-        instead of a Ray task: only for cheap, deterministic steps."""
+        """Declare a plain node. It runs as a Ray task, so a slow one never holds up other
+        runs. ``inline`` runs it in the orchestrator's thread pool instead: only for cheap,
+        deterministic steps. An ``async def`` node runs on the orchestrator's event loop,
+        with no task and no thread: for a step that only awaits workers
+        (``await workers(ctx).planner.aclassify(...)``); CPU work there stalls every run
+        the orchestrator drives."""
 
         def deco(fn: NodeFn) -> NodeFn:
             self.add_node(Node(name or fn.__name__, fn, retry or RetryPolicy(), timeout_s, inline))

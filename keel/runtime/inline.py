@@ -20,7 +20,16 @@ from keel.runtime.effects import ToolSite
 
 
 def invoke_node(fn: Any, state: BaseModel, ctx: NodeContext) -> Any:
-    out = fn(state, ctx)
+    return node_result(fn(state, ctx))
+
+
+async def run_on_loop(node: Node, state: BaseModel, ctx: NodeContext) -> Any:
+    """An ``async def`` node, awaited on the caller's event loop within its timeout."""
+    return node_result(await asyncio.wait_for(node.fn(state, ctx), node.timeout_s))
+
+
+def node_result(out: Any) -> Any:
+    """A node's return value as the engine takes it: its ``NodeOutput``, or its updates."""
     if isinstance(out, NodeOutput):
         return out
     if isinstance(out, BaseModel):
@@ -38,6 +47,8 @@ class InlineNodeRunner:
         self.running: set[str] = set()
 
     async def run_node(self, node: Node, state: BaseModel, ctx: NodeContext) -> Any:
+        if node.is_async:
+            return await run_on_loop(node, state, ctx)
         return await asyncio.wait_for(
             asyncio.to_thread(invoke_node, node.fn, state, ctx), node.timeout_s
         )

@@ -175,7 +175,7 @@ class StepLoop:
     async def _plain_step(self, run: LiveRun, step: Step) -> None:
         out = await self._run_node(run, step)
         before: list[Event] = []
-        worker = "orchestrator" if step.node.inline else "task"
+        worker = "task" if step.node.kind == "task" else "orchestrator"
         handoff = None
         if isinstance(out, NodeOutput):
             worker = out.worker or worker

@@ -8,6 +8,7 @@ never against what the engine believes.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import random
 from collections import Counter
@@ -167,7 +168,8 @@ class SimRunner:
 
     async def run_node(self, node: Node, state: BaseModel, ctx: NodeContext) -> Any:
         await asyncio.sleep(self.world.rng.choice((0.0, 0.0, 0.01, 0.05)))
-        return node.fn(state, ctx)
+        out = node.fn(state, ctx)
+        return await out if inspect.isawaitable(out) else out
 
     async def apply_effect(
         self,

@@ -4,6 +4,7 @@ any other type is refused rather than handed to the node."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -52,6 +53,15 @@ def test_each_role_answers_with_its_declared_model(replaying: Any) -> None:
     assert plan.proposal.tool == "restart" and plan.worker == "planner-0"
 
 
+def test_an_async_node_awaits_the_same_recorded_answers(replaying: Any) -> None:
+    replaying('{"label": "bad_config"}')
+    ask = ClassifyRequest(text="x", labels=["bad_config", "b"])
+    label = asyncio.run(workers(CTX).planner.aclassify(ask))
+    assert isinstance(label, ClassifyResponse) and label.label == "bad_config"
+    with pytest.raises(ReplayUnavailable, match=r"retriever\.retrieve"):
+        asyncio.run(workers(CTX).retriever.aretrieve(RetrieveRequest(query="q")))
+
+
 def test_what_the_ledger_does_not_record_is_not_made_up(replaying: Any) -> None:
     replaying('{"label": "a"}')
     with pytest.raises(ReplayUnavailable, match=r"retriever\.retrieve"):
@@ -63,6 +73,11 @@ def test_an_answer_of_another_type_is_refused(monkeypatch: pytest.MonkeyPatch) -
         def call_sync(self, method: str, msg: Any) -> Any:
             return {"label": "not a model"}
 
+        async def call(self, method: str, msg: Any) -> Any:
+            return self.call_sync(method, msg)
+
     monkeypatch.setattr(workers_module, "pool", lambda role, env: Confused())
     with pytest.raises(TypeError, match="dict, not ClassifyResponse"):
         Workers({}).planner.classify(ClassifyRequest(text="x", labels=["a", "b"]))
+    with pytest.raises(TypeError, match="dict, not ClassifyResponse"):
+        asyncio.run(Workers({}).planner.aclassify(ClassifyRequest(text="x", labels=["a", "b"])))

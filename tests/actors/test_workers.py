@@ -13,6 +13,7 @@ import ray
 
 from keel.actors.messages import orchestrator_settings
 from keel.actors.pool import WorkerPool
+from keel.actors.replay import replay
 from keel.actors.retriever import rank
 from keel.actors.validator import ValidatorWorker, check
 from keel.actors.worker_messages import ToolSpec, ValidateRequest
@@ -20,13 +21,16 @@ from keel.actors.workers import worker_names
 from keel.client import Keel
 from keel.config import KeelConfig, OrchestratorConfig, StorageConfig
 from keel.core.events import ModelCalled, NodeCompleted, RunStatus
+from keel.core.registry import load_workflow
+from keel.policy.engine import PolicyEngine
 from keel.storage.memory import MemoryItem, MemoryStore
 from tests.actors.conftest import stop_orchestrator
 from tests.actors.workflows import TOOLS
 from tests.conftest import Backend
-from tests.fakes import Scripted, two_tier_config
+from tests.fakes import Scripted, script_triage, two_tier_config
 
 TRIAGE = "tests.actors.workflows:triage"
+ATRIAGE = "tests.actors.workflows:atriage"
 
 
 def events_of(keel: Keel, run_id: str) -> list[object]:
@@ -77,6 +81,29 @@ def deployment(
 def scripted_keel(deployment: Keel, scripted_router: Scripted) -> tuple[Keel, Scripted]:
     """The module's deployment, and the scripted provider reset for this test."""
     return deployment, scripted_router
+
+
+def test_async_nodes_await_the_workers_on_the_orchestrators_own_loop(
+    scripted_keel: tuple[Keel, Scripted], tmp_path: Path
+) -> None:
+    keel, scripted = scripted_keel
+    script_triage(scripted)
+    where = tmp_path / "where"
+    st = keel.start(ATRIAGE, "checkout broke after a bad config change", {"where": str(where)})
+    final = keel.watch(st.run_id, timeout_s=120)
+    assert final.status == RunStatus.SUCCEEDED, final.error
+    assert where.read_text() == keel.config.orchestrator.name, "a node ran as a Ray task"
+    assert final.data["label"] == "bad_config" and final.data["runbooks"][0] == "rb-config"
+    assert final.data["proposal"]["tool"] == "restore_config" and final.data["valid"] is True
+    events = keel.show(st.run_id).events
+    calls = [e for e in events if isinstance(e, ModelCalled)]
+    assert [(c.node, c.tier) for c in calls] == [("classify", "small"), ("plan", "large")]
+    assert all(c.worker.startswith("keel-planner-") for c in calls)
+    # Replayed from the ledger, the async nodes take the recorded answers and call nothing.
+    before = scripted.calls()
+    report = replay(events, load_workflow(ATRIAGE), PolicyEngine())
+    assert report.identical and report.steps == 4
+    assert scripted.calls() == before
 
 
 def test_run_records_worker_and_tier_of_every_call(scripted_keel: tuple[Keel, Scripted]) -> None:

@@ -3,19 +3,23 @@ travels with the job), so the orchestrator can load them by ``module:attr``."""
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import json
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Annotated, Any
 
+import ray
 from pydantic import BaseModel, Field, JsonValue
 
 from keel.actors.agent import AgentState, agent
 from keel.actors.worker_messages import (
     ClassifyRequest,
     PlanRequest,
+    PlanResponse,
     RetrieveRequest,
     ToolSpec,
     ValidateRequest,
@@ -185,6 +189,42 @@ def sleepy(state: BaseModel, ctx: NodeContext) -> dict[str, Any]:
 slow.edge("sleepy", END)
 
 
+class WhereState(BaseModel):
+    threads: Annotated[list[int], append] = []
+
+
+where = Workflow("where", state=WhereState)
+
+
+@where.node()
+async def awaits(state: WhereState, ctx: NodeContext) -> dict[str, Any]:
+    await asyncio.sleep(0.01)
+    return {"threads": threading.get_ident()}
+
+
+where.edge("awaits", "on_thread")
+
+
+@where.node(inline=True)
+def on_thread(state: WhereState, ctx: NodeContext) -> dict[str, Any]:
+    return {"threads": threading.get_ident()}
+
+
+where.edge("on_thread", END)
+
+
+slow_async = Workflow("slow_async")
+
+
+@slow_async.node(timeout_s=0.2, retry=RetryPolicy(attempts=2, backoff_s=0.01))
+async def waits(state: BaseModel, ctx: NodeContext) -> dict[str, Any]:
+    await asyncio.sleep(30)
+    return {}
+
+
+slow_async.edge("waits", END)
+
+
 bad = Workflow("bad", state=FlakyState)
 
 
@@ -236,10 +276,38 @@ class TriageState(BaseModel):
 triage = Workflow("triage", state=TriageState, uses_models=True)
 
 
+def _classify_request(ctx: NodeContext) -> ClassifyRequest:
+    return ClassifyRequest(text=ctx.goal, labels=LABELS)
+
+
+def _recall_request(state: TriageState, ctx: NodeContext) -> RetrieveRequest:
+    return RetrieveRequest(query=f"{ctx.goal} {state.label}", k=2, kind="document")
+
+
+def _plan_request(state: TriageState, ctx: NodeContext) -> PlanRequest:
+    return PlanRequest(
+        goal=ctx.goal,
+        observations=[f"classified as {state.label}", *state.runbooks],
+        tools=[ToolSpec.model_validate(t) for t in TOOLS],
+        hints={"service": "checkout"},
+        tried=["read_logs"],
+    )
+
+
+def _planned(resp: PlanResponse) -> NodeOutput:
+    proposal = resp.proposal.model_dump() if resp.proposal else None
+    return NodeOutput(updates={"proposal": proposal}, calls=resp.calls, worker=resp.worker)
+
+
+def _check_request(state: TriageState) -> ValidateRequest:
+    tools = [ToolSpec.model_validate(t) for t in TOOLS]
+    return ValidateRequest(proposal=state.proposal or {}, tools=tools)
+
+
 @triage.node(retry=RetryPolicy(attempts=2))
 def classify(state: TriageState, ctx: NodeContext) -> Any:
 
-    resp = workers(ctx).planner.classify(ClassifyRequest(text=ctx.goal, labels=LABELS))
+    resp = workers(ctx).planner.classify(_classify_request(ctx))
     return NodeOutput(updates={"label": resp.label}, calls=resp.calls, worker=resp.worker)
 
 
@@ -249,9 +317,7 @@ triage.edge("classify", "recall")
 @triage.node()
 def recall(state: TriageState, ctx: NodeContext) -> Any:
 
-    resp = workers(ctx).retriever.retrieve(
-        RetrieveRequest(query=f"{ctx.goal} {state.label}", k=2, kind="document")
-    )
+    resp = workers(ctx).retriever.retrieve(_recall_request(state, ctx))
     return NodeOutput(updates={"runbooks": [i.id for i in resp.items]}, worker=resp.worker)
 
 
@@ -264,17 +330,7 @@ def plan(state: TriageState, ctx: NodeContext) -> Any:
     gate = ctx.inputs.get("gate")
     while gate and not Path(str(gate)).exists():
         time.sleep(0.05)
-    resp = workers(ctx).planner.plan(
-        PlanRequest(
-            goal=ctx.goal,
-            observations=[f"classified as {state.label}", *state.runbooks],
-            tools=[ToolSpec.model_validate(t) for t in TOOLS],
-            hints={"service": "checkout"},
-            tried=["read_logs"],
-        ),
-    )
-    proposal = resp.proposal.model_dump() if resp.proposal else None
-    return NodeOutput(updates={"proposal": proposal}, calls=resp.calls, worker=resp.worker)
+    return _planned(workers(ctx).planner.plan(_plan_request(state, ctx)))
 
 
 triage.edge("plan", "check")
@@ -283,22 +339,55 @@ triage.edge("plan", "check")
 @triage.node()
 def check(state: TriageState, ctx: NodeContext) -> Any:
 
-    resp = workers(ctx).validator.validate(
-        ValidateRequest(
-            proposal=state.proposal or {}, tools=[ToolSpec.model_validate(t) for t in TOOLS]
-        ),
-    )
+    resp = workers(ctx).validator.validate(_check_request(state))
     return NodeOutput(updates={"valid": resp.ok}, worker=resp.worker)
 
 
 triage.edge("check", END)
 
 
+# The same four steps as ``async def`` nodes: they run on the orchestrator's event loop and
+# await the same workers, so no step needs a Ray task.
+atriage = Workflow("atriage", state=TriageState, uses_models=True)
+
+
+@atriage.node("classify", retry=RetryPolicy(attempts=2))
+async def classify_async(state: TriageState, ctx: NodeContext) -> Any:
+    resp = await workers(ctx).planner.aclassify(_classify_request(ctx))
+    if ctx.inputs.get("where"):  # the actor it ran in: the orchestrator's, not a task's
+        here = ray.get_runtime_context().get_actor_name() or ""
+        await asyncio.to_thread(Path(str(ctx.inputs["where"])).write_text, here)
+    return NodeOutput(updates={"label": resp.label}, calls=resp.calls, worker=resp.worker)
+
+
+@atriage.node("recall")
+async def recall_async(state: TriageState, ctx: NodeContext) -> Any:
+    resp = await workers(ctx).retriever.aretrieve(_recall_request(state, ctx))
+    return NodeOutput(updates={"runbooks": [i.id for i in resp.items]}, worker=resp.worker)
+
+
+@atriage.node("plan", retry=RetryPolicy(attempts=2))
+async def plan_async(state: TriageState, ctx: NodeContext) -> Any:
+    return _planned(await workers(ctx).planner.aplan(_plan_request(state, ctx)))
+
+
+@atriage.node("check")
+async def check_async(state: TriageState, ctx: NodeContext) -> Any:
+    resp = await workers(ctx).validator.avalidate(_check_request(state))
+    return NodeOutput(updates={"valid": resp.ok}, worker=resp.worker)
+
+
+for _a, _b in (("classify", "recall"), ("recall", "plan"), ("plan", "check"), ("check", END)):
+    atriage.edge(_a, _b)
+
+
 class TriageInputs(BaseModel):
     gate: str | None = None
+    where: str | None = None
 
 
 triage.inputs_model = TriageInputs
+atriage.inputs_model = TriageInputs
 
 
 # -- policy and validation ---------------------------------------------------------------

@@ -4,15 +4,16 @@ output, resume and cancel, each checked against the ledger and the state it fold
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 
 import pytest
 
-from keel.core.events import NodeFailed, RunStatus
+from keel.core.events import NodeCompleted, NodeFailed, RunStatus
 from keel.errors import RunStateError
 from keel.runtime.decisions import load_events
 from keel.storage.runs import RunStore
-from tests.actors.workflows import counter
+from tests.actors.workflows import counter, where
 from tests.runtime.conftest import EngineFactory
 
 FIVE = "tests.actors.workflows:five"
@@ -82,3 +83,37 @@ async def test_cancel_stops_a_running_run_before_its_effects(
     await asyncio.sleep(0.3)
     assert (await eng.view(st.run_id)).state.status == RunStatus.CANCELLED
     assert counter(tmp_path / "ship.json") == 0, "a cancelled run applied an effect"
+
+
+async def test_an_async_node_runs_on_the_engines_loop_a_sync_one_on_a_thread(
+    engines: EngineFactory, store: RunStore
+) -> None:
+    eng = engines()
+    st = await eng.create("tests.actors.workflows:where", "", {})
+    final = await eng.wait(st.run_id, 30)
+    assert final.status == RunStatus.SUCCEEDED, final.error
+    on_loop, on_thread = final.data["threads"]
+    assert on_loop == threading.get_ident(), "the async node ran off the engine's loop"
+    assert on_thread != on_loop
+    done = [e for e in load_events(store.load(st.run_id).events) if isinstance(e, NodeCompleted)]
+    assert [(e.node, e.worker) for e in done] == [
+        ("awaits", "orchestrator"),
+        ("on_thread", "orchestrator"),
+    ]
+    assert {n: node.kind for n, node in where.nodes.items()} == {
+        "awaits": "async",
+        "on_thread": "inline",
+    }
+
+
+async def test_an_async_node_past_its_timeout_is_cancelled_and_retried(
+    engines: EngineFactory, store: RunStore
+) -> None:
+    eng = engines()
+    st = await eng.create("tests.actors.workflows:slow_async", "", {})
+    final = await eng.wait(st.run_id, 30)
+    assert final.status == RunStatus.FAILED
+    failures = [e for e in load_events(store.load(st.run_id).events) if isinstance(e, NodeFailed)]
+    assert [f.attempt for f in failures] == [1, 2]
+    assert all(f.error.type == "TimeoutError" for f in failures), failures
+    assert all(f.duration_s < 5 for f in failures), "the node was not stopped at its timeout"
