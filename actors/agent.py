@@ -63,7 +63,9 @@ def agent(
     """Add the loop's nodes to ``wf``, entered at ``name`` and left for ``then``.
 
     The conversation opens with ``instructions`` and the person's message: the run's goal,
-    or what ``brief(state, ctx)`` makes of the run so far (what earlier nodes found)."""
+    or what ``brief(state, ctx)`` makes of the run so far (what earlier nodes found). A turn
+    runs on the orchestrator's event loop, so ``brief`` must be quick: no I/O, no heavy
+    work."""
     checked = [check_tool(t) for t in tools]
     specs = [
         ToolSpec(
@@ -76,12 +78,13 @@ def agent(
     ]
     call, result, refused = f"{name}.call", f"{name}.result", f"{name}.refused"
 
-    def turn(state: AgentState, ctx: NodeContext) -> NodeOutput:
+    # A turn only awaits the planner: it runs on the orchestrator's event loop (no Ray task).
+    async def turn(state: AgentState, ctx: NodeContext) -> NodeOutput:
         history = state.messages or [
             {"role": "system", "content": instructions},
             {"role": "user", "content": brief(state, ctx) if brief else ctx.goal},
         ]
-        resp = workers(ctx).planner.act(
+        resp = await workers(ctx).planner.aact(
             ActRequest(messages=[ChatMessage.model_validate(m) for m in history], tools=specs)
         )
         said: dict[str, Any] = {"role": "assistant", "content": resp.content or None}

@@ -137,12 +137,14 @@ def healthy(state: IncidentState, ctx: NodeContext) -> Any:
 workflow.edge("healthy", END)
 
 
+# classify and recall only await workers: async nodes, on the orchestrator's event loop.
 @workflow.node(retry=RetryPolicy(attempts=2, backoff_s=0.5), timeout_s=120)
-def classify(state: IncidentState, ctx: NodeContext) -> Any:
+async def classify(state: IncidentState, ctx: NodeContext) -> Any:
 
     errors = [line for line in state.logs.get("lines") or [] if "ERROR" in str(line)][-5:]
     text = f"{ctx.goal}\n" + "\n".join(str(e) for e in errors)
-    resp = workers(ctx).planner.classify(ClassifyRequest(text=text[:4000], labels=LABELS))
+    req = ClassifyRequest(text=text[:4000], labels=LABELS)
+    resp = await workers(ctx).planner.aclassify(req)
     return NodeOutput(updates={"label": resp.label}, calls=resp.calls, worker=resp.worker)
 
 
@@ -195,12 +197,12 @@ def learn(state: IncidentState, episodes: list[EpisodeFacts]) -> tuple[list[str]
 
 
 @workflow.node(timeout_s=120)
-def recall(state: IncidentState, ctx: NodeContext) -> Any:
+async def recall(state: IncidentState, ctx: NodeContext) -> Any:
 
     query = " ".join([ctx.goal, state.label.replace("_", " "), *_problems(state)])[:4000]
     retriever = workers(ctx).retriever
     req = RetrieveRequest(query=query, k=3, kind="document")
-    resp = retriever.retrieve(req)
+    resp = await retriever.aretrieve(req)
     recalls = [resp.record(req)]
     episodes: list[EpisodeFacts] = []
     if re.fullmatch(NAME, ctx.principal):  # the run's own memory: this service's history
@@ -211,7 +213,7 @@ def recall(state: IncidentState, ctx: NodeContext) -> Any:
             namespace=ctx.principal,
             tags=[workflow.name, f"root={ctx.inputs['root']}"],
         )
-        ep_resp = retriever.retrieve(ep_req)
+        ep_resp = await retriever.aretrieve(ep_req)
         recalls.append(ep_resp.record(ep_req))
         episodes = [f for i in ep_resp.items if (f := EpisodeFacts.of(i.text)) is not None]
     earlier, failure = learn(state, episodes)
