@@ -67,25 +67,33 @@ class JobState(BaseModel):
     delivery: dict[str, Any] = {}
 
 
-workflow = Workflow("bench-job", state=JobState, inputs=JobInputs, uses_models=True)
+# ``classify`` is an async node: it only awaits the planner, so it runs on the orchestrator's
+# event loop and costs no Ray task. ``--task-node`` runs the same step as a Ray task.
+async def classify(state: JobState, ctx: NodeContext) -> Any:
+    resp = await workers(ctx).planner.aclassify(ClassifyRequest(text=ctx.goal, labels=LABELS))
+    return NodeOutput(updates={"label": resp.label}, calls=resp.calls, worker=resp.worker)
 
 
-@workflow.node(retry=RetryPolicy(attempts=3, backoff_s=0.1), timeout_s=60)
-def classify(state: JobState, ctx: NodeContext) -> Any:
-
+def classify_on_task(state: JobState, ctx: NodeContext) -> Any:
     resp = workers(ctx).planner.classify(ClassifyRequest(text=ctx.goal, labels=LABELS))
     return NodeOutput(updates={"label": resp.label}, calls=resp.calls, worker=resp.worker)
 
 
-workflow.edge("classify", "deliver")
-
-
-@workflow.effect(OutboxTool("notes"), role="mitigate", result_field="delivery")
 def deliver(state: JobState, ctx: NodeContext) -> dict[str, Any]:
     return {"outbox": ctx.inputs["outbox"], "to": "on-call", "body": f"{state.label}: {ctx.goal}"}
 
 
-workflow.edge("deliver", END)
+def job(name: str, classify_fn: Any) -> Workflow:
+    wf = Workflow(name, state=JobState, inputs=JobInputs, uses_models=True)
+    wf.node("classify", retry=RetryPolicy(attempts=3, backoff_s=0.1), timeout_s=60)(classify_fn)
+    wf.edge("classify", "deliver")
+    wf.effect(OutboxTool("notes"), "deliver", role="mitigate", result_field="delivery")(deliver)
+    wf.edge("deliver", END)
+    return wf
+
+
+workflow = job("bench-job", classify)
+task_workflow = job("bench-job-task", classify_on_task)
 
 
 # -- helpers -------------------------------------------------------------------------------
@@ -120,12 +128,12 @@ def router_config(base: str, http_port: int) -> dict[str, Any]:
     }
 
 
-def tasks(n: int, outbox: Path, tag: str) -> list[Any]:
+def tasks(n: int, outbox: Path, tag: str, task_node: bool = False) -> list[Any]:
 
     return [
         Task(
             id=f"{tag}-{i:04d}",
-            workflow="bench.batch_throughput:workflow",
+            workflow=f"bench.batch_throughput:{'task_workflow' if task_node else 'workflow'}",
             goal=f"ticket {i}: checkout fails after a config change",
             inputs={"outbox": str(outbox)},
         )
@@ -135,7 +143,13 @@ def tasks(n: int, outbox: Path, tag: str) -> list[Any]:
 
 # -- Keel on a cluster of N nodes ------------------------------------------------------------
 def measure_keel(
-    address: str, base: str, runs: int, concurrency: int, workdir: Path, profile: bool = False
+    address: str,
+    base: str,
+    runs: int,
+    concurrency: int,
+    workdir: Path,
+    profile: bool = False,
+    task_node: bool = False,
 ) -> dict[str, Any]:
     """In a process of its own (one Ray cluster per driver): warm up, then time a batch
     (with ``profile``, also the CPU time of every process during it, the wall-clock path
@@ -154,12 +168,15 @@ def measure_keel(
     keel = Keel(config)
     keel.connect()
     warm = Batch(
-        keel, tasks(8, workdir / "outbox", "warm"), concurrency=8, results=workdir / "w.jsonl"
+        keel,
+        tasks(8, workdir / "outbox", "warm", task_node),
+        concurrency=8,
+        results=workdir / "w.jsonl",
     )
     warm.run()
     batch = Batch(
         keel,
-        tasks(runs, workdir / "outbox", "job"),
+        tasks(runs, workdir / "outbox", "job", task_node),
         concurrency=concurrency,
         results=workdir / "r.jsonl",
     )
@@ -175,18 +192,16 @@ def measure_keel(
 
 def profiled(keel: Keel, batch: Batch, runs: int, workdir: Path) -> dict[str, Any]:
     """The batch with every process's CPU time sampled and the orchestrator under py-spy."""
-    orch = next(
-        (pid for pid, cmd in processes().items() if cmd.startswith("ray::OrchestratorActor")),
-        None,
-    )
-    svg = OUT / "orchestrator-flame.svg"
+    target = os.environ.get("KEEL_BENCH_FLAME", "ray::OrchestratorActor")
+    orch = next((pid for pid, cmd in processes().items() if cmd.startswith(target)), None)
+    svg = OUT / os.environ.get("KEEL_BENCH_FLAME_FILE", "orchestrator-flame.svg")
     OUT.mkdir(parents=True, exist_ok=True)
     spy = None
     py_spy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
     if orch is not None and py_spy:
         spy = subprocess.Popen(
             [py_spy, "record", "--pid", str(orch), "--rate", "50", "--nonblocking",
-             "-o", str(svg)],
+             "-o", str(svg), *(["-f", "raw"] if svg.suffix == ".txt" else [])],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
@@ -246,6 +261,7 @@ def keel_on_nodes(
     *,
     profile: bool = False,
     pin: bool = False,
+    task_node: bool = False,
 ) -> dict[str, Any]:
     """Keel on a fresh local cluster of ``nodes`` nodes; with ``pin``, node *i* and its
     processes on core *i* alone, and the driver (``keel batch``) on those cores."""
@@ -293,6 +309,7 @@ def keel_on_nodes(
                     "--workdir",
                     tmp,
                     *(["--profile"] if profile else []),
+                    *(["--task-node"] if task_node else []),
                 ],
                 cwd=ROOT,
                 capture_output=True,
@@ -414,11 +431,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--base", help=argparse.SUPPRESS)
     p.add_argument("--workdir", help=argparse.SUPPRESS)
     p.add_argument("--profile", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument(
+        "--task-node", action="store_true", help="run the model step as a Ray task, not async"
+    )
     args = p.parse_args(argv)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if args.measure:
         result = measure_keel(
-            args.measure, args.base, args.runs, args.concurrency, Path(args.workdir), args.profile
+            args.measure,
+            args.base,
+            args.runs,
+            args.concurrency,
+            Path(args.workdir),
+            args.profile,
+            args.task_node,
         )
         print("RESULT " + json.dumps(result), flush=True)
         return 0
@@ -438,7 +464,9 @@ def main(argv: list[str] | None = None) -> int:
                 {
                     "system": f"keel, {n} node(s)",
                     "cores": n if args.pin else len(os.sched_getaffinity(0)),
-                    **keel_on_nodes(n, base, args.runs, args.concurrency, pin=args.pin),
+                    **keel_on_nodes(
+                        n, base, args.runs, args.concurrency, pin=args.pin, task_node=args.task_node
+                    ),
                 }
             )
         for n in sorted(set(counts)) if args.pin else [0]:

@@ -42,12 +42,29 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="CPU per run by process, Keel vs LangGraph")
     p.add_argument("--runs", type=int, default=150)
     p.add_argument("--concurrency", type=int, default=48)
+    p.add_argument(
+        "--task-node", action="store_true", help="run the model step as a Ray task, not async"
+    )
+    p.add_argument(
+        "--flame",
+        default="ray::OrchestratorActor",
+        help="the process (title prefix) py-spy records, e.g. ray::ServeReplica:keel-router",
+    )
+    p.add_argument(
+        "--flame-file",
+        default="orchestrator-flame.svg",
+        help="its name under bench/.out (a .txt name gets py-spy's raw collapsed stacks)",
+    )
     args = p.parse_args(argv)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     scripted, base = start_scripted()
     try:
         console.print(f"Keel on 1 node, profiled: {args.runs} runs ...")
-        keel = keel_on_nodes(1, base, args.runs, args.concurrency, profile=True)
+        os.environ["KEEL_BENCH_FLAME"] = args.flame  # read by the measuring process
+        os.environ["KEEL_BENCH_FLAME_FILE"] = args.flame_file
+        keel = keel_on_nodes(
+            1, base, args.runs, args.concurrency, profile=True, task_node=args.task_node
+        )
         ray_gone()  # the cluster's processes exit first: their CPU is not LangGraph's
         console.print("LangGraph, one process, profiled ...")
         with CpuSampler() as cpu:
