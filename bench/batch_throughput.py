@@ -150,6 +150,7 @@ def measure_keel(
     workdir: Path,
     profile: bool = False,
     task_node: bool = False,
+    nodes: int = 1,
 ) -> dict[str, Any]:
     """In a process of its own (one Ray cluster per driver): warm up, then time a batch
     (with ``profile``, also the CPU time of every process during it, the wall-clock path
@@ -162,7 +163,11 @@ def measure_keel(
             "ray": {"address": address},
             "orchestrator": {"node_num_cpus": 0.25},
             "workers": {"planner": 4, "executor": 4},
-            "router": router_config(base, demo_service.free_port()),
+            "router": {
+                **router_config(base, demo_service.free_port()),
+                # One router replica per node, as a deployment that scales out runs it.
+                "replicas": {"min_replicas": nodes, "max_replicas": nodes},
+            },
         }
     )
     keel = Keel(config)
@@ -201,7 +206,8 @@ def profiled(keel: Keel, batch: Batch, runs: int, workdir: Path) -> dict[str, An
     if orch is not None and py_spy:
         spy = subprocess.Popen(
             [py_spy, "record", "--pid", str(orch), "--rate", "50", "--nonblocking",
-             "-o", str(svg), *(["-f", "raw"] if svg.suffix == ".txt" else [])],
+             "-o", str(svg), *(["-f", "raw"] if svg.suffix == ".txt" else []),
+             *(["--gil"] if os.environ.get("KEEL_BENCH_FLAME_GIL") else [])],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
@@ -310,6 +316,8 @@ def keel_on_nodes(
                     tmp,
                     *(["--profile"] if profile else []),
                     *(["--task-node"] if task_node else []),
+                    "--nodes",
+                    str(nodes),
                 ],
                 cwd=ROOT,
                 capture_output=True,
@@ -445,6 +453,7 @@ def main(argv: list[str] | None = None) -> int:
             Path(args.workdir),
             args.profile,
             args.task_node,
+            int(args.nodes or 1),
         )
         print("RESULT " + json.dumps(result), flush=True)
         return 0

@@ -55,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         default="orchestrator-flame.svg",
         help="its name under bench/.out (a .txt name gets py-spy's raw collapsed stacks)",
     )
+    p.add_argument(
+        "--gil", action="store_true", help="sample only threads holding the GIL (Python's CPU)"
+    )
     args = p.parse_args(argv)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     scripted, base = start_scripted()
@@ -62,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"Keel on 1 node, profiled: {args.runs} runs ...")
         os.environ["KEEL_BENCH_FLAME"] = args.flame  # read by the measuring process
         os.environ["KEEL_BENCH_FLAME_FILE"] = args.flame_file
+        if args.gil:
+            os.environ["KEEL_BENCH_FLAME_GIL"] = "1"
         keel = keel_on_nodes(
             1, base, args.runs, args.concurrency, profile=True, task_node=args.task_node
         )
@@ -86,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         table.add_row(r["system"], r["process"], f"{r['cpu_ms_per_run']:.1f}")
     console.print(table)
+    for system, result in (("Keel", keel), ("LangGraph", lg)):
+        total = sum(r["cpu_ms_per_run"] for r in rows if r["system"] == system.lower())
+        rate = result["succeeded"] / result["seconds"] * 60
+        console.print(f"{system}: {total:.1f} CPU-ms a run in all, {rate:,.0f} runs/min")
     path = Table(title="one Keel run's wall clock (median, ms)")
     path.add_column("part")
     path.add_column("ms", justify="right")

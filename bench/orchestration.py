@@ -4,8 +4,9 @@ Run with ``make bench`` (or ``python -m bench.orchestration``). Two measurements
 with a durable checkpoint after every node:
 
 1. Per-node overhead of a 20-node workflow of no-op nodes: Keel's engine in-process on a
-   local directory (fsync on), Keel's orchestrator actor on Ray (nodes inline, and nodes
-   as Ray tasks), and LangGraph with its SQLite checkpointer in synchronous durability.
+   local directory (fsync on), Keel's orchestrator actor on Ray (nodes inline on its
+   threads, ``async def`` nodes on its event loop, and nodes as Ray tasks), and LangGraph
+   with its SQLite checkpointer in synchronous durability.
 2. Checkpoint bytes stored per node as one run grows to 200 nodes, each node appending a
    256-byte message to a message history.
 
@@ -58,11 +59,15 @@ def _noop(state: Any, ctx: NodeContext) -> dict[str, Any]:
     return {}
 
 
-def build_chain(nodes: int, *, inline: bool) -> Workflow:
+async def _anoop(state: Any, ctx: NodeContext) -> dict[str, Any]:
+    return {}
+
+
+def build_chain(nodes: int, *, inline: bool, on_loop: bool = False) -> Workflow:
     wf = Workflow(f"chain{nodes}", state=ChainState)
     names = [f"n{i:02d}" for i in range(nodes)]
     for name in names:
-        wf.node(name, inline=inline)(_noop)
+        wf.node(name, inline=inline)(_anoop if on_loop else _noop)
     for a, b in zip(names, [*names[1:], END], strict=True):
         wf.edge(a, b)
     return wf.validate()
@@ -70,6 +75,7 @@ def build_chain(nodes: int, *, inline: bool) -> Workflow:
 
 chain20_inline = build_chain(20, inline=True)
 chain20_tasks = build_chain(20, inline=False)
+chain20_async = build_chain(20, inline=False, on_loop=True)
 
 
 class GrowState(BaseModel):
@@ -287,6 +293,10 @@ def main() -> None:
         with console.status("Keel orchestrator actor on Ray, inline nodes"):
             results["overhead"]["Keel actor, inline nodes"] = summarise(
                 keel_ray(args.runs, nodes, "bench.orchestration:chain20_inline")
+            )
+        with console.status("Keel orchestrator actor on Ray, async nodes"):
+            results["overhead"]["Keel actor, async nodes"] = summarise(
+                keel_ray(args.runs, nodes, "bench.orchestration:chain20_async")
             )
         with console.status("Keel orchestrator actor on Ray, nodes as Ray tasks"):
             results["overhead"]["Keel actor, Ray-task nodes"] = summarise(
