@@ -189,21 +189,26 @@ def test_killed_worker_is_replaced_and_run_completes(
     scripted.script(
         "large-model",
         reply='{"tool": "restore_config", "args": {"service": "checkout"}}',
-        delay_s=1.5,
+        delay_s=2.5,
     )
     gate = tmp_path / "gate"
     st = keel.start(TRIAGE, "bad config on checkout", {"gate": str(gate)})
-    planners = [
-        ray.get_actor(a["name"], namespace="keel")
-        for a in ray.util.list_named_actors(all_namespaces=True)
-        if a["namespace"] == "keel" and a["name"].startswith("keel-planner-")
-    ]
     deadline = time.monotonic() + 60
     while keel.show(st.run_id).state.next_node != "plan":
         assert time.monotonic() < deadline
         time.sleep(0.1)
     gate.touch()
-    time.sleep(0.8)  # the planner is now waiting on the slow provider
+    # Kill the planners once the provider has the call (the plan node's task may still be
+    # starting when the gate opens, on a busy machine): the call is then in flight.
+    while scripted.calls().get("large-model", 0) < 1:
+        assert time.monotonic() < deadline, "the plan call never reached the provider"
+        time.sleep(0.05)
+    planners = [
+        ray.get_actor(a["name"], namespace="keel")
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if a["namespace"] == "keel" and a["name"].startswith("keel-planner-")
+    ]
+    assert planners
     for planner in planners:
         ray.kill(planner, no_restart=False)
     final = keel.watch(st.run_id, timeout_s=120)
