@@ -151,6 +151,7 @@ def measure_keel(
     profile: bool = False,
     task_node: bool = False,
     nodes: int = 1,
+    fsync: bool = True,
 ) -> dict[str, Any]:
     """In a process of its own (one Ray cluster per driver): warm up, then time a batch
     (with ``profile``, also the CPU time of every process during it, the wall-clock path
@@ -158,7 +159,8 @@ def measure_keel(
 
     config = KeelConfig.model_validate(
         {
-            "storage": {"url": str(workdir / "store"), "fsync": False},
+            # fsync as LangGraph's SQLite does (WAL, synchronous=FULL: each commit synced).
+            "storage": {"url": str(workdir / "store"), "fsync": fsync},
             "sandbox": {"roots": [str(workdir)]},  # the outbox lies here
             "ray": {"address": address},
             "orchestrator": {"node_num_cpus": 0.25},
@@ -268,6 +270,7 @@ def keel_on_nodes(
     profile: bool = False,
     pin: bool = False,
     task_node: bool = False,
+    fsync: bool = True,
 ) -> dict[str, Any]:
     """Keel on a fresh local cluster of ``nodes`` nodes; with ``pin``, node *i* and its
     processes on core *i* alone, and the driver (``keel batch``) on those cores."""
@@ -318,6 +321,7 @@ def keel_on_nodes(
                     *(["--task-node"] if task_node else []),
                     "--nodes",
                     str(nodes),
+                    *([] if fsync else ["--no-fsync"]),
                 ],
                 cwd=ROOT,
                 capture_output=True,
@@ -442,6 +446,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--task-node", action="store_true", help="run the model step as a Ray task, not async"
     )
+    p.add_argument(
+        "--no-fsync", action="store_true", help="Keel's checkpoints not fsynced (LangGraph's are)"
+    )
     args = p.parse_args(argv)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if args.measure:
@@ -454,6 +461,7 @@ def main(argv: list[str] | None = None) -> int:
             args.profile,
             args.task_node,
             int(args.nodes or 1),
+            not args.no_fsync,
         )
         print("RESULT " + json.dumps(result), flush=True)
         return 0
@@ -474,7 +482,13 @@ def main(argv: list[str] | None = None) -> int:
                     "system": f"keel, {n} node(s)",
                     "cores": n if args.pin else len(os.sched_getaffinity(0)),
                     **keel_on_nodes(
-                        n, base, args.runs, args.concurrency, pin=args.pin, task_node=args.task_node
+                        n,
+                        base,
+                        args.runs,
+                        args.concurrency,
+                        pin=args.pin,
+                        task_node=args.task_node,
+                        fsync=not args.no_fsync,
                     ),
                 }
             )

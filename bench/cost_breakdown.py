@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         help="its name under bench/.out (a .txt name gets py-spy's raw collapsed stacks)",
     )
     p.add_argument(
+        "--no-fsync", action="store_true", help="Keel's checkpoints not fsynced (LangGraph's are)"
+    )
+    p.add_argument(
         "--gil", action="store_true", help="sample only threads holding the GIL (Python's CPU)"
     )
     args = p.parse_args(argv)
@@ -68,7 +71,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.gil:
             os.environ["KEEL_BENCH_FLAME_GIL"] = "1"
         keel = keel_on_nodes(
-            1, base, args.runs, args.concurrency, profile=True, task_node=args.task_node
+            1,
+            base,
+            args.runs,
+            args.concurrency,
+            profile=True,
+            task_node=args.task_node,
+            fsync=not args.no_fsync,
         )
         ray_gone()  # the cluster's processes exit first: their CPU is not LangGraph's
         console.print("LangGraph, one process, profiled ...")
