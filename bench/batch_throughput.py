@@ -5,9 +5,9 @@ The workload is one agent job: classify a ticket with a model (through the worke
 the Serve router and litellm, to the scripted OpenAI-compatible server on 127.0.0.1, which
 answers after 50 ms), then deliver one message exactly once (an outbox effect). Keel runs
 it on a local multi-node Ray cluster (``bench.local_cluster``; head plus 0, 1 or 2 worker
-nodes), checkpointing every step to a local directory; LangGraph runs the same two steps
-(litellm to the same server, the same outbox tool) with its SQLite checkpointer, with as
-many runs in flight as Keel's batch.
+nodes), checkpointing every step to a local directory (fsynced, as LangGraph's SQLite
+commits are); LangGraph runs the same two steps (litellm to the same server, the same
+outbox tool) with its SQLite checkpointer, with as many runs in flight as Keel's batch.
 
     python -m bench.batch_throughput --runs 150 --concurrency 48
 
