@@ -1,7 +1,9 @@
 """Worker pools: N replicas of each role as named, restartable Ray actors.
 
 Calls are spread round-robin; a replica that died is skipped for the next one (Ray
-restarts it in the background), so a killed worker costs a retry, not a run.
+restarts it in the background), so a killed worker costs a retry, not a run. What a worker
+raises reaches the caller as its own exception, not inside Ray's wrapper, so a node (and
+the ledger) sees a ``RouterError`` as one.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 
 import ray
 
-from keel.actors.rayerrors import LOST
+from keel.actors.rayerrors import LOST, RayTaskError, unwrap
 from keel.errors import KeelError, WorkerLostError
 
 NAMESPACE = "keel"
@@ -63,7 +65,7 @@ class WorkerPool:
             handle = self.handles[next(self._next)]
             try:
                 return await getattr(handle, method).remote(msg)
-            except LOST as exc:
+            except LOST as exc:  # first: a worker's own lost callee counts as it being lost
                 if not retry_lost:
                     raise WorkerLostError(
                         f"{self.role} lost during {method} ({type(exc).__name__}); "
@@ -71,6 +73,8 @@ class WorkerPool:
                         role=self.role,
                     ) from None
                 await asyncio.sleep(patience.lost(exc))
+            except RayTaskError as exc:
+                raise unwrap(exc) from None
 
     def call_sync(self, method: str, msg: Any, *, patience_s: float = 60.0) -> Any:
         """The same from synchronous code (a node running as a Ray task)."""
@@ -81,6 +85,8 @@ class WorkerPool:
                 return ray.get(getattr(handle, method).remote(msg))
             except LOST as exc:
                 time.sleep(patience.lost(exc))
+            except RayTaskError as exc:
+                raise unwrap(exc) from None
 
 
 class _Patience:

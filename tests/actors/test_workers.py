@@ -20,7 +20,7 @@ from keel.actors.worker_messages import ToolSpec, ValidateRequest
 from keel.actors.workers import worker_names
 from keel.client import Keel
 from keel.config import KeelConfig, OrchestratorConfig, StorageConfig
-from keel.core.events import ModelCalled, NodeCompleted, RunStatus
+from keel.core.events import ModelCalled, NodeCompleted, NodeFailed, RunStatus
 from keel.core.registry import load_workflow
 from keel.policy.engine import PolicyEngine
 from keel.storage.memory import MemoryItem, MemoryStore
@@ -104,6 +104,25 @@ def test_async_nodes_await_the_workers_on_the_orchestrators_own_loop(
     report = replay(events, load_workflow(ATRIAGE), PolicyEngine())
     assert report.identical and report.steps == 4
     assert scripted.calls() == before
+
+
+@pytest.mark.parametrize("workflow", [TRIAGE, ATRIAGE], ids=["task node", "async node"])
+def test_a_workers_error_is_recorded_as_its_own(
+    scripted_keel: tuple[Keel, Scripted], workflow: str
+) -> None:
+    keel, scripted = scripted_keel
+    for model in ("small-model", "large-model"):
+        scripted.script(model, reply='{"label": "not one of them"}')
+    st = keel.start(workflow, "checkout broke after a bad config change")
+    final = keel.watch(st.run_id, timeout_s=120)
+    assert final.status == RunStatus.FAILED
+    failed = [e for e in keel.show(st.run_id).events if isinstance(e, NodeFailed)]
+    assert [(f.node, f.attempt) for f in failed] == [("classify", 1), ("classify", 2)]
+    # The planner's own error, not Ray's wrapper around it: its type, code and retryability.
+    assert {(f.error.type, f.error.code, f.error.retryable) for f in failed} == {
+        ("RouterError", "router", True)
+    }, failed
+    assert "no tier produced a valid label" in failed[0].error.message
 
 
 def test_run_records_worker_and_tier_of_every_call(scripted_keel: tuple[Keel, Scripted]) -> None:
