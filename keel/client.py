@@ -101,6 +101,7 @@ class Keel:
         self._checked = False
         self._handle: Any = None
         self._router_lock = threading.Lock()
+        self._router: Any = None
 
     # -- plumbing ---------------------------------------------------------------------
     @property
@@ -206,6 +207,7 @@ class Keel:
             ray.shutdown()
             self.attached = None
         self._handle = None
+        self._router = None
 
     def orchestrator(self) -> Any:
 
@@ -233,11 +235,15 @@ class Keel:
         return handle
 
     def ensure_router(self) -> Any:
-        """Deploy the model router (and the local model) on Serve if it is not running."""
+        """Deploy the model router (and the local model) on Serve if it is not running;
+        asked once per client (a call to Serve's controller, which a batch made before every
+        run). A router gone later is deployed again by a planner's next call."""
         self.connect()
 
         with self._router_lock:  # one deployment, however many threads start runs
-            return ensure_router(self.config.router.model_dump(mode="json"))
+            if self._router is None:
+                self._router = ensure_router(self.config.router.model_dump(mode="json"))
+            return self._router
 
     def _call(self, method: str, *args: Any, patience_s: float = 120.0) -> Any:
         """Call the orchestrator, riding out its restarts."""
