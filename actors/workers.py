@@ -39,6 +39,7 @@ from keel.storage.memory import SHARED
 
 ROLES = ("planner", "retriever", "executor", "validator")
 _POOLS: dict[tuple[str, int, str], WorkerPool] = {}
+_BY_ENV: dict[tuple[int, str], tuple[Mapping[str, Any], WorkerPool]] = {}
 _R = TypeVar("_R")
 
 
@@ -48,6 +49,9 @@ def pool(role: str, env: Mapping[str, Any]) -> Any:
 
     if RECORDED.get() is not None:
         return ReplayPool(role)
+    seen = _BY_ENV.get((id(env), role))
+    if seen is not None and seen[0] is env:  # the same settings object: the same pool
+        return seen[1]
     if role not in ROLES:
         raise InputError(f"unknown worker role {role!r}; one of {ROLES}", field="role")
     size = int((env.get("workers") or {}).get(role, 1))
@@ -57,6 +61,11 @@ def pool(role: str, env: Mapping[str, Any]) -> Any:
     key = (role, size, _scope(args))
     if key not in _POOLS:
         _POOLS[key] = WorkerPool(role, cls, args, size=size, scope=key[2])
+    # An orchestrator passes one settings object to every node it runs: remembered by
+    # identity, the digest of its settings is not taken again on every worker call.
+    _BY_ENV[(id(env), role)] = (env, _POOLS[key])
+    while len(_BY_ENV) > 32:
+        _BY_ENV.pop(next(iter(_BY_ENV)))
     return _POOLS[key]
 
 

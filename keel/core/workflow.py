@@ -74,6 +74,7 @@ class Workflow:
         self.nodes: dict[str, Node] = {}
         self.edges: dict[str, Edge] = {}
         self._start: str | None = None
+        self._fingerprint: str | None = None  # cleared by every change of shape below
         self.channels: dict[str, Reducer] = _channels_of(state)
 
     # -- building -------------------------------------------------------------------
@@ -91,6 +92,7 @@ class Workflow:
         self.nodes[node.name] = node
         if self._start is None:
             self._start = node.name
+        self._fingerprint = None
         return node
 
     def node(
@@ -192,9 +194,11 @@ class Workflow:
         if source in self.edges:
             raise WorkflowError(f"node {source!r} already has an outgoing edge", field="edge")
         self.edges[source] = edge
+        self._fingerprint = None
 
     def set_start(self, name: str) -> None:
         self._start = name
+        self._fingerprint = None
 
     # -- checking ---------------------------------------------------------------------
     @property
@@ -229,7 +233,13 @@ class Workflow:
         return self
 
     def fingerprint(self) -> str:
-        """Changes when the graph's shape changes, so a resumed run can detect it."""
+        """Changes when the graph's shape changes, so a resumed run can detect it. Kept
+        until the shape changes (the engine asks before every step)."""
+        if self._fingerprint is None:
+            self._fingerprint = self._shape_digest()
+        return self._fingerprint
+
+    def _shape_digest(self) -> str:
         shape = {
             "nodes": {n: node.kind for n, node in sorted(self.nodes.items())},
             "edges": {

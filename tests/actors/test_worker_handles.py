@@ -22,6 +22,7 @@ from keel.actors.worker_messages import (
 from keel.actors.workers import Workers, workers
 from keel.core.events import ModelCalled
 from keel.core.nodes import NodeContext
+from keel.errors import InputError
 from tests.ledger import model_called
 
 CTX = NodeContext(run_id="r", workflow="w", node="n", step=1, attempt=1, goal="", inputs={})
@@ -81,3 +82,27 @@ def test_an_answer_of_another_type_is_refused(monkeypatch: pytest.MonkeyPatch) -
         Workers({}).planner.classify(ClassifyRequest(text="x", labels=["a", "b"]))
     with pytest.raises(TypeError, match="dict, not ClassifyResponse"):
         asyncio.run(Workers({}).planner.aclassify(ClassifyRequest(text="x", labels=["a", "b"])))
+
+
+def test_a_pool_is_found_again_by_its_settings_object(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An orchestrator hands every node the same settings: the pool is remembered by that
+    object, and settings equal in content still share one pool; other settings get their own."""
+
+    class Stub:
+        def __init__(self, role: str, cls: Any, args: Any, *, size: int, scope: str) -> None:
+            self.scope = scope
+
+    digests: list[object] = []
+    real = workers_module._scope
+    monkeypatch.setattr(workers_module, "WorkerPool", Stub)
+    monkeypatch.setattr(workers_module, "_POOLS", {})
+    monkeypatch.setattr(workers_module, "_BY_ENV", {})
+    monkeypatch.setattr(workers_module, "_scope", lambda args: digests.append(args) or real(args))
+    env = {"router": {"http_port": 8000}}
+    first = workers_module.pool("planner", env)
+    assert workers_module.pool("planner", env) is first and len(digests) == 1
+    assert workers_module.pool("planner", dict(env)) is first and len(digests) == 2
+    other = workers_module.pool("planner", {"router": {"http_port": 8001}})
+    assert other is not first and other.scope != first.scope
+    with pytest.raises(InputError, match="unknown worker role"):
+        workers_module.pool("janitor", env)

@@ -82,6 +82,14 @@ def test_fingerprint_tracks_shape() -> None:
     two = graph(("a", END), ("b", END))
     assert one.fingerprint() != two.fingerprint()
     assert one.fingerprint() == graph(("a", "b"), ("b", END)).fingerprint()
+    # Kept between steps, but not past a change of shape made after it was first asked.
+    before = one.fingerprint()
+    one.node("c")(lambda state, ctx: {})
+    one.edge("c", END)
+    assert one.fingerprint() != before
+    changed = one.fingerprint()
+    one.set_start("b")
+    assert one.fingerprint() not in (before, changed)
 
 
 @pytest.mark.parametrize(
