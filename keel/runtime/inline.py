@@ -1,4 +1,5 @@
-"""Nodes and tools on the calling process's threads: the engine without Ray.
+"""Nodes and tools on the calling process's threads (``async def`` nodes on its event
+loop): the engine without Ray.
 
 Used by the fast test tier, benchmarks and the simulator's peers, and anywhere a single
 process is enough. Plain nodes have no side effects, so running one on a thread is the same
