@@ -63,8 +63,9 @@ def _workflow() -> Workflow:
     def deliver(state: SimState, ctx: NodeContext) -> dict[str, Any]:
         return {"n": 1}
 
-    @wf.node(inline=True)
-    def check(state: SimState, ctx: NodeContext) -> dict[str, Any]:
+    @wf.node()  # async: on the engine's own loop, as a model step would be
+    async def check(state: SimState, ctx: NodeContext) -> dict[str, Any]:
+        await asyncio.sleep(0)
         return {"trail": "check"}
 
     @wf.effect(
