@@ -1,7 +1,8 @@
 """The declarative workflow API: nodes, edges, reducers, retry and timeout per node.
 
 A workflow is a state machine over a pydantic state model. Nodes are plain functions
-``fn(state, ctx) -> updates`` (run as Ray tasks, or inline for cheap deterministic steps)
+``fn(state, ctx) -> updates`` (run as Ray tasks, inline for cheap deterministic steps, or,
+written ``async def``, on the orchestrator's event loop for steps that only await workers)
 or effect nodes whose function proposes the arguments of a ``Tool`` call that the
 orchestrator applies exactly once. Edges are fixed or computed from state by a router
 function; fields of the state model pick their reducer with ``Annotated[T, reducer]``.
