@@ -15,7 +15,7 @@ from keel.core.nodes import Node, NodeContext
 from keel.core.tool import Tool, Verification
 from keel.errors import ErrorCode, NodeError
 from keel.runtime.effects import ToolSite
-from keel.runtime.inline import invoke_node, run_on_loop
+from keel.runtime.inline import invoke_node
 
 STARTED = "started"
 
@@ -57,9 +57,9 @@ async def _await_node(gen: Any, what: str, timeout_s: float | None, queue_s: flo
 
 
 class RayNodeRunner:
-    """Plain nodes on Ray tasks (``inline`` ones on the orchestrator's threads, ``async
-    def`` ones on its event loop); tools on the executor pool, the only workers that run
-    tools."""
+    """Plain nodes on Ray tasks (``inline`` ones on the orchestrator's threads); tools on
+    the executor pool, the only workers that run tools. (``async def`` nodes never come
+    here: the engine awaits them on its own loop.)"""
 
     def __init__(
         self,
@@ -73,8 +73,6 @@ class RayNodeRunner:
         self.queue_timeout_s = queue_timeout_s
 
     async def run_node(self, node: Node, state: BaseModel, ctx: NodeContext) -> Any:
-        if node.is_async:
-            return await run_on_loop(node, state, ctx)
         if node.inline:
             return await asyncio.wait_for(
                 asyncio.to_thread(invoke_node, node.fn, state, ctx), node.timeout_s

@@ -40,7 +40,8 @@ log = logging.getLogger("keel.engine")
 
 
 class NodeRunner(Protocol):
-    """Where node functions and tools actually execute (Ray tasks, a thread, ...).
+    """Where node functions and tools actually execute (Ray tasks, a thread, ...); an
+    ``async def`` node is not among them, the engine awaits it on its own loop.
 
     ``apply_effect`` has no timeout of its own: the effect protocol decides what a slow call
     means. Cancelling the awaiting coroutine asks the runner to stop the call where it can;

@@ -1,5 +1,4 @@
-"""Nodes and tools on the calling process's threads (``async def`` nodes on its event
-loop): the engine without Ray.
+"""Nodes and tools on the calling process's threads: the engine without Ray.
 
 Used by the fast test tier, benchmarks and the simulator's peers, and anywhere a single
 process is enough. Plain nodes have no side effects, so running one on a thread is the same
@@ -24,8 +23,9 @@ def invoke_node(fn: Any, state: BaseModel, ctx: NodeContext) -> Any:
     return node_result(fn(state, ctx))
 
 
-async def run_on_loop(node: Node, state: BaseModel, ctx: NodeContext) -> Any:
-    """An ``async def`` node, awaited on the caller's event loop within its timeout."""
+async def on_loop(node: Node, state: BaseModel, ctx: NodeContext) -> Any:
+    """An ``async def`` node, awaited on the engine's event loop within its timeout (the
+    engine runs these itself, with any runner)."""
     return node_result(await asyncio.wait_for(node.fn(state, ctx), node.timeout_s))
 
 
@@ -48,8 +48,6 @@ class InlineNodeRunner:
         self.running: set[str] = set()
 
     async def run_node(self, node: Node, state: BaseModel, ctx: NodeContext) -> Any:
-        if node.is_async:
-            return await run_on_loop(node, state, ctx)
         return await asyncio.wait_for(
             asyncio.to_thread(invoke_node, node.fn, state, ctx), node.timeout_s
         )

@@ -63,6 +63,7 @@ from keel.runtime.decisions import (
     unsure,
 )
 from keel.runtime.effects import EffectProtocol, Hooks, NodeRunner
+from keel.runtime.inline import on_loop
 from keel.runtime.runlog import LiveRun, RunLog
 from keel.storage.leases import Lease
 
@@ -202,8 +203,12 @@ class StepLoop:
 
     async def _run_node(self, run: LiveRun, step: Step) -> Any:
         await self.hooks.at("before_node", step.node.name)
-        state_model = run.workflow.state_of(run.state.data)
-        call = asyncio.ensure_future(self.runner.run_node(step.node, state_model, step.ctx))
+        node, state_model = step.node, run.workflow.state_of(run.state.data)
+        if node.is_async:  # it only awaits: on this loop, whichever runner runs the rest
+            work = on_loop(node, state_model, step.ctx)
+        else:
+            work = self.runner.run_node(node, state_model, step.ctx)
+        call = asyncio.ensure_future(work)
         try:
             await self.hooks.at("during_node", step.node.name)
         except BaseException:

@@ -8,7 +8,6 @@ never against what the engine believes.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import random
 from collections import Counter
@@ -168,8 +167,7 @@ class SimRunner:
 
     async def run_node(self, node: Node, state: BaseModel, ctx: NodeContext) -> Any:
         await asyncio.sleep(self.world.rng.choice((0.0, 0.0, 0.01, 0.05)))
-        out = node.fn(state, ctx)
-        return await out if inspect.isawaitable(out) else out
+        return node.fn(state, ctx)
 
     async def apply_effect(
         self,
