@@ -145,17 +145,13 @@ class ReplayPool:
 
 
 def _settled(out: Any) -> Any:
-    """An ``async def`` node's result, awaited on a loop of its own (on a thread of its own
-    when this thread already runs one), with the recording it answers from."""
-    if not inspect.isawaitable(out):
+    """An ``async def`` node's result, awaited on a loop of its own (on a thread of its own,
+    as this thread may already run one), with the recording it answers from."""
+    if not inspect.iscoroutine(out):
         return out
     ctx = contextvars.copy_context()
     with ThreadPoolExecutor(1) as pool:
-        return pool.submit(ctx.run, asyncio.run, _awaited(out)).result()
-
-
-async def _awaited(out: Any) -> Any:
-    return await out
+        return pool.submit(ctx.run, asyncio.run, out).result()
 
 
 def _same(a: Any, b: Any) -> bool:
