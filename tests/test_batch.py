@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -178,22 +177,3 @@ def test_a_client_for_other_storage_is_refused_by_a_running_orchestrator(
     finally:
         with contextlib.suppress(ValueError):
             ray.kill(ray.get_actor(name, namespace="keel"), no_restart=True)
-
-
-def test_the_router_is_looked_up_once_per_client_however_many_runs_start(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Each run of a model workflow asks the client for the router first; only the first
-    may ask Serve's controller (a blocking call, one thread at a time), not every run."""
-    asked: list[object] = []
-
-    def lookup(config: object) -> object:
-        asked.append(config)
-        return object()
-
-    monkeypatch.setattr("keel.client.ensure_router", lookup)
-    keel = Keel(KeelConfig())
-    monkeypatch.setattr(keel, "connect", lambda: None)
-    with ThreadPoolExecutor(8) as pool:
-        handles = set(map(id, pool.map(lambda _i: keel.ensure_router(), range(32))))
-    assert len(asked) == 1 and len(handles) == 1

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import ray
+from ray import serve
 
 from keel.actors.messages import orchestrator_settings
 from keel.actors.pool import WorkerPool
@@ -23,6 +24,7 @@ from keel.config import KeelConfig, OrchestratorConfig, StorageConfig
 from keel.core.events import ModelCalled, NodeCompleted, NodeFailed, RunStatus
 from keel.core.registry import load_workflow
 from keel.policy.engine import PolicyEngine
+from keel.router.service import APP_NAME
 from keel.storage.memory import MemoryItem, MemoryStore
 from tests.actors.conftest import stop_orchestrator
 from tests.actors.workflows import TOOLS
@@ -104,6 +106,28 @@ def test_async_nodes_await_the_workers_on_the_orchestrators_own_loop(
     report = replay(events, load_workflow(ATRIAGE), PolicyEngine())
     assert report.identical and report.steps == 4
     assert scripted.calls() == before
+
+
+def test_a_client_looks_the_router_up_once_however_many_runs_it_starts(
+    scripted_keel: tuple[Keel, Scripted], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each start of a model workflow asks the client for the router; only the first may
+    ask Serve's controller (a blocking call, one thread at a time), not every run."""
+    keel, scripted = scripted_keel
+    script_triage(scripted)
+    lookups: list[str] = []
+    real = serve.get_app_handle
+
+    def counted(name: str, *args: object, **kwargs: object) -> object:
+        lookups.append(name)
+        return real(name, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(serve, "get_app_handle", counted)
+    client = Keel(keel.config)  # a new client of the same deployment, as `keel batch` is
+    started = [client.start(TRIAGE, f"bad config on checkout {i}") for i in range(3)]
+    for st in started:
+        assert client.watch(st.run_id, timeout_s=120).status == RunStatus.SUCCEEDED
+    assert lookups == [APP_NAME]
 
 
 @pytest.mark.parametrize("workflow", [TRIAGE, ATRIAGE], ids=["task node", "async node"])
