@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncio
 import threading
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
-from keel.core.events import NodeCompleted, NodeFailed, RunStatus
+from keel.core.events import Event, NodeCompleted, NodeFailed, RunStatus
 from keel.errors import RunStateError
 from keel.runtime.decisions import load_events
 from keel.storage.runs import RunStore
@@ -17,6 +18,12 @@ from tests.actors.workflows import counter, where
 from tests.runtime.conftest import EngineFactory
 
 FIVE = "tests.actors.workflows:five"
+E = TypeVar("E", bound=Event)
+
+
+def stored(store: RunStore, run_id: str, kind: type[E]) -> list[E]:
+    """The run's events of ``kind``, read back from storage."""
+    return [e for e in load_events(store.load(run_id).events) if isinstance(e, kind)]
 
 
 async def test_retries_with_backoff_then_loops_to_end(
@@ -26,7 +33,7 @@ async def test_retries_with_backoff_then_loops_to_end(
     st = await eng.create("tests.actors.workflows:flaky", "", {"fail_times": 3})
     final = await eng.wait(st.run_id, 30)
     assert final.status == RunStatus.SUCCEEDED, final.reason
-    failures = [e for e in load_events(store.load(st.run_id).events) if isinstance(e, NodeFailed)]
+    failures = stored(store, st.run_id, NodeFailed)
     assert [f.attempt for f in failures] == [1, 2]
     assert all(f.error.type == "ConnectionError" and f.retry_in_s is not None for f in failures)
     assert final.data == {"tries": 3, "loops": 3}
@@ -48,7 +55,7 @@ async def test_an_unknown_state_field_fails_without_retry(
     final = await eng.wait(st.run_id, 30)
     assert final.status == RunStatus.FAILED
     assert final.error is not None and final.error.field == "updates.no_such_field"
-    failures = [e for e in load_events(store.load(st.run_id).events) if isinstance(e, NodeFailed)]
+    failures = stored(store, st.run_id, NodeFailed)
     assert len(failures) == 1
 
 
@@ -95,7 +102,7 @@ async def test_an_async_node_runs_on_the_engines_loop_a_sync_one_on_a_thread(
     on_loop, on_thread = final.data["threads"]
     assert on_loop == threading.get_ident(), "the async node ran off the engine's loop"
     assert on_thread != on_loop
-    done = [e for e in load_events(store.load(st.run_id).events) if isinstance(e, NodeCompleted)]
+    done = stored(store, st.run_id, NodeCompleted)
     assert [(e.node, e.worker) for e in done] == [
         ("awaits", "orchestrator"),
         ("on_thread", "orchestrator"),
@@ -113,7 +120,7 @@ async def test_an_async_node_past_its_timeout_is_cancelled_and_retried(
     st = await eng.create("tests.actors.workflows:slow_async", "", {})
     final = await eng.wait(st.run_id, 30)
     assert final.status == RunStatus.FAILED
-    failures = [e for e in load_events(store.load(st.run_id).events) if isinstance(e, NodeFailed)]
+    failures = stored(store, st.run_id, NodeFailed)
     assert [f.attempt for f in failures] == [1, 2]
     assert all(f.error.type == "TimeoutError" for f in failures), failures
     assert all(f.duration_s < 5 for f in failures), "the node was not stopped at its timeout"
