@@ -51,6 +51,7 @@ class OrchestratorSettings(_Msg):
     storage_options: dict[str, JsonValue] = Field(default_factory=dict)
     fsync: bool = True
     name: str = Field(default="orchestrator", description="the actor's name in namespace keel")
+    shards: int = Field(default=1, ge=1, le=64, description="orchestrators sharing the runs")
     lease_ttl_s: float = Field(default=15.0, gt=0.0, description="how long a lease vouches")
     embedded: bool = Field(default=False, description="a local instance others may attach to")
     host_pid: int | None = Field(default=None, description="the process that started Ray")
@@ -113,6 +114,7 @@ def orchestrator_settings(
         tracing=config.telemetry.exporter,
         otlp_endpoint=config.telemetry.otlp_endpoint,
         name=config.orchestrator.name,
+        shards=config.orchestrator.shards,
         lease_ttl_s=config.orchestrator.lease_ttl_s,
         embedded=config.ray.address is None,
         host_pid=host_pid,

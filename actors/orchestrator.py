@@ -22,6 +22,7 @@ import time
 from typing import Any
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from keel.actors.messages import (
     ApproveRun,
@@ -218,13 +219,15 @@ Orchestrator = ray.remote(**ACTOR_OPTIONS)(OrchestratorActor)
 
 
 def get_orchestrator(
-    settings: OrchestratorSettings, name: str = DEFAULT_NAME, cls: Any = None
+    settings: OrchestratorSettings, name: str = DEFAULT_NAME, cls: Any = None, index: int = 0
 ) -> Any:
-    """The running orchestrator of this Ray cluster, created if there is none.
+    """The running orchestrator of this Ray cluster under ``name``, created if there is none.
 
-    It lives on the head node (Ray's ``node:__internal_head__`` resource), which lasts as
-    long as the cluster: losing a worker node never takes the orchestrator with it. If its
-    process dies anyway, Ray restarts it there and it recovers every unfinished run from
+    The first (``index`` 0) lives on the head node (Ray's ``node:__internal_head__``
+    resource), which lasts as long as the cluster: losing a worker node never takes it
+    with it. The others of a sharded deployment go to the cluster's other nodes in turn,
+    head first, softly: Ray may restart one elsewhere when its node is gone. If an
+    orchestrator's process dies, Ray restarts it and it recovers its unfinished runs from
     storage."""
     return (
         (cls or Orchestrator)
@@ -233,14 +236,20 @@ def get_orchestrator(
             namespace=NAMESPACE,
             lifetime="detached",
             get_if_exists=True,
-            resources=_head_resource(),
+            **_placement(index),
         )
         .remote(settings)
     )
 
 
-def _head_resource() -> dict[str, float]:
-    for node in ray.nodes():  # type: ignore[no-untyped-call]
-        if node.get("Alive") and HEAD_RESOURCE in (node.get("Resources") or {}):
-            return {HEAD_RESOURCE: 0.001}
-    return {}  # a cluster without the marker (a plain local instance): anywhere
+def _placement(index: int) -> dict[str, Any]:
+    alive = [n for n in ray.nodes() if n.get("Alive")]  # type: ignore[no-untyped-call]
+    head = [n for n in alive if HEAD_RESOURCE in (n.get("Resources") or {})]
+    others = sorted((n for n in alive if n not in head), key=lambda n: str(n.get("NodeID")))
+    nodes = head + others
+    if not nodes or (index == 0 and not head):
+        return {}  # one orchestrator, on a cluster without the head marker: anywhere
+    node = nodes[index % len(nodes)]
+    if node in head:
+        return {"resources": {HEAD_RESOURCE: 0.001}}
+    return {"scheduling_strategy": NodeAffinitySchedulingStrategy(node["NodeID"], soft=True)}

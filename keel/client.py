@@ -37,14 +37,14 @@ from keel.actors.messages import (
     WatchRun,
     orchestrator_settings,
 )
-from keel.actors.orchestrator import get_orchestrator
 from keel.actors.planner import ensure_router
 from keel.actors.rayerrors import LOST, RayTaskError, unwrap
+from keel.actors.shards import Orchestrators
 from keel.config import KeelConfig, load_config
 from keel.core.events import ApprovalDecided, Event, RunStatus
 from keel.core.registry import load_workflow, resolve_ref
 from keel.core.state import RunState, RunSummary
-from keel.errors import ConfigError, KeelError, RunStateError
+from keel.errors import KeelError, RunOwnedError, RunStateError
 from keel.runtime.decisions import check_budgets, new_run_id
 from keel.runtime.engine import RunView
 from keel.runtime.reader import RunReader
@@ -98,8 +98,7 @@ class Keel:
         self._store: RunStore | None = None
         self._started_ray = False
         self.attached: OwnerRecord | None = None
-        self._checked = False
-        self._handle: Any = None
+        self._orchestrators: Orchestrators | None = None
         self._router_lock = threading.Lock()
         self._router: Any = None
 
@@ -196,9 +195,9 @@ class Keel:
             while wait_for_attached is not None and (n := self.attached_processes()) > 0:
                 wait_for_attached(n)
                 time.sleep(1.0)
-            if self._handle is not None:
+            for handle in self._orchestrators.known() if self._orchestrators else []:
                 try:
-                    ray.get(self._handle.release.remote(), timeout=30)
+                    ray.get(handle.release.remote(), timeout=30)
                 except Exception as exc:
                     log.warning("orchestrator did not release its lease: %s", exc)
             ray.shutdown()
@@ -206,33 +205,26 @@ class Keel:
         elif self.attached is not None:
             ray.shutdown()
             self.attached = None
-        self._handle = None
+        self._orchestrators = None
         self._router = None
 
-    def orchestrator(self) -> Any:
-
+    def orchestrators(self) -> Orchestrators:
+        """The deployment's orchestrators (one unless ``orchestrator.shards`` says more),
+        each looked up (or created) once per client: a named detached actor's handle stays
+        good across its restarts, and the lookup asks the GCS about every node."""
         self.connect()
-        if self._handle is not None:
-            return self._handle
-        # Looked up (or created) once per client: a named detached actor's handle stays
-        # good across its restarts, and the lookup asks the GCS about every node.
-        handle = get_orchestrator(
-            self.settings(), self.config.orchestrator.name, self.orchestrator_class
-        )
-        if not self._checked:
-            # One orchestrator per name per cluster: a client configured for other storage
-            # must not silently drive (or look for) its runs somewhere else.
-            theirs = ray.get(handle.info.remote())["storage"]
-            if theirs != self.config.storage_url():
-                raise ConfigError(
-                    f"orchestrator {self.config.orchestrator.name!r} in this cluster keeps runs "
-                    f"in {theirs}, not {self.config.storage_url()}; give this deployment its "
-                    "own orchestrator.name",
-                    field="orchestrator.name",
-                )
-            self._checked = True
-        self._handle = handle
-        return handle
+        if self._orchestrators is None:
+            self._orchestrators = Orchestrators(
+                self.settings(),
+                self.orchestrator_class,
+                expect_storage=self.config.storage_url(),
+                info=lambda handle: ray.get(handle.info.remote()),
+            )
+        return self._orchestrators
+
+    def orchestrator(self, run_id: str | None = None) -> Any:
+        """The orchestrator that drives ``run_id`` (the first one, for no run)."""
+        return self.orchestrators().for_run(run_id)
 
     def ensure_router(self) -> Any:
         """Deploy the model router (and the local model) on Serve if it is not running;
@@ -246,20 +238,33 @@ class Keel:
             return self._router
 
     def _call(self, method: str, *args: Any, patience_s: float = 120.0) -> Any:
-        """Call the orchestrator, riding out its restarts."""
-
+        """Call the orchestrator of the run the first argument names, riding out its
+        restarts; a run another orchestrator of this deployment took over is followed
+        there."""
+        first = args[0] if args else None
+        run_id = first if isinstance(first, str) else getattr(first, "run_id", None)
+        orchs = self.orchestrators()
+        i, rerouted = orchs.index(run_id), False
         deadline = time.monotonic() + patience_s
         while True:
             try:
-                return ray.get(getattr(self.orchestrator(), method).remote(*args))
+                return ray.get(getattr(orchs.at(i), method).remote(*args))
             except RayTaskError as exc:
-                raise unwrap(exc) from None  # the orchestrator's own error, without Ray's
+                err = unwrap(exc)  # the orchestrator's own error, without Ray's
+                j = self._owning(orchs, run_id) if isinstance(err, RunOwnedError) else None
+                if j is None or j == i or rerouted:
+                    raise err from None
+                i, rerouted = j, True
             except LOST as exc:
                 if isinstance(exc, KeelError) or time.monotonic() > deadline:
                     raise
                 log.info("orchestrator unavailable (%s); retrying", type(exc).__name__)
-                self._handle = None  # killed for good, it is created again on the next call
+                orchs.forget(i)  # killed for good, it is created again on the next call
                 time.sleep(0.5)
+
+    def _owning(self, orchs: Orchestrators, run_id: str | None) -> int | None:
+        entry = self.store.read_index(run_id) if run_id else None
+        return orchs.owning((entry or {}).get("owner"))
 
     # -- runs -------------------------------------------------------------------------
     def start(

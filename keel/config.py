@@ -34,6 +34,13 @@ class RayConfig(_Section):
 
 class OrchestratorConfig(_Section):
     name: str = "orchestrator"
+    shards: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="how many orchestrator actors share the runs (each run lives with the one "
+        "its id hashes to; more than one spreads them over the cluster's nodes)",
+    )
     max_concurrent_runs: int = Field(default=256, ge=1, le=100_000)
     node_num_cpus: float = Field(default=1.0, ge=0.0)
     lease_ttl_s: float = Field(

@@ -21,6 +21,7 @@ from ray import serve
 from ray.serve.exceptions import RayServeException
 
 from keel.actors.messages import orchestrator_settings
+from keel.actors.shards import shard_names
 from keel.actors.workers import worker_names
 from keel.config import (
     APIConfig,
@@ -253,6 +254,7 @@ def stop_deployment(config: KeelConfig) -> None:
     They are detached, so otherwise they would idle on the session's Ray until it ends,
     each costing a little CPU that every later test pays."""
     env = orchestrator_settings(config).node_env()
-    for name in [config.orchestrator.name, *worker_names(env, STORE_ROLES)]:
+    orchestrators = shard_names(config.orchestrator.name, config.orchestrator.shards)
+    for name in [*orchestrators, *worker_names(env, STORE_ROLES)]:
         with contextlib.suppress(ValueError):  # never started, or gone already
             ray.kill(ray.get_actor(name, namespace="keel"), no_restart=True)

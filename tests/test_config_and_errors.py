@@ -63,6 +63,8 @@ def test_file_then_environment(tmp_path: Path) -> None:
         ("- a list\n", {}, "config"),
         ("storage:\n  nope: 1\n", {}, "storage.nope"),
         ("orchestrator:\n  max_concurrent_runs: 0\n", {}, "orchestrator.max_concurrent_runs"),
+        ("orchestrator:\n  shards: 0\n", {}, "orchestrator.shards"),
+        ("orchestrator:\n  shards: two\n", {}, "orchestrator.shards"),
         ("", {"KEEL_STORAGE_OPTIONS": "{not json"}, "KEEL_STORAGE_OPTIONS"),
     ],
 )

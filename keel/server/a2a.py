@@ -58,8 +58,8 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from keel.actors.messages import CancelRun, orchestrator_settings
-from keel.actors.orchestrator import get_orchestrator
 from keel.actors.rayerrors import RayTaskError, unwrap
+from keel.actors.shards import Orchestrators
 from keel.config import KeelConfig, load_config
 from keel.core.events import RunStatus
 from keel.core.state import RunState
@@ -154,15 +154,15 @@ def request_of(context: RequestContext) -> tuple[str, str, dict[str, Any]]:
 class RunExecutor(AgentExecutor):
     """Starts the run a message asks for and relays its ledger as the task's updates."""
 
-    def __init__(self, starter: Starter, settings: Any, orchestrator_name: str) -> None:
+    def __init__(self, starter: Starter, settings: Any) -> None:
         self.starter = starter
-        self.settings, self.orchestrator_name = settings, orchestrator_name
-        self._orch: Any = None
+        self.settings = settings
+        self._orch: Orchestrators | None = None
 
-    def _orchestrator(self) -> Any:
+    def _orchestrator(self, run_id: str | None) -> Any:
         if self._orch is None:
-            self._orch = get_orchestrator(self.settings, self.orchestrator_name)
-        return self._orch
+            self._orch = Orchestrators(self.settings)
+        return self._orch.for_run(run_id)
 
     async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
         task_id, context_id = str(context.task_id), str(context.context_id)
@@ -180,7 +180,7 @@ class RunExecutor(AgentExecutor):
             msg = self.starter.message(
                 principal, workflow, goal, inputs, run_id=RUN_PREFIX + task_id
             )
-            state = await self._orchestrator().start_run.remote(msg)
+            state = await self._orchestrator(msg.run_id).start_run.remote(msg)
         except KeelError as raised:
             exc = _cause(raised)
             where = f"{exc.field}: " if exc.field else ""
@@ -191,7 +191,7 @@ class RunExecutor(AgentExecutor):
 
     async def _follow(self, updater: TaskUpdater, run_id: str) -> None:
         view = None
-        async for view in follow(self._orchestrator(), run_id, 0, _ended):
+        async for view in follow(self._orchestrator(run_id), run_id, 0, _ended):
             for ev in view.events:
                 node, text = describe(ev)
                 line = f"{node}: {text}" if node else text
@@ -219,8 +219,9 @@ class RunExecutor(AgentExecutor):
         task_id, context_id = str(context.task_id), str(context.context_id)
         updater = TaskUpdater(event_queue, task_id, context_id)
         principal = context.call_context.user.user_name
-        await self._orchestrator().cancel.remote(
-            CancelRun(run_id=RUN_PREFIX + task_id, by=principal, reason="cancelled over A2A")
+        run_id = RUN_PREFIX + task_id
+        await self._orchestrator(run_id).cancel.remote(
+            CancelRun(run_id=run_id, by=principal, reason="cancelled over A2A")
         )
         await updater.cancel(self._say(updater, "cancelled"))
 
@@ -280,9 +281,7 @@ class A2AFacade:
 
     def __serve_build_asgi_app__(self) -> ASGIApp:
         card = agent_card(self.config, self.starter)
-        executor = RunExecutor(
-            self.starter, orchestrator_settings(self.config), self.config.orchestrator.name
-        )
+        executor = RunExecutor(self.starter, orchestrator_settings(self.config))
         handler = DefaultRequestHandlerV2(executor, InMemoryTaskStore(), card)
         routes = [
             *create_agent_card_routes(card),

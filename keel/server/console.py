@@ -91,7 +91,8 @@ class ConsoleViews:
     async def _listing(self, principal: str, status: str | None, workflow: str | None) -> Any:
         raise NotImplementedError
 
-    def _orchestrator(self) -> Any:
+    def _orchestrator(self, run_id: str | None) -> Any:
+        """The orchestrator that drives ``run_id``."""
         raise NotImplementedError
 
     def _follow_slot(self, key: str) -> FollowerSlot:
@@ -249,7 +250,7 @@ class ConsoleViews:
                 approved=decision == "approve",
                 reason=reason,
             )
-            await self._orchestrator().approve.remote(msg)
+            await self._orchestrator(run_id).approve.remote(msg)
         except KeelError as raised:
             cause = unwrap(raised) if isinstance(raised, RayTaskError) else raised
             exc = cause if isinstance(cause, KeelError) else raised
@@ -279,7 +280,7 @@ class ConsoleViews:
     ) -> AsyncIterator[ServerSentEvent]:
         tools = {e.key: e.tool for e in view.events if e.type == "effect_intent"}
         run_id = view.state.run_id
-        async for now in follow(self._orchestrator(), run_id, after, _is_terminal):
+        async for now in follow(self._orchestrator(run_id), run_id, after, _is_terminal):
             for ev in now.events:
                 if ev.type == "effect_intent":
                     tools[ev.key] = ev.tool

@@ -36,8 +36,8 @@ from keel.actors.messages import (
     CancelRun,
     orchestrator_settings,
 )
-from keel.actors.orchestrator import get_orchestrator
 from keel.actors.rayerrors import RayTaskError, unwrap
+from keel.actors.shards import Orchestrators
 from keel.config import Budgets, KeelConfig, load_config
 from keel.core.events import RunStatus
 from keel.core.state import RunState, RunSummary
@@ -153,7 +153,7 @@ class RunsAPI(ConsoleViews):
             RunStore(open_store(self.config.storage_url(), dict(storage.options), fsync=False))
         )
         self.keyring = KeyRing(keys, self.config.api.rate_limit)
-        self._orch: Any = None
+        self._orch: Orchestrators | None = None
         # One enforcer per replica; it re-reads the files itself when they change.
         self.policy = PolicyEngine(self.config.policy.model, self.config.policy.policy)
         api = self.config.api
@@ -163,11 +163,10 @@ class RunsAPI(ConsoleViews):
         self.per_refusal = parse(api.refused_approval_limit)
         self.followers = Followers(api.max_followers)
 
-    def _orchestrator(self) -> Any:
+    def _orchestrator(self, run_id: str | None) -> Any:
         if self._orch is None:
-            settings = orchestrator_settings(self.config)
-            self._orch = get_orchestrator(settings, self.config.orchestrator.name)
-        return self._orch
+            self._orch = Orchestrators(orchestrator_settings(self.config))
+        return self._orch.for_run(run_id)
 
     def _key(self, request: Request) -> str:
         return key_of(request.headers)
@@ -200,7 +199,7 @@ class RunsAPI(ConsoleViews):
         principal = self._principal(request)
         budgets = body.budgets.own() if body.budgets else None
         msg = self.starter.message(principal, body.workflow, body.goal, body.inputs, budgets)
-        state = await self._orchestrator().start_run.remote(msg)
+        state = await self._orchestrator(msg.run_id).start_run.remote(msg)
         return state.model_dump(mode="json")
 
     @runs_api.get("/")
@@ -262,7 +261,7 @@ class RunsAPI(ConsoleViews):
 
     async def _events_after(self, run_id: str, after: int) -> AsyncIterator[ServerSentEvent]:
         view = None
-        async for view in follow(self._orchestrator(), run_id, after, _not_running):
+        async for view in follow(self._orchestrator(run_id), run_id, after, _not_running):
             for ev in view.events:
                 data = json.dumps(ev.model_dump(mode="json"))
                 yield ServerSentEvent(data=data, event=ev.type, id=str(ev.seq))
@@ -282,7 +281,7 @@ class RunsAPI(ConsoleViews):
             run_id=run_id, principal=principal, approved=body.approved, reason=body.reason
         )
         try:
-            state = await self._orchestrator().approve.remote(msg)
+            state = await self._orchestrator(run_id).approve.remote(msg)
         except PolicyError:
             self.limiter.hit(self.per_refusal, "refused", principal)  # counted, not stored
             raise
@@ -292,7 +291,7 @@ class RunsAPI(ConsoleViews):
     async def cancel(self, run_id: str, body: CancelBody, request: Request) -> Any:
         principal, view = await self._view(run_id, request)
         await self._may(principal, view.state.workflow, "cancel")
-        state = await self._orchestrator().cancel.remote(
+        state = await self._orchestrator(run_id).cancel.remote(
             CancelRun(run_id=run_id, by=principal, reason=body.reason)
         )
         return state.model_dump(mode="json")

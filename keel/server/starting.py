@@ -11,6 +11,7 @@ from keel.config import KeelConfig
 from keel.core.registry import BUILTIN, load_workflow, resolve_ref
 from keel.errors import PolicyError
 from keel.policy.engine import PolicyEngine
+from keel.runtime.decisions import new_run_id
 
 # A bundled workflow's runs are named after the workflow itself (``run:incident``).
 BUILTIN_NAMES = {name: name for name in BUILTIN}
@@ -53,5 +54,8 @@ class Starter:
         self.may(principal, BUILTIN_NAMES.get(workflow, workflow), "start")
         ref = resolve_ref(workflow, self.config.workflows)
         clean = load_workflow(ref).check_inputs(inputs, self.config.tool_roots())
+        # The id is chosen here, not by the orchestrator: it says which orchestrator of a
+        # sharded deployment the run lives with.
+        run_id = run_id or new_run_id()
         asked = {"goal": goal, "principal": principal, "budgets": budgets, "run_id": run_id}
         return StartRun.model_validate({"workflow": ref, "inputs": clean, **asked})
