@@ -152,6 +152,7 @@ def measure_keel(
     task_node: bool = False,
     nodes: int = 1,
     fsync: bool = True,
+    shards: int = 1,
 ) -> dict[str, Any]:
     """In a process of its own (one Ray cluster per driver): warm up, then time a batch
     (with ``profile``, also the CPU time of every process during it, the wall-clock path
@@ -163,7 +164,7 @@ def measure_keel(
             "storage": {"url": str(workdir / "store"), "fsync": fsync},
             "sandbox": {"roots": [str(workdir)]},  # the outbox lies here
             "ray": {"address": address},
-            "orchestrator": {"node_num_cpus": 0.25},
+            "orchestrator": {"node_num_cpus": 0.25, "shards": shards},
             "workers": {"planner": 4, "executor": 4},
             "router": {
                 **router_config(base, demo_service.free_port()),
@@ -271,6 +272,7 @@ def keel_on_nodes(
     pin: bool = False,
     task_node: bool = False,
     fsync: bool = True,
+    shard_per_node: bool = False,
 ) -> dict[str, Any]:
     """Keel on a fresh local cluster of ``nodes`` nodes; with ``pin``, node *i* and its
     processes on core *i* alone, and the driver (``keel batch``) on those cores."""
@@ -322,6 +324,7 @@ def keel_on_nodes(
                     "--nodes",
                     str(nodes),
                     *([] if fsync else ["--no-fsync"]),
+                    *(["--shard-per-node"] if shard_per_node else []),
                 ],
                 cwd=ROOT,
                 capture_output=True,
@@ -449,6 +452,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--no-fsync", action="store_true", help="Keel's checkpoints not fsynced (LangGraph's are)"
     )
+    p.add_argument(
+        "--shard-per-node",
+        action="store_true",
+        help="one orchestrator per node (orchestrator.shards = nodes), not one in all",
+    )
     args = p.parse_args(argv)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if args.measure:
@@ -462,6 +470,7 @@ def main(argv: list[str] | None = None) -> int:
             args.task_node,
             int(args.nodes or 1),
             not args.no_fsync,
+            int(args.nodes or 1) if args.shard_per_node else 1,
         )
         print("RESULT " + json.dumps(result), flush=True)
         return 0
@@ -481,6 +490,7 @@ def main(argv: list[str] | None = None) -> int:
                 {
                     "system": f"keel, {n} node(s)",
                     "cores": n if args.pin else len(os.sched_getaffinity(0)),
+                    "orchestrators": n if args.shard_per_node else 1,
                     **keel_on_nodes(
                         n,
                         base,
@@ -489,6 +499,7 @@ def main(argv: list[str] | None = None) -> int:
                         pin=args.pin,
                         task_node=args.task_node,
                         fsync=not args.no_fsync,
+                        shard_per_node=args.shard_per_node,
                     ),
                 }
             )
