@@ -76,6 +76,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.router_streaming
 	$(BIN)/python -m bench.local_model
 	$(BIN)/python -m bench.batch_throughput
+	$(BIN)/python -m bench.orchestrator_shards
 	$(BIN)/python -m bench.batch_throughput --pin
 	$(BIN)/python -m bench.cost_breakdown
 

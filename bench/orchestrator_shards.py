@@ -30,6 +30,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench import write_results
+from bench.cpu_profile import CpuSampler
 from keel.batch import Batch, Task
 from keel.client import Keel
 from keel.config import KeelConfig
@@ -58,13 +59,22 @@ def measure(shards: int, runs: int, concurrency: int, fsync: bool) -> dict[str, 
             Batch(keel, warm, concurrency=concurrency, results=Path(tmp) / "w.jsonl").run()
             tasks = [Task(id=f"job-{i}", workflow=WORKFLOW) for i in range(runs)]
             batch = Batch(keel, tasks, concurrency=concurrency, results=Path(tmp) / "r.jsonl")
-            t0 = time.perf_counter()
-            results = batch.run()
-            elapsed = time.perf_counter() - t0
+            with CpuSampler() as cpu:
+                t0 = time.perf_counter()
+                results = batch.run()
+                elapsed = time.perf_counter() - t0
         finally:
             keel.close()
     ok = sum(r.status == "succeeded" for r in results)
-    return {"shards": shards, "runs": runs, "succeeded": ok, "seconds": round(elapsed, 3)}
+    # Cores each kind of process kept busy on average through the timed batch.
+    cores = {group: round(used / elapsed, 2) for group, used in cpu.by_group.items()}
+    return {
+        "shards": shards,
+        "runs": runs,
+        "succeeded": ok,
+        "seconds": round(elapsed, 3),
+        "cores_busy": cores,
+    }
 
 
 def in_process(shards: int, runs: int, concurrency: int, fsync: bool) -> dict[str, Any]:
@@ -121,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
             )
     sync = "no fsync" if args.no_fsync else "fsync"
     table = Table(title=f"keel batch, 20 inline nodes a run, {sync}, 1 node with 2 CPUs")
-    for col in ("round", "orchestrators", "runs", "succeeded", "seconds", "runs/min"):
+    columns = ("round", "orchestrators", "runs", "succeeded", "seconds", "runs/min")
+    for col in (*columns, "cores busy: orchestrators", "driver"):
         table.add_column(col, justify="right")
     for row in rows:
         table.add_row(
@@ -131,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
             str(row["succeeded"]),
             f"{row['seconds']:.1f}",
             f"{row['runs_per_min']:,.0f}",
+            f"{row['cores_busy'].get('orchestrator', 0.0):.2f}",
+            f"{row['cores_busy'].get('driver (keel batch)', 0.0):.2f}",
         )
     console.print(table)
     rate = {
