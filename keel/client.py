@@ -368,7 +368,7 @@ class Keel:
         return state
 
     def info(self) -> dict[str, Any]:
-        """The orchestrator's pid, whether Ray restarted it, and what it recovered."""
+        """The (first) orchestrator's pid, whether Ray restarted it, what it recovered."""
         result: dict[str, Any] = self._call("info")
         return result
 
