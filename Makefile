@@ -72,6 +72,7 @@ bench: $(STAMP)
 	$(BIN)/python -m keel.evals.retrieval --out bench/.out
 	$(BIN)/python -m keel.evals.routing --out bench/.out
 	$(BIN)/python -m bench.orchestration
+	$(BIN)/python -m bench.node_hosts
 	$(BIN)/python -m bench.router_overhead
 	$(BIN)/python -m bench.router_streaming
 	$(BIN)/python -m bench.local_model
