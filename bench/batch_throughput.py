@@ -37,6 +37,7 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
+from bench import measure_in_process, report
 from bench.cpu_profile import CpuSampler, processes
 from keel.actors.worker_messages import ClassifyRequest
 from keel.actors.workers import workers
@@ -304,10 +305,8 @@ def keel_on_nodes(
                 if cluster.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError("the local cluster did not start")
                 time.sleep(0.2)
-            out = subprocess.run(
+            result = measure_in_process(
                 [
-                    sys.executable,
-                    "-m",
                     "bench.batch_throughput",
                     "--measure",
                     (state / "address").read_text(),
@@ -326,16 +325,9 @@ def keel_on_nodes(
                     *([] if fsync else ["--no-fsync"]),
                     *(["--shard-per-node"] if shard_per_node else []),
                 ],
-                cwd=ROOT,
-                capture_output=True,
-                text=True,
                 timeout=900,
                 preexec_fn=None if cores is None else lambda: os.sched_setaffinity(0, cores),
             )
-            if out.returncode != 0:
-                raise RuntimeError(out.stderr[-3000:])
-            line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT "))
-            result: dict[str, Any] = json.loads(line.removeprefix("RESULT "))
         finally:
             (state / "stop").touch()
             cluster.wait(timeout=120)
@@ -472,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
             not args.no_fsync,
             int(args.nodes or 1) if args.shard_per_node else 1,
         )
-        print("RESULT " + json.dumps(result), flush=True)
+        report(result)
         return 0
     counts = [int(x) for x in (args.nodes or ("1,2" if args.pin else "1,2,3")).split(",")]
     if args.pin:

@@ -19,7 +19,6 @@ import asyncio
 import logging
 import statistics
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +26,10 @@ import ray
 from pydantic import BaseModel
 
 from bench import write_results
-from bench.orchestration import chain20_inline, chain20_tasks, langgraph_chain
+from bench.orchestration import chain20_inline, chain20_tasks, keel_engine_run, langgraph_chain
 from keel.actors.runner import RayNodeRunner
 from keel.core.nodes import Node, NodeContext
-from keel.core.workflow import Workflow
-from keel.runtime.engine import RunEngine
 from keel.runtime.inline import InlineNodeRunner, invoke_node
-from keel.storage.local import LocalStore
-from keel.storage.runs import RunStore
 
 NODES = 20
 
@@ -58,18 +53,6 @@ class HostRunner(RayNodeRunner):
         return await asyncio.wait_for(host.run.remote(node.fn, state, ctx), node.timeout_s)
 
 
-async def per_node(wf: Workflow, runner: Any, root: Path) -> float:
-    engine = RunEngine(RunStore(LocalStore(root, fsync=True)), runner, lambda _ref: wf)
-    await engine.start()
-    t0 = time.perf_counter()
-    st = await engine.create("bench", "", {})
-    final = await engine.wait(st.run_id, 120)
-    elapsed = time.perf_counter() - t0
-    assert final.status == "succeeded", final
-    await engine.close()
-    return elapsed / NODES
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="plain nodes: Ray task vs node-host actor")
     p.add_argument("--runs", type=int, default=12)
@@ -86,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     for i in range(args.runs + 2):
         for name, (wf, runner) in ways.items():
             with tempfile.TemporaryDirectory() as tmp:
-                t = asyncio.run(per_node(wf, runner, Path(tmp)))
+                t = asyncio.run(keel_engine_run(wf, Path(tmp), runner=runner)) / NODES
             if i >= 2:  # the first two warm workers and imports
                 times[name].append(t)
         times.setdefault("LangGraph, SqliteSaver, sync", []).extend(

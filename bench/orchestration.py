@@ -116,9 +116,13 @@ class UnfencedStore(LocalStore):
     create = put
 
 
-async def _keel_engine_run(wf: Workflow, root: Path, *, fenced: bool = True) -> float:
+async def keel_engine_run(
+    wf: Workflow, root: Path, *, fenced: bool = True, runner: Any = None
+) -> float:
+    """One run's wall time on the engine in this process (its nodes on ``runner``, the
+    engine's own threads by default)."""
     store = RunStore(LocalStore(root, fsync=True) if fenced else UnfencedStore(root))
-    engine = RunEngine(store, InlineNodeRunner(), lambda _ref: wf)
+    engine = RunEngine(store, runner or InlineNodeRunner(), lambda _ref: wf)
     await engine.start()
     t0 = time.perf_counter()
     st = await engine.create("bench", "", {})
@@ -136,7 +140,7 @@ def keel_engine(runs: int, nodes: int) -> tuple[list[float], list[float]]:
     for _ in range(runs):
         for fence, times in ((True, fenced), (False, unfenced)):
             with tempfile.TemporaryDirectory() as tmp:
-                elapsed = asyncio.run(_keel_engine_run(chain20_inline, Path(tmp), fenced=fence))
+                elapsed = asyncio.run(keel_engine_run(chain20_inline, Path(tmp), fenced=fence))
                 times.append(elapsed / nodes)
     return fenced, unfenced
 
@@ -168,7 +172,7 @@ def keel_growth(total: int, marks: list[int]) -> dict[int, int]:
     """Bytes of all checkpoint objects after each mark of nodes."""
     os.environ["KEEL_BENCH_GROW"] = str(total)
     with tempfile.TemporaryDirectory() as tmp:
-        asyncio.run(_keel_engine_run(grow, Path(tmp)))
+        asyncio.run(keel_engine_run(grow, Path(tmp)))
         ckpts = sorted((Path(tmp) / "runs").glob("*/checkpoints/*.ckpt"))
         # Checkpoint 0 is creation; checkpoint k holds node k's events.
         sizes = [p.stat().st_size for p in ckpts]

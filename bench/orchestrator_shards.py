@@ -15,11 +15,8 @@ Results are printed and written to ``bench/.out/orchestrator_shards.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -29,7 +26,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from bench import write_results
+from bench import measure_in_process, report, write_results
 from bench.cpu_profile import CpuSampler
 from keel.batch import Batch, Task
 from keel.client import Keel
@@ -78,10 +75,8 @@ def measure(shards: int, runs: int, concurrency: int, fsync: bool) -> dict[str, 
 
 
 def in_process(shards: int, runs: int, concurrency: int, fsync: bool) -> dict[str, Any]:
-    out = subprocess.run(
+    result = measure_in_process(
         [
-            sys.executable,
-            "-m",
             "bench.orchestrator_shards",
             "--measure",
             str(shards),
@@ -91,15 +86,8 @@ def in_process(shards: int, runs: int, concurrency: int, fsync: bool) -> dict[st
             str(concurrency),
             *([] if fsync else ["--no-fsync"]),
         ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
         timeout=900,
     )
-    if out.returncode != 0:
-        raise RuntimeError(out.stderr[-3000:])
-    line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT "))
-    result: dict[str, Any] = json.loads(line.removeprefix("RESULT "))
     result["runs_per_min"] = round(result["succeeded"] / result["seconds"] * 60, 1)
     return result
 
@@ -114,10 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if args.measure:
-        print(
-            "RESULT "
-            + json.dumps(measure(args.measure, args.runs, args.concurrency, not args.no_fsync))
-        )
+        report(measure(args.measure, args.runs, args.concurrency, not args.no_fsync))
         return 0
     rows = []
     for r in range(args.rounds):
