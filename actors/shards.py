@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import threading
 import zlib
-from collections.abc import Callable
 from typing import Any
+
+import ray
 
 from keel.actors.messages import OrchestratorSettings
 from keel.actors.orchestrator import get_orchestrator
@@ -38,24 +39,18 @@ def shard_of(run_id: str, shards: int) -> int:
 class Orchestrators:
     """The handles of a deployment's orchestrators, each looked up (or created) once.
 
-    ``expect_storage``, when given, is checked against each orchestrator's own storage
-    the first time it is used: a client configured for other storage must not silently
-    drive (or look for) its runs somewhere else.
+    ``check_storage`` (for a synchronous caller, which may block on the answer) asks each
+    orchestrator for its storage the first time it is used: a client configured for other
+    storage must not silently drive (or look for) its runs somewhere else.
     """
 
     def __init__(
-        self,
-        settings: OrchestratorSettings,
-        cls: Any = None,
-        *,
-        expect_storage: str | None = None,
-        info: Callable[[Any], dict[str, Any]] | None = None,
+        self, settings: OrchestratorSettings, cls: Any = None, *, check_storage: bool = False
     ) -> None:
         self.settings = settings
         self.names = shard_names(settings.name, settings.shards)
         self.cls = cls
-        self.expect_storage = expect_storage
-        self.info = info
+        self.check_storage = check_storage
         self._handles: dict[int, Any] = {}
         self._lock = threading.Lock()
 
@@ -75,12 +70,13 @@ class Orchestrators:
         handle = get_orchestrator(
             self.settings.model_copy(update={"name": name}), name, self.cls, index=i
         )
-        if self.expect_storage is not None and self.info is not None:
-            theirs = self.info(handle)["storage"]
-            if theirs != self.expect_storage:
+        if self.check_storage:
+            mine = self.settings.storage_url
+            theirs = ray.get(handle.info.remote())["storage"]
+            if theirs != mine:
                 raise ConfigError(
                     f"orchestrator {name!r} in this cluster keeps runs in {theirs}, not "
-                    f"{self.expect_storage}; give this deployment its own orchestrator.name",
+                    f"{mine}; give this deployment its own orchestrator.name",
                     field="orchestrator.name",
                 )
         with self._lock:

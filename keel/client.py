@@ -215,10 +215,7 @@ class Keel:
         self.connect()
         if self._orchestrators is None:
             self._orchestrators = Orchestrators(
-                self.settings(),
-                self.orchestrator_class,
-                expect_storage=self.config.storage_url(),
-                info=lambda handle: ray.get(handle.info.remote()),
+                self.settings(), self.orchestrator_class, check_storage=True
             )
         return self._orchestrators
 
